@@ -1,0 +1,66 @@
+"""Unlabeled videos for pretraining: every video file under a folder, or the rows of a manifest.
+
+``folder_dataset("clips/")`` lists ``.mp4 .avi .mkv .webm .mov .m4v`` files (any case, any depth,
+sorted). ``folder_dataset("manifest.csv")`` reads a manifest written by
+``python -m avssl.data.manifest scan DIR --out manifest.csv``: durations, frame rates and
+``has_audio`` come from it (no probing in the workers), and rows with ``decodable=false`` are
+dropped and reported in ``ds.bad``. Manifest paths are relative to the scanned folder, which is
+the manifest's own folder unless ``root=`` says otherwise. ``video_id`` is the relative path
+without its extension.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from avssl.data.datasets.base import ClipDataset, VideoRecord
+from avssl.data.datasets.layout import VIDEO_EXTENSIONS, layout_error
+
+
+def folder_dataset(
+    root_or_manifest_csv: str | os.PathLike,
+    *,
+    root: str | os.PathLike | None = None,
+    mode: str = "train",
+    skip_bad: bool | None = None,
+    **kw: Any,
+) -> ClipDataset:
+    """A :class:`ClipDataset` over a folder of videos or a manifest CSV (no labels)."""
+    src = Path(root_or_manifest_csv)
+    if src.is_file() and src.suffix.lower() == ".csv":
+        from avssl.data.manifest import read_manifest
+
+        base = Path(root) if root is not None else src.parent
+        records = []
+        for row in read_manifest(src).to_dict("records"):
+            extra: dict[str, Any] = {"has_audio": bool(row["has_audio"]),
+                                     "decodable": bool(row["decodable"]), "error": row["error"]}
+            if row["decodable"]:
+                extra.update(duration_s=float(row["duration_s"]), fps=float(row["fps"]))
+            records.append(VideoRecord(str(base / row["path"]), _video_id(row["path"]), None,
+                                       extra))
+        # The manifest already says which rows are bad: drop them in every mode.
+        return ClipDataset(records, mode=mode, name=f"folder:{src.name}",
+                           skip_bad=True if skip_bad is None else skip_bad, **kw)
+    if not src.is_dir():
+        raise layout_error("folder", "folder", src,
+                           f"a folder of video files ({' '.join(VIDEO_EXTENSIONS)}) or a "
+                           f"manifest .csv")
+    src = src.resolve()
+    rels = sorted(
+        Path(dirpath, name).relative_to(src).as_posix()
+        for dirpath, _, names in os.walk(src)
+        for name in names
+        if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+    )
+    if not rels:
+        raise layout_error("folder", "folder", src,
+                           f"video files ({' '.join(VIDEO_EXTENSIONS)}); the folder has none")
+    records = [VideoRecord(str(src / rel), _video_id(rel)) for rel in rels]
+    return ClipDataset(records, mode=mode, name=f"folder:{src.name}", skip_bad=bool(skip_bad),
+                       **kw)
+
+
+def _video_id(rel: str) -> str:
+    return os.path.splitext(rel)[0]

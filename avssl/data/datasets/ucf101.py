@@ -1,0 +1,177 @@
+"""UCF101 (101 classes, 3 splits) and its audio-visual subset ``ucf101-av``.
+
+Expected layout (the official download)::
+
+    root/UCF-101/<Class>/v_<Class>_gGG_cCC.avi
+    root/ucfTrainTestlist/classInd.txt          "1 ApplyEyeMakeup"  (1-based)
+    root/ucfTrainTestlist/trainlist0{1,2,3}.txt "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1"
+    root/ucfTrainTestlist/testlist0{1,2,3}.txt  "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"
+
+Gotchas handled (DATASETS.md): CRLF lines; file paths come from the lists, never from class
+names (``HandstandPushups/v_HandStandPushups_*``); labels come from ``classInd.txt`` (0-based
+here), whose order differs from Python's ``sorted()`` (``JumpingJack`` before ``JumpRope``); test
+lists with or without labels (test labels come from the path's class folder via classInd); mixed
+frame rates are handled by sampling in seconds.
+
+``ucf101-av`` (``audio_subset=True``): no official list of the videos with sound exists, so the
+files are probed once (:func:`avssl.data.manifest.scan`, cached on disk under
+``$AVSSL_CACHE/manifests/`` or ``~/.cache/avssl/manifests/``). A class is kept when at least half
+of its decodable videos have an audio stream (51 classes on the real data), labels are remapped to
+``0..K-1`` in classInd order, and videos without audio are dropped. The AV literature (AV-SUPERB)
+uses split 1 of this subset; the video SSL literature uses all 101 classes, 3 splits averaged.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from avssl.data.datasets.base import ClipDataset, VideoRecord
+from avssl.data.datasets.layout import abs_root, check_split, default_mode, layout_error, read_lines
+from avssl.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_EXPECTED = "UCF-101/<Class>/*.avi and ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt"
+_GROUP = re.compile(r"_g(\d+)_c(\d+)$")
+
+
+def read_class_index(path: str | os.PathLike) -> list[str]:
+    """Class names in ``classInd.txt`` order (position = 0-based label)."""
+    pairs = []
+    for line in read_lines(path):
+        num, _, name = line.partition(" ")
+        if not num.isdigit() or not name.strip():
+            raise DataError(f"{path}: expected lines '<id> <ClassName>', got {line!r}")
+        pairs.append((int(num), name.strip()))
+    pairs.sort()
+    if [n for n, _ in pairs] != list(range(1, len(pairs) + 1)):
+        raise DataError(f"{path}: class ids must be 1..N without gaps")
+    return [name for _, name in pairs]
+
+
+def read_split_list(path: Path, classes: list[str], *, train: bool) -> list[tuple[str, int]]:
+    """``(relative video path, 0-based label)`` for each line of a train or test list."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    folded = {c.lower(): i for i, c in enumerate(classes)}
+    out = []
+    for line in read_lines(path):
+        parts = line.split()
+        rel = parts[0].replace("\\", "/")
+        folder = rel.split("/")[0]
+        from_folder = lookup.get(folder, folded.get(folder.lower()))
+        listed = int(parts[1]) - 1 if len(parts) > 1 else None
+        if train and listed is not None:
+            label = listed  # the official train label
+        else:
+            if from_folder is None:
+                raise DataError(f"{path}: class folder {folder!r} of {rel} is not in classInd.txt")
+            label = from_folder
+            if listed is not None and listed != from_folder:
+                log.warning("%s: %s is listed with label %d but its folder says %d; using the "
+                            "folder", path.name, rel, listed + 1, from_folder + 1)
+        out.append((rel, label))
+    return out
+
+
+def _manifest_cache(root: Path) -> Path:
+    base = os.environ.get("AVSSL_CACHE") or os.path.join(Path.home(), ".cache", "avssl")
+    key = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return Path(base) / "manifests" / f"ucf101_{key}.csv"
+
+
+def _probe_all(videos: Path, listed: set[str], workers: int, progress: bool) -> dict[str, Any]:
+    """Manifest rows by relative path, read from the on-disk cache or scanned once."""
+    from avssl.data.manifest import read_manifest, scan, write_manifest
+
+    cache = _manifest_cache(videos)
+    df = None
+    if cache.is_file():
+        df = read_manifest(cache)
+        present = {rel for rel in listed if (videos / rel).is_file()}
+        if not present <= set(df["path"]):  # the tree changed since the cache was written
+            df = None
+    if df is None:
+        log.info("ucf101-av: probing %s for audio streams (cached in %s)", videos, cache)
+        df = scan(videos, workers=workers, progress=progress)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(df, cache)
+    return {row["path"]: row for row in df.to_dict("records")}
+
+
+def ucf101(
+    root: str | os.PathLike,
+    split: int = 1,
+    train: bool = True,
+    audio_subset: bool = False,
+    *,
+    mode: str | None = None,
+    scan_workers: int = 1,
+    progress: bool = True,
+    **kw: Any,
+) -> ClipDataset:
+    """UCF101 split ``split`` (1-3), train or test list, as a :class:`ClipDataset`.
+
+    ``mode`` defaults to ``train`` for the train list and ``eval`` for the test list; other
+    keyword arguments go to :class:`ClipDataset`. ``audio_subset=True`` gives ``ucf101-av``.
+    """
+    name = "ucf101-av" if audio_subset else "ucf101"
+    check_split(name, split, (1, 2, 3))
+    root = abs_root(root, name, "ucf101", _EXPECTED)
+    videos, lists = root / "UCF-101", root / "ucfTrainTestlist"
+    list_file = lists / f"{'train' if train else 'test'}list0{split}.txt"
+    for needed in (videos, lists / "classInd.txt", list_file):
+        if not needed.exists():
+            raise layout_error(name, "ucf101", root, _EXPECTED + f" (missing {needed.name})")
+    classes = read_class_index(lists / "classInd.txt")
+    entries = read_split_list(list_file, classes, train=train)
+
+    records = []
+    for rel, label in entries:
+        stem = Path(rel).stem
+        match = _GROUP.search(stem)
+        extra: dict[str, Any] = {"split": split, "class_folder": rel.split("/")[0]}
+        if match:
+            extra.update(group=int(match.group(1)), clip=int(match.group(2)))
+        records.append(VideoRecord(str(videos / rel), stem, label, extra))
+
+    if audio_subset:
+        rows = _probe_all(videos, {rel for rel, _ in entries}, scan_workers, progress)
+        classes, records = _audio_subset(classes, rows, records, videos)
+    return ClipDataset(records, mode=default_mode(mode, train), class_names=classes, name=name,
+                       progress=progress, **kw)
+
+
+def _audio_subset(classes: list[str], rows: dict[str, Any], records: list[VideoRecord],
+                  videos: Path) -> tuple[list[str], list[VideoRecord]]:
+    """Keep classes whose videos have sound, remap labels, drop silent videos."""
+    folded = {c.lower(): i for i, c in enumerate(classes)}
+    with_audio = [0] * len(classes)
+    decodable = [0] * len(classes)
+    for rel, row in rows.items():
+        label = folded.get(rel.split("/")[0].lower())
+        if label is not None and row["decodable"]:
+            decodable[label] += 1
+            with_audio[label] += bool(row["has_audio"])
+    keep = [i for i in range(len(classes)) if decodable[i] and with_audio[i] * 2 >= decodable[i]]
+    remap = {old: new for new, old in enumerate(keep)}
+    out = []
+    for rec in records:
+        if rec.label not in remap:
+            continue
+        row = rows.get(Path(rec.path).relative_to(videos).as_posix())
+        extra = dict(rec.extra)
+        if row is not None:  # else the file is missing: ClipDataset reports it
+            if not row["has_audio"]:
+                continue
+            extra.update(has_audio=True, decodable=bool(row["decodable"]),
+                         error=row["error"] if isinstance(row["error"], str) else "")
+            if row["decodable"]:
+                extra.update(duration_s=float(row["duration_s"]), fps=float(row["fps"]))
+        out.append(VideoRecord(rec.path, rec.video_id, remap[rec.label], extra))
+    log.info("ucf101-av: %d of %d classes have audio; %d of %d listed videos kept",
+             len(keep), len(classes), len(out), len(records))
+    return [classes[i] for i in keep], out

@@ -1,0 +1,76 @@
+"""VGGSound (309 classes of 10 s YouTube clips with the sound source visible).
+
+Expected layout::
+
+    root/vggsound.csv   headerless: ytid,start_seconds,label,split   (split: train / test)
+    clip files <ytid>_<start:06d>.mp4 anywhere under root (usually root/video/)
+
+Labels contain commas and are quoted ("people marching, walking"); ids are validated with
+``^[A-Za-z0-9_-]{11}$`` (bad rows counted in ``ds.invalid_rows``); missing clips are reported as
+found vs listed. Labels: sorted label names over the whole CSV (both splits), 0-based.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pandas as pd
+
+from avssl.data.datasets.base import ClipDataset, VideoRecord
+from avssl.data.datasets.layout import (
+    YOUTUBE_ID,
+    abs_root,
+    check_split,
+    default_mode,
+    index_video_files,
+    layout_error,
+)
+from avssl.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_EXPECTED = "vggsound.csv (headerless ytid,start_seconds,label,split) and <ytid>_<start:06d>.mp4"
+
+
+def vggsound(
+    root: str | os.PathLike,
+    split: str = "train",
+    *,
+    mode: str | None = None,
+    **kw: Any,
+) -> ClipDataset:
+    """The ``train`` or ``test`` rows of ``vggsound.csv`` as a :class:`ClipDataset`."""
+    check_split("vggsound", split, ("train", "test"))
+    root = abs_root(root, "vggsound", "vggsound", _EXPECTED)
+    csv = root / "vggsound.csv"
+    if not csv.is_file():
+        raise layout_error("vggsound", "vggsound", root, _EXPECTED)
+    df = pd.read_csv(csv, header=None, dtype=str, keep_default_na=False, skipinitialspace=True)
+    if df.shape[1] != 4:
+        raise DataError(f"{csv}: expected 4 headerless columns ytid,start_seconds,label,split, "
+                        f"got {df.shape[1]}")
+    df.columns = ["ytid", "start", "label", "split"]
+    classes = sorted({label for label in df["label"] if label})
+    lookup = {c: i for i, c in enumerate(classes)}
+
+    files = index_video_files(root)
+    records, invalid = [], 0
+    for row in df[df["split"].str.strip() == split].itertuples(index=False):
+        ytid = row.ytid.strip()
+        try:
+            stem = f"{ytid}_{int(float(row.start)):06d}"
+        except ValueError:
+            stem = None
+        if stem is None or not YOUTUBE_ID.match(ytid) or row.label not in lookup:
+            invalid += 1
+            continue
+        path = files.get(stem) or str(root / "video" / f"{stem}.mp4")
+        records.append(VideoRecord(path, stem, lookup[row.label], {"youtube_id": ytid}))
+    if invalid:
+        log.warning("vggsound %s: dropped %d rows with a malformed id, time or label",
+                    split, invalid)
+    ds = ClipDataset(records, mode=default_mode(mode, split == "train"), class_names=classes,
+                     name=f"vggsound-{split}", **kw)
+    ds.invalid_rows = invalid
+    return ds

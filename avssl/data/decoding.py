@@ -1,0 +1,702 @@
+"""Reading and writing audio-visual media files: the ONLY module that imports codec libraries.
+
+Everything above this layer speaks tensors and seconds:
+
+- :func:`probe` -> :class:`MediaInfo` (duration, fps, frames, size, audio), and proves the file
+  decodes at its start and near its end (so a truncated file is caught here, not mid-epoch);
+- :func:`decode_video` -> uint8 ``(T, 3, H, W)`` for a window ``[start_s, end_s)`` at any fps;
+- :func:`decode_audio` -> float32 ``(C, S)`` for the same window at any sample rate;
+- :func:`write_av` writes a video (and optional audio) file; the synthetic world uses it.
+
+Times are presentation timestamps in seconds, so audio time 0 is video time 0 (encoder priming
+delays are undone by the containers' timestamps / edit lists). Every failure of a codec library
+becomes :class:`~avssl.errors.DecodeError` naming the file, and every public read runs under a
+per-file time limit (:class:`~avssl.errors.DecodeTimeout`).
+
+Decoders are opened lazily in the calling process; nothing here holds an open reader inside an
+object that could be pickled into a DataLoader worker.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import os
+import signal
+import threading
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Callable, TypeVar
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avssl.errors import AvsslError, DecodeError, DecodeTimeout, NoAudioError
+
+try:  # decord is optional: fast random access where it installs, PyAV everywhere
+    import decord
+
+    _HAS_DECORD = True
+except Exception:  # pragma: no cover - depends on the platform
+    decord = None
+    _HAS_DECORD = False
+
+R = TypeVar("R")
+
+_PTS_TOL_S = 1e-3  # a frame whose pts is within 1 ms after t still counts as shown at t
+_BACKENDS = ("auto", "decord", "pyav")
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What :func:`probe` learns about one media file."""
+
+    path: str
+    duration_s: float  # duration of the video stream (container duration as fallback)
+    fps: float  # average frame rate of the video stream
+    num_frames: int
+    width: int
+    height: int
+    has_audio: bool
+    sample_rate: int | None  # native audio rate; None without audio
+    audio_channels: int  # 0 without audio
+
+
+# --------------------------------------------------------------------------- watchdog + errors
+
+
+def _run_with_timeout(fn: Callable[[], R], timeout_s: float, path: str) -> R:
+    """Run ``fn()``; raise :class:`DecodeTimeout` if it takes longer than ``timeout_s``.
+
+    In a process's main thread a SIGALRM timer interrupts the work (PyAV and decord return to
+    Python between frames, where the handler runs). Elsewhere, signals cannot be used, so the
+    work runs in a daemon thread that is abandoned on timeout (it cannot be killed, but it no
+    longer blocks the caller).
+    """
+    if timeout_s is None or timeout_s <= 0 or math.isinf(timeout_s):
+        return fn()
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        return _run_with_alarm(fn, timeout_s, path)
+    return _run_in_thread(fn, timeout_s, path)
+
+
+class _Alarm(BaseException):
+    """Raised by our SIGALRM handler; a BaseException so codec code's ``except Exception``
+    blocks cannot swallow it."""
+
+
+def _run_with_alarm(fn: Callable[[], R], timeout_s: float, path: str) -> R:
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _Alarm()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    prev_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        try:
+            return fn()
+        finally:  # inside the outer try: an alarm firing right here is still caught below
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Alarm:
+        raise DecodeTimeout(path, f"took longer than the {timeout_s:g} s time limit") from None
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        if prev_delay > 0:  # someone else's timer was running: give it back (approximately)
+            signal.setitimer(signal.ITIMER_REAL, prev_delay)
+
+
+def _run_in_thread(fn: Callable[[], R], timeout_s: float, path: str) -> R:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, name=f"avssl-decode:{os.path.basename(path)}",
+                              daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise DecodeTimeout(path, f"took longer than the {timeout_s:g} s time limit")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _guarded(path: str, timeout_s: float, fn: Callable[[], R]) -> R:
+    """Check the file exists, run ``fn`` under the watchdog, turn codec errors into DecodeError."""
+    if not os.path.exists(path):
+        raise DecodeError(path, "no such file")
+    if os.path.isdir(path):
+        raise DecodeError(path, "is a directory, expected a media file")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(path, "file is empty (0 bytes)")
+
+    def work() -> R:
+        try:
+            return fn()
+        except (AvsslError, _Alarm, KeyboardInterrupt, MemoryError):
+            raise
+        except av.error.FFmpegError as e:  # its str() repeats the path; keep the reason only
+            raise DecodeError(path, f"{e.strerror or type(e).__name__} ({type(e).__name__})") from e
+        except Exception as e:  # decord.DECORDError, OSError, ...
+            raise DecodeError(path, f"{type(e).__name__}: {e}") from e
+
+    return _run_with_timeout(work, timeout_s, path)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def probe(path: str | os.PathLike, *, timeout_s: float = 30.0) -> MediaInfo:
+    """Describe a media file and check that it decodes at its start and near its end.
+
+    Raises :class:`DecodeError` for a missing, empty, truncated or non-video file.
+    """
+    p = os.fspath(path)
+    return _guarded(p, timeout_s, lambda: _probe(p))
+
+
+def _probe(path: str) -> MediaInfo:
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise DecodeError(path, "no video stream")
+        vs = container.streams.video[0]
+        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+        if not rate:
+            raise DecodeError(path, "video stream has no frame rate")
+        fps = float(rate)
+        if vs.duration is not None and vs.time_base is not None:
+            duration = float(vs.duration * vs.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        num_frames = int(vs.frames) if vs.frames else int(round(duration * fps))
+        if duration <= 0 and num_frames > 0:
+            duration = num_frames / fps
+
+        has_audio = bool(container.streams.audio)
+        sample_rate = channels = None
+        if has_audio:
+            acc = container.streams.audio[0].codec_context
+            sample_rate = int(acc.sample_rate) or None
+            channels = int(acc.layout.nb_channels) if acc.layout is not None else int(acc.channels)
+
+        width, height = int(vs.codec_context.width), int(vs.codec_context.height)
+        first = _first_frame_time(container, vs)
+        if first is None:
+            raise DecodeError(path, "no decodable video frame")
+        if not width or not height:
+            raise DecodeError(path, "video stream has no frame size")
+        # Prove the end decodes: a truncated file often keeps a header claiming the full length
+        # (AVI: the frame count in its header; the duration is then re-estimated from packets).
+        claimed = max(duration, (vs.frames or 0) / fps)
+        last = _last_frame_time(container, vs, claimed)
+        if last is None or last < claimed - 3.0 / fps - 0.05:
+            got = "none" if last is None else f"the last at {last:.2f} s"
+            raise DecodeError(path, f"truncated: the header claims {claimed:.2f} s of video but "
+                                    f"frames near the end do not decode ({got})")
+    return MediaInfo(path=path, duration_s=duration, fps=fps, num_frames=num_frames,
+                     width=width, height=height, has_audio=has_audio,
+                     sample_rate=sample_rate if has_audio else None,
+                     audio_channels=int(channels or 0) if has_audio else 0)
+
+
+def _frame_time(frame: av.VideoFrame) -> float | None:
+    return None if frame.pts is None else float(frame.pts * frame.time_base)
+
+
+def _first_frame_time(container: av.container.InputContainer, vs: av.VideoStream) -> float | None:
+    for frame in container.decode(vs):
+        t = _frame_time(frame)
+        return 0.0 if t is None else t
+    return None
+
+
+def _last_frame_time(container: av.container.InputContainer, vs: av.VideoStream,
+                     duration: float) -> float | None:
+    """Time of the last frame that decodes, after seeking ~1 s before the claimed end."""
+    target = max(0.0, duration - 1.0)
+    container.seek(int(target / vs.time_base), stream=vs, backward=True, any_frame=False)
+    last = None
+    try:
+        for frame in container.decode(vs):
+            t = _frame_time(frame)
+            if t is not None:
+                last = t if last is None else max(last, t)
+    except av.error.FFmpegError:
+        pass  # a broken tail shows up as a too-early ``last``
+    return last
+
+
+# --------------------------------------------------------------------------- video
+
+
+def decode_video(path: str | os.PathLike, start_s: float, end_s: float, *,
+                 fps: float | None = None, size: int | tuple[int, int] | None = None,
+                 backend: str = "auto", timeout_s: float = 30.0) -> torch.Tensor:
+    """Frames of the window ``[start_s, end_s)`` as uint8 ``(T, 3, H, W)``.
+
+    ``T = round((end_s - start_s) * fps)`` (``fps=None``: the file's native rate); frame k is
+    the one on screen at ``t_k = start_s + k / fps`` (last frame with pts <= t_k + 1 ms). Times
+    before the first frame give the first frame, times after the last give the last.
+    ``size``: None keeps the native size, an int resizes the short side, ``(H, W)`` resizes
+    exactly (bilinear, antialiased). ``backend``: "auto" (decord if it can, else PyAV),
+    "decord" or "pyav".
+    """
+    p = os.fspath(path)
+    if backend not in _BACKENDS:
+        raise ValueError(f"decode_video: backend must be one of {_BACKENDS}, got {backend!r}")
+    if not end_s > start_s:
+        raise ValueError(f"decode_video: need end_s > start_s, got [{start_s}, {end_s})")
+    if fps is not None and not fps > 0:
+        raise ValueError(f"decode_video: fps must be positive or None, got {fps}")
+
+    def work() -> torch.Tensor:
+        use_decord = backend == "decord" or (backend == "auto" and _HAS_DECORD)
+        if backend == "decord" and not _HAS_DECORD:
+            raise DecodeError(p, "backend 'decord' requested but decord is not installed; "
+                                 "use backend='pyav' or 'auto'")
+        frames = None
+        if use_decord:
+            try:
+                frames = _decode_video_decord(p, start_s, end_s, fps)
+            except (_Alarm, KeyboardInterrupt):
+                raise
+            except Exception:
+                if backend == "decord":
+                    raise
+                _forget_reader(p)  # decord cannot read this file: PyAV is the robust path
+        if frames is None:
+            frames = _decode_video_pyav(p, start_s, end_s, fps)
+        return _resize(torch.from_numpy(frames).permute(0, 3, 1, 2), size)
+
+    try:
+        return _guarded(p, timeout_s, work)
+    except DecodeTimeout:
+        _forget_reader(p)  # a reader stuck mid-decode must not be handed out again
+        raise
+
+
+def _sample_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
+    n = int(round((end_s - start_s) * fps))
+    return start_s + np.arange(max(n, 0), dtype=np.float64) / fps
+
+
+def _pick(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the last frame whose pts <= t (+ tolerance) for each t; clamped to the file."""
+    idx = np.searchsorted(pts, times + _PTS_TOL_S, side="right") - 1
+    return np.clip(idx, 0, len(pts) - 1)
+
+
+@dataclass
+class _Reader:
+    reader: Any  # decord.VideoReader
+    pts: np.ndarray  # (N,) frame start times in seconds
+    fps: float
+    lock: threading.Lock  # one reader has one decoding position: serialise its use
+
+
+# Per-process cache of open decord readers: keyed by pid so a forked DataLoader worker never
+# touches its parent's reader, and by mtime/size so a rewritten file is reopened.
+_READERS: collections.OrderedDict[tuple, _Reader] = collections.OrderedDict()
+_READERS_MAX = 4
+_READERS_LOCK = threading.Lock()
+
+
+_INHERITED: list = []  # readers a forked child got from its parent: never used, never freed
+
+
+def _close_readers_before_fork() -> None:
+    """Free the parent's readers while their decoding threads still exist.
+
+    A decord reader's destructor joins its worker threads; in a forked child those threads do
+    not exist, so destroying an inherited reader there blocks forever (DataLoader workers froze).
+    """
+    with _READERS_LOCK:
+        _READERS.clear()
+
+
+def _reset_readers_after_fork() -> None:  # a lock held by another thread at fork stays held
+    global _READERS_LOCK
+    _READERS_LOCK = threading.Lock()
+    # Anything still cached was opened by another thread during the fork: keep it alive (its
+    # destructor would hang, see above) but out of reach.
+    _INHERITED.extend(_READERS.values())
+    _READERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_close_readers_before_fork,
+                        after_in_child=_reset_readers_after_fork)
+
+
+def _reader_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (os.getpid(), os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+def _forget_reader(path: str) -> None:
+    with _READERS_LOCK:
+        for key in [k for k in _READERS if k[1] == os.path.abspath(path)]:
+            del _READERS[key]
+
+
+def _decord_reader(path: str) -> _Reader:
+    """An open decord reader for ``path`` with its frame times, cached per process."""
+    key = _reader_key(path)
+    with _READERS_LOCK:
+        if key in _READERS:
+            _READERS.move_to_end(key)
+            return _READERS[key]
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    if len(reader) == 0:
+        raise DecodeError(path, "no video frames")
+    pts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0].astype(np.float64)
+    entry = _Reader(reader, pts, float(reader.get_avg_fps()), threading.Lock())
+    with _READERS_LOCK:
+        _READERS[key] = entry
+        while len(_READERS) > _READERS_MAX:
+            _READERS.popitem(last=False)
+    return entry
+
+
+def _decode_video_decord(path: str, start_s: float, end_s: float,
+                         fps: float | None) -> np.ndarray:
+    entry = _decord_reader(path)
+    times = _sample_times(start_s, end_s, fps or entry.fps)
+    idx = _pick(entry.pts, times)
+    uniq, inverse = np.unique(idx, return_inverse=True)  # fetch each frame once
+    with entry.lock:
+        if len(uniq) == 0:
+            h, w = entry.reader[0].shape[:2]
+            return np.zeros((0, h, w, 3), np.uint8)
+        batch = entry.reader.get_batch(uniq.tolist()).asnumpy()
+    return batch[inverse]
+
+
+def _decode_video_pyav(path: str, start_s: float, end_s: float,
+                       fps: float | None) -> np.ndarray:
+    """Seek to the keyframe before ``start_s`` and decode forward, keeping the frame on screen
+    at each sample time; memory holds only the output plus one frame."""
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise DecodeError(path, "no video stream")
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"
+        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+        times = _sample_times(start_s, end_s, fps or float(rate))
+        h, w = vs.codec_context.height, vs.codec_context.width
+        out = np.zeros((len(times), h, w, 3), np.uint8)
+        if len(times) == 0:
+            return out
+        if start_s > 0:
+            container.seek(int(start_s / vs.time_base), stream=vs, backward=True,
+                           any_frame=False)
+        k, prev, prev_rgb = 0, None, None
+        for n, frame in enumerate(container.decode(vs)):
+            t = _frame_time(frame)
+            t = n / float(rate) if t is None else t
+            while k < len(times) and times[k] + _PTS_TOL_S < t:
+                # t_k precedes this frame: the previous one is on screen (or, before the very
+                # first frame, this one stands in)
+                if prev_rgb is None:
+                    prev_rgb = (prev or frame).to_ndarray(format="rgb24")
+                out[k] = prev_rgb
+                k += 1
+            if k == len(times):
+                break
+            prev, prev_rgb = frame, None
+        if prev is None:
+            raise DecodeError(path, f"no video frame decodes at or after {start_s:.3f} s")
+        if k < len(times):  # past the last frame: hold it
+            out[k:] = prev_rgb if prev_rgb is not None else prev.to_ndarray(format="rgb24")
+    return out
+
+
+def _resize(video: torch.Tensor, size: int | tuple[int, int] | None) -> torch.Tensor:
+    """uint8 ``(T, 3, H, W)`` -> uint8 ``(T, 3, H', W')``; int = short side, tuple = exact."""
+    if size is None or video.shape[0] == 0:
+        return video.contiguous()
+    h, w = video.shape[-2:]
+    if isinstance(size, int):
+        scale = size / min(h, w)
+        new = (size, max(1, round(w * scale))) if h <= w else (max(1, round(h * scale)), size)
+    else:
+        new = (int(size[0]), int(size[1]))
+    if new == (h, w):
+        return video.contiguous()
+    x = F.interpolate(video.float(), size=new, mode="bilinear", align_corners=False,
+                      antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def decode_audio(path: str | os.PathLike, start_s: float, end_s: float, *,
+                 sample_rate: int = 16000, mono: bool = True, if_missing: str = "error",
+                 timeout_s: float = 30.0) -> torch.Tensor:
+    """Audio of the window ``[start_s, end_s)`` as float32 ``(C, S)`` in [-1, 1].
+
+    ``S = round((end_s - start_s) * sample_rate)`` exactly; sample j is the audio at
+    ``start_s + j / sample_rate`` (zeros before 0 and past the end). ``mono`` averages the
+    channels to ``(1, S)``. Without an audio stream: ``if_missing="error"`` raises
+    :class:`NoAudioError`, ``"silence"`` returns zeros ``(1, S)``.
+    """
+    p = os.fspath(path)
+    if if_missing not in ("error", "silence"):
+        raise ValueError(f"decode_audio: if_missing must be 'error' or 'silence', got "
+                         f"{if_missing!r}")
+    if not end_s > start_s:
+        raise ValueError(f"decode_audio: need end_s > start_s, got [{start_s}, {end_s})")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"decode_audio: sample_rate must be a positive int, got {sample_rate}")
+    return _guarded(p, timeout_s,
+                    lambda: _decode_audio(p, start_s, end_s, int(sample_rate), mono, if_missing))
+
+
+_RESAMPLE_PAD_S = 0.05  # context decoded on each side so the resampling filter has no edges
+
+
+def _decode_audio(path: str, start_s: float, end_s: float, sr: int, mono: bool,
+                  if_missing: str) -> torch.Tensor:
+    n_out = int(round((end_s - start_s) * sr))
+    with av.open(path) as container:
+        if not container.streams.audio:
+            if if_missing == "silence":
+                return torch.zeros(1, n_out)
+            raise NoAudioError(path, "no audio stream; pass if_missing='silence' to get zeros")
+        ast = container.streams.audio[0]
+        ast.thread_type = "AUTO"
+        native = int(ast.codec_context.sample_rate)
+        channels = int(ast.codec_context.layout.nb_channels)
+        pad = _RESAMPLE_PAD_S if native != sr else 0.0
+        # Native-rate buffer [a0, a0 + n_in) starting on a time both rates share (multiples of
+        # 1/gcd), so the resampled buffer's samples fall exactly on the output grid.
+        g = math.gcd(native, sr)
+        t0 = math.floor((start_s - pad) * g) / g
+        a0 = round(t0 * native)
+        n_in = int(math.ceil((end_s + pad - t0) * native)) + 1
+        buf = np.zeros((channels, n_in), np.float32)
+        if end_s > 0:
+            # pre-roll: AAC/MP3 frames depend on the previous frame (overlap, bit reservoir)
+            _fill_audio(container, ast, buf, a0, native, max(0.0, t0 - 0.2))
+    x = torch.from_numpy(buf)
+    if mono:
+        x = x.mean(dim=0, keepdim=True)
+    if native != sr:
+        import torchaudio.functional as AF  # lazy: only needed when rates differ
+
+        x = AF.resample(x, native, sr)
+    j0 = int(round((start_s - t0) * sr))
+    out = x[:, j0:j0 + n_out]
+    if out.shape[1] < n_out:  # resampler rounding at the very end
+        out = F.pad(out, (0, n_out - out.shape[1]))
+    return out.clamp_(-1.0, 1.0).contiguous()
+
+
+def _fill_audio(container: av.container.InputContainer, ast: av.AudioStream, buf: np.ndarray,
+                a0: int, native: int, seek_s: float) -> None:
+    """Decode frames overlapping native samples ``[a0, a0 + len)`` into ``buf`` by their pts."""
+    n_in = buf.shape[1]
+    if seek_s > 0:
+        container.seek(int(seek_s / ast.time_base), stream=ast, backward=True, any_frame=False)
+    pos = None  # running sample index, for frames without pts
+    for frame in container.decode(ast):
+        if frame.pts is not None:
+            pos = int(round(float(frame.pts * frame.time_base) * native))
+        elif pos is None:
+            pos = 0
+        data = _frame_samples(frame)
+        lo, hi = pos - a0, pos - a0 + data.shape[1]
+        pos += data.shape[1]
+        if hi <= 0:
+            continue
+        if lo >= n_in:
+            break
+        s0, s1 = max(lo, 0), min(hi, n_in)
+        buf[:, s0:s1] = data[:buf.shape[0], s0 - lo:s1 - lo]
+
+
+def _frame_samples(frame: av.AudioFrame) -> np.ndarray:
+    """float32 ``(C, n)`` in [-1, 1] from any sample format (planar or packed, int or float)."""
+    x = frame.to_ndarray()
+    c = frame.layout.nb_channels
+    if not frame.format.is_planar:  # packed: (1, n * C) interleaved
+        x = x.reshape(-1, c).T
+    if np.issubdtype(x.dtype, np.integer):
+        if x.dtype == np.uint8:
+            x = (x.astype(np.float32) - 128.0) / 128.0
+        else:
+            x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+    return x.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- write
+
+
+def _as_fraction(fps: float) -> Fraction:
+    """29.97 -> 30000/1001 (the NTSC rates), 25.0 -> 25, other rates to within 1e-6."""
+    for ntsc in (24000, 30000, 48000, 60000, 120000):
+        if abs(fps - ntsc / 1001) < 5e-3:
+            return Fraction(ntsc, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _video_encoder(path: str, ext: str, override: str | None) -> str:
+    if override:
+        return override
+    if ext == ".avi":
+        return "mpeg4"
+    for name in ("libx264", "h264", "libopenh264"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:
+            continue
+    raise DecodeError(path, "this PyAV build has no H.264 encoder; write .avi (mpeg4) "
+                            "instead or install a PyAV build with libx264")
+
+
+def write_av(path: str | os.PathLike, video: torch.Tensor | np.ndarray, fps: float,
+             audio: torch.Tensor | np.ndarray | None = None, sample_rate: int = 16000, *,
+             video_codec: str | None = None, audio_codec: str | None = None,
+             crf_or_quality: int | None = None) -> None:
+    """Write ``video`` (uint8 ``(T, 3, H, W)``) and optional ``audio`` (float ``(C, S)``) to
+    ``path``; the container follows the extension (``.mp4``: H.264 + AAC, ``.avi``: MPEG-4 +
+    MP3). ``audio=None`` writes a file without an audio stream. ``crf_or_quality`` is x264's CRF
+    (default 18) or MPEG-4's qscale (default 2). Written atomically via a temp file.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"write_av: unsupported extension {ext!r} in {path}; use .mp4 or .avi")
+    frames = video.detach().cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"write_av: video must be (T, 3, H, W), got shape {tuple(frames.shape)}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"write_av: video must be uint8, got {frames.dtype}")
+    t, _, h, w = frames.shape
+    if t == 0:
+        raise ValueError("write_av: video has no frames")
+    if h % 2 or w % 2:
+        raise ValueError(f"write_av: H and W must be even for yuv420p, got {h}x{w}")
+    samples = None
+    if audio is not None:
+        samples = (audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor)
+                   else np.asarray(audio))
+        if samples.ndim == 1:
+            samples = samples[None]
+        if samples.ndim != 2 or samples.shape[0] not in (1, 2):
+            raise ValueError(f"write_av: audio must be (C, S) with C in (1, 2), got "
+                             f"{tuple(samples.shape)}")
+        samples = np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
+
+    vcodec = _video_encoder(path, ext, video_codec)
+    acodec = audio_codec or ("libmp3lame" if ext == ".avi" else "aac")
+    rate = _as_fraction(float(fps))
+    fmt = _FORMATS[ext]
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp{ext}")
+    try:
+        with av.open(tmp, mode="w", format=fmt) as container:
+            vs = container.add_stream(vcodec, rate=rate)
+            vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+            vs.codec_context.gop_size = max(1, round(2 * float(rate)))  # cheap seeks: 2 s GOPs
+            q = crf_or_quality
+            if vcodec in ("libx264", "h264"):
+                # rc-lookahead=0: x264's threaded lookahead makes output bytes vary run to run;
+                # without it the same clip always encodes to the same file (and PSNR rises)
+                vs.options = {"crf": str(18 if q is None else q), "preset": "veryfast",
+                              "x264-params": "rc-lookahead=0"}
+            elif vcodec == "mpeg4":
+                # ffmpeg's "-q:v N": fixed quantiser N (lambda = N * FF_QP2LAMBDA)
+                vs.codec_context.qscale = True
+                vs.codec_context.global_quality = (2 if q is None else q) * 118
+            audio_writer = None
+            if samples is not None:
+                audio_writer = _AudioWriter(container, acodec, samples, int(sample_rate),
+                                            edit_lists=fmt != "avi")
+            for k in range(t):
+                frame = av.VideoFrame.from_ndarray(
+                    np.ascontiguousarray(frames[k].transpose(1, 2, 0)), format="rgb24")
+                frame.pts = k
+                frame.time_base = 1 / rate
+                for packet in vs.encode(frame):
+                    container.mux(packet)
+                if audio_writer is not None:  # interleave so the muxer need not buffer
+                    audio_writer.write_until((k + 1) / rate)
+            for packet in vs.encode(None):
+                container.mux(packet)
+            if audio_writer is not None:
+                audio_writer.finish()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+_FORMATS = {".mp4": "mp4", ".mov": "mov", ".avi": "avi"}
+
+
+@functools.lru_cache(maxsize=None)
+def _encoder_delay(codec: str, sample_rate: int, layout: str) -> int:
+    """Priming samples the audio encoder puts before the signal (AAC 1024, LAME 1105)."""
+    ctx = av.codec.CodecContext.create(codec, "w")
+    ctx.sample_rate, ctx.layout = sample_rate, layout
+    ctx.format = ctx.codec.audio_formats[0].name
+    n = ctx.frame_size or 1152
+    frame = av.AudioFrame(format=ctx.format.name, layout=layout, samples=max(n, 1152))
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.sample_rate, frame.pts, frame.time_base = sample_rate, 0, Fraction(1, sample_rate)
+    pts = [p.pts for p in ctx.encode(frame)] + [p.pts for p in ctx.encode(None)]
+    pts = [p for p in pts if p is not None]
+    return max(0, -min(pts)) if pts else 0
+
+
+class _AudioWriter:
+    """Encodes float32 ``(C, S)`` audio so that decoded sample n plays at time n / rate.
+
+    Containers with edit lists (mp4) hide the encoder's priming delay themselves. AVI cannot,
+    so there the input is advanced by the delay and starts at pts = delay: the decoder's first
+    ``delay`` samples are then priming silence and every later sample lands at its true time
+    (the first ~70 ms of audio are lost, which beats a constant AV offset).
+    """
+
+    def __init__(self, container: av.container.OutputContainer, codec: str,
+                 samples: np.ndarray, sample_rate: int, *, edit_lists: bool):
+        self.container, self.rate = container, sample_rate
+        self.layout = "mono" if samples.shape[0] == 1 else "stereo"
+        self.stream = container.add_stream(codec, rate=sample_rate)
+        self.stream.layout = self.layout
+        self.stream.bit_rate = 96000 * samples.shape[0]
+        self.offset = 0 if edit_lists else _encoder_delay(codec, sample_rate, self.layout)
+        self.samples = samples
+        self.pos = self.offset  # next input sample to encode
+        self.chunk = 4096
+
+    def write_until(self, t: Fraction | float) -> None:
+        stop = min(self.samples.shape[1], int(math.ceil(float(t) * self.rate)))
+        while self.pos < stop:
+            end = min(self.pos + self.chunk, self.samples.shape[1])
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(self.samples[:, self.pos:end]), format="fltp",
+                layout=self.layout)
+            frame.sample_rate, frame.time_base = self.rate, Fraction(1, self.rate)
+            frame.pts = self.pos  # PyAV re-frames to the encoder's frame size and converts format
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+            self.pos = end
+
+    def finish(self) -> None:
+        self.write_until(self.samples.shape[1] / self.rate)
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)

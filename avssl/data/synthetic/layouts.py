@@ -1,0 +1,413 @@
+"""Writers that lay the synthetic world out on disk in real datasets' formats.
+
+Each writer renders ``clips_per_class`` clips per action class, encodes them with
+:func:`avssl.data.decoding.write_av` (``.avi``: MPEG-4 + MP3, ``.mp4``: H.264 + AAC) and writes
+the dataset's own index files with its real gotchas (see ``shared/DATASETS.md``). Every layout also
+gets ``ground_truth.json`` (per clip: path, label, seed, index, fps, has_audio, split, ...) and a
+``README.txt`` so tests can check loaders against the truth.
+
+Writers are deterministic: the same seed gives the same files, whatever the number of workers.
+"""
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from avssl.errors import ConfigError
+from avssl.registry import Registry
+from avssl.data.synthetic.motion import ACTIONS
+from avssl.data.synthetic.world import WorldConfig, render_clip
+
+LAYOUTS: Registry[Callable[..., Path]] = Registry("synthetic layout")
+
+NTSC = 30000 / 1001  # 29.97 fps
+
+# One class name per action (same order as ACTIONS), in classInd.txt order: case-insensitive
+# alphabetical, which Python's sorted() disagrees with (Hammering/HammerThrow, JumpingJack/JumpRope).
+UCF101_CLASSES: list[str] = [
+    "ApplyEyeMakeup", "Basketball", "CliffDiving", "Drumming", "Hammering", "HammerThrow",
+    "HandstandPushups", "JumpingJack", "JumpRope", "PlayingGuitar", "PommelHorse", "SkyDiving",
+    "TennisSwing", "YoYo",
+]
+# the real UCF101 quirk: folder and lists say HandstandPushups, the files say HandStandPushups
+UCF101_FILE_NAMES: dict[str, str] = {"HandstandPushups": "HandStandPushups"}
+HMDB51_CLASSES: list[str] = [
+    "brush_hair", "cartwheel", "catch", "chew", "clap", "climb", "climb_stairs", "dive",
+    "draw_sword", "dribble", "drink", "eat", "fall_floor", "fencing",
+]
+# file-name stems with the characters real HMDB51 names carry
+HMDB51_TITLES: list[str] = [
+    "April_09", "(Rad)Schlag_die_Bank!", "Tom_&_Jerry", "Glory_(2008)!", "Me_&_You_(live)",
+    "Best_of!", "Veoh_Alpha_Dog",
+]
+KINETICS_CLASSES: list[str] = [
+    "abseiling", "air drumming", "answering questions", "applauding", "archery",
+    "arm wrestling", "arranging flowers", "assembling computer", "balloon blowing", "bandaging",
+    "passing American football (in game)", "rock, paper, scissors", "tying knot (not on a tie)",
+    "zumba",
+]
+VGGSOUND_CLASSES: list[str] = [
+    "people marching", "dog barking", "playing drum kit", "car engine knocking",
+    "people eating, crunchy", "bird chirping, tweeting", "playing acoustic guitar",
+    "church bell ringing", "helicopter", "lions roaring", "typing on computer keyboard",
+    "train horning", "skateboarding", "wind chime",
+]
+AUDIOSET_CLASSES: list[tuple[str, str]] = [  # (mid, display_name)
+    ("/m/09x0r", "Speech"), ("/m/0bt9lr", "Dog"), ("/m/026t6", "Drum"),
+    ("/m/0342h", "Guitar"), ("/m/0395lw", "Bell"), ("/m/01j4z9", "Engine knocking"),
+    ("/m/020bb7", "Bird vocalization, bird call, bird song"), ("/m/07pbtc8", "Wind chime"),
+    ("/m/0l15bq", "Clapping"), ("/m/0316dw", "Typing"), ("/m/0284vy3", "Train horn"),
+    ("/m/09ct_", "Helicopter"), ("/m/02rtxlg", "Roaring"), ("/t/dd00088", "Ratchet, pawl"),
+]
+for _names in (UCF101_CLASSES, HMDB51_CLASSES, KINETICS_CLASSES, VGGSOUND_CLASSES,
+               AUDIOSET_CLASSES):
+    assert len(_names) == len(ACTIONS)
+
+_YTID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+@dataclass
+class Job:
+    """One clip to render and write. ``path`` is relative to the layout root; ``info`` is copied
+    into ground_truth.json."""
+
+    path: str
+    seed: int
+    index: int
+    label: int
+    fps: float
+    has_audio: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_one(args: tuple[Job, str, WorldConfig]) -> dict[str, Any]:
+    """Render and encode one clip (runs in a worker process); returns its ground truth."""
+    from avssl.data.decoding import write_av  # codec libraries load only where clips are written
+
+    job, root, cfg = args
+    clip_cfg = replace(cfg, fps=job.fps)
+    s = render_clip(job.seed, job.index, cfg=clip_cfg, label=job.label)
+    path = os.path.join(root, job.path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_av(path, s["video"], job.fps, s["audio"] if job.has_audio else None, cfg.sample_rate)
+    return {
+        "path": job.path, "video_id": s["video_id"], "label": s["label"],
+        "action": ACTIONS[s["label"]], "actor_actions": s["actor_actions"].tolist(),
+        "seed": job.seed, "index": job.index, "fps": job.fps, "has_audio": job.has_audio,
+        "num_frames": int(s["video"].shape[0]), "duration_s": cfg.duration_s,
+        "events": [{"time_s": e["time_s"], "actor": e["actor"], "kind": e["kind"]}
+                   for e in s["events"]],
+        **job.info,
+    }
+
+
+def _run(jobs: list[Job], root: Path, cfg: WorldConfig, workers: int,
+         desc: str) -> list[dict[str, Any]]:
+    """Write every job, in parallel when workers > 1; results come back in job order."""
+    from tqdm.auto import tqdm
+
+    args = [(job, str(root), cfg) for job in jobs]
+    bar = dict(total=len(jobs), desc=desc, unit="clip", disable=len(jobs) == 0)
+    if workers <= 1:
+        return [_write_one(a) for a in tqdm(args, **bar)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(_write_one, args, chunksize=2), **bar))
+
+
+def _write_text(path: Path, lines: list[str], newline: str = "\n") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write("".join(line + newline for line in lines))
+
+
+def _finish(root: Path, layout: str, seed: int, cfg: WorldConfig, clips_per_class: int,
+            classes: list[str], clips: list[dict[str, Any]], readme: str,
+            **extra: Any) -> Path:
+    truth = {"layout": layout, "seed": seed, "clips_per_class": clips_per_class,
+             "world": cfg.to_dict(), "actions": ACTIONS, "classes": classes,
+             "clips": clips, **extra}
+    (root / "ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    (root / "README.txt").write_text(
+        f"Synthetic {layout} stand-in written by avssl (python -m avssl.data.synthetic "
+        f"--layout {layout}), seed {seed}, {clips_per_class} clips per class.\n"
+        f"Class k is the synthetic action ACTIONS[k]; ground_truth.json has every clip's label, "
+        f"seed, index, fps and has_audio.\n\n{readme.strip()}\n")
+    return root
+
+
+def _ytids(rng: np.random.Generator, n: int) -> list[str]:
+    """n distinct 11-character YouTube-style ids; every fifth starts with '-' like real ones."""
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        chars = rng.integers(0, len(_YTID_CHARS), size=11)
+        yid = "".join(_YTID_CHARS[c] for c in chars)
+        if len(out) % 5 == 0:
+            yid = "-" + yid[1:]
+        if yid not in seen:
+            seen.add(yid)
+            out.append(yid)
+    return out
+
+
+def _check(clips_per_class: int, minimum: int = 1) -> None:
+    if clips_per_class < minimum:
+        raise ConfigError(f"clips_per_class must be >= {minimum}, got {clips_per_class}")
+
+
+# ---------------------------------------------------------------- UCF101
+
+
+def ucf101_group(class_index: int, j: int) -> int:
+    """Group (1..25) of a class's clip j: every run of 4 clips covers one test group of each
+    split (1-7, 8-14, 15-21) and one always-train group (22-25)."""
+    m = j // 4 + class_index
+    return [1, 8, 15][j % 4] + m % 7 if j % 4 < 3 else 22 + m % 4
+
+
+def ucf101_clip_format(class_index: int) -> tuple[float, bool]:
+    """(fps, has_audio) of a class: 25 or 29.97 fps, about half of the classes without audio."""
+    return (NTSC if class_index % 2 else 25.0), class_index % 4 in (0, 3)
+
+
+@LAYOUTS.register("ucf101")
+def write_ucf101(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                 cfg: WorldConfig = WorldConfig(), workers: int = 1,
+                 labelled_test_lists: bool = False) -> Path:
+    """``out/UCF-101/<Class>/v_<Class>_gGG_cCC.avi`` and ``out/ucfTrainTestlist/`` (CRLF)."""
+    _check(clips_per_class)
+    jobs: list[Job] = []
+    for ci, cls in enumerate(UCF101_CLASSES):
+        fps, has_audio = ucf101_clip_format(ci)
+        file_cls = UCF101_FILE_NAMES.get(cls, cls)
+        counts: dict[int, int] = {}
+        for j in range(clips_per_class):
+            g = ucf101_group(ci, j)
+            counts[g] = counts.get(g, 0) + 1
+            name = f"v_{file_cls}_g{g:02d}_c{counts[g]:02d}.avi"
+            jobs.append(Job(f"UCF-101/{cls}/{name}", seed, ci + len(ACTIONS) * j, ci, fps,
+                            has_audio, {"class_name": cls, "group": g,
+                                        "list_path": f"{cls}/{name}"}))
+    clips = _run(jobs, out, cfg, workers, "ucf101")
+    lists = out / "ucfTrainTestlist"
+    _write_text(lists / "classInd.txt", [f"{i + 1} {c}" for i, c in enumerate(UCF101_CLASSES)],
+                "\r\n")
+    for k in (1, 2, 3):
+        test_groups = range(7 * k - 6, 7 * k + 1)
+        train = [c for c in clips if c["group"] not in test_groups]
+        test = [c for c in clips if c["group"] in test_groups]
+        _write_text(lists / f"trainlist0{k}.txt",
+                    [f"{c['list_path']} {c['label'] + 1}" for c in train], "\r\n")
+        _write_text(lists / f"testlist0{k}.txt",
+                    [f"{c['list_path']} {c['label'] + 1}" if labelled_test_lists
+                     else c["list_path"] for c in test], "\r\n")
+    return _finish(out, "ucf101", seed, cfg, clips_per_class, UCF101_CLASSES, clips, """
+UCF-101/<Class>/v_<FileClass>_gGG_cCC.avi (MPEG-4 + MP3 when the class has audio); FileClass is
+HandStandPushups for the class HandstandPushups. ucfTrainTestlist/classInd.txt (1-based, case-
+insensitive order), trainlist0k.txt "<Class>/<file> <label>", testlist0k.txt "<Class>/<file>"
+(labels appended with --labelled-test-lists); CRLF line ends. Split k tests groups 7k-6..7k;
+groups 22-25 always train. Odd classes are 29.97 fps, the others 25 fps; classes with
+index % 4 in (1, 2) have no audio stream.""", labelled_test_lists=labelled_test_lists)
+
+
+# ---------------------------------------------------------------- HMDB51
+
+
+@LAYOUTS.register("hmdb51")
+def write_hmdb51(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                 cfg: WorldConfig = WorldConfig(), workers: int = 1) -> Path:
+    """``out/hmdb51/<class>/<video>.avi`` and ``out/testTrainMulti_7030_splits/``."""
+    _check(clips_per_class, 2)
+    jobs = []
+    for ci, cls in enumerate(HMDB51_CLASSES):
+        for j in range(clips_per_class):
+            title = HMDB51_TITLES[(ci + j) % len(HMDB51_TITLES)]
+            name = f"{title}_{cls}_f_cm_np1_{'le' if j % 2 else 'ri'}_med_{j}.avi"
+            jobs.append(Job(f"hmdb51/{cls}/{name}", seed, ci + len(ACTIONS) * j, ci, 30.0,
+                            ci % 3 != 2, {"class_name": cls, "file": name}))
+    clips = _run(jobs, out, cfg, workers, "hmdb51")
+    rng = np.random.default_rng([seed, 51])
+    n = clips_per_class
+    n_test = max(1, int(round(0.3 * n)))
+    n_unused = 1 if n >= 6 else 0  # real splits leave a few clips out (id 0)
+    for ci, cls in enumerate(HMDB51_CLASSES):
+        mine = [c for c in clips if c["class_name"] == cls]
+        for k in (1, 2, 3):
+            ids = np.ones(n, np.int64)
+            order = rng.permutation(n)
+            ids[order[:n_test]] = 2
+            ids[order[n_test:n_test + n_unused]] = 0
+            for c, i in zip(mine, ids.tolist()):
+                c[f"split{k}"] = i
+            _write_text(out / "testTrainMulti_7030_splits" / f"{cls}_test_split{k}.txt",
+                        [f"{c['file']} {i} " for c, i in zip(mine, ids.tolist())])
+    return _finish(out, "hmdb51", seed, cfg, clips_per_class, HMDB51_CLASSES, clips, """
+hmdb51/<class>/<video>.avi (MPEG-4, 30 fps; MP3 audio except classes with index % 3 == 2); file
+names contain ! ( ) &. testTrainMulti_7030_splits/<class>_test_split{1,2,3}.txt: lines
+"<video>.avi <id> " with 1 = train, 2 = test, 0 = unused (trailing space).""")
+
+
+# ---------------------------------------------------------------- Kinetics
+
+
+@LAYOUTS.register("kinetics")
+def write_kinetics(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                   cfg: WorldConfig = WorldConfig(), workers: int = 1) -> Path:
+    """``out/{train,validate,test}.csv`` and ``out/<split>/<label>/<ytid>_<s:06d>_<e:06d>.mp4``
+    (test clips flat in ``out/test/``); two listed train rows have no file."""
+    _check(clips_per_class)
+    rng = np.random.default_rng([seed, 400])
+    n = clips_per_class
+    splits = ["train"] * max(1, n - 2) + ["val"] * (n >= 3) + ["test"] * (n >= 2)
+    ids = _ytids(rng, n * len(ACTIONS) + 2)
+    jobs, rows = [], {"train": [], "val": [], "test": []}
+    for ci, label in enumerate(KINETICS_CLASSES):
+        for j, split in enumerate(splits):
+            yid = ids[ci * n + j]
+            start = int(rng.integers(0, 290))
+            name = f"{yid}_{start:06d}_{start + 10:06d}.mp4"
+            path = f"test/{name}" if split == "test" else f"{split}/{label}/{name}"
+            rows[split].append(["" if split == "test" else label, yid, start, start + 10, split])
+            jobs.append(Job(path, seed, ci + len(ACTIONS) * j, ci, cfg.fps, True,
+                            {"class_name": label, "youtube_id": yid, "split": split,
+                             "time_start": start}))
+    missing = []
+    for k, yid in enumerate(ids[-2:]):  # vanished from YouTube: listed, never downloaded
+        start = int(rng.integers(0, 290))
+        rows["train"].append([KINETICS_CLASSES[k], yid, start, start + 10, "train"])
+        missing.append(f"train/{KINETICS_CLASSES[k]}/{yid}_{start:06d}_{start + 10:06d}.mp4")
+    clips = _run(jobs, out, cfg, workers, "kinetics")
+    for split, fname in (("train", "train.csv"), ("val", "validate.csv"), ("test", "test.csv")):
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")  # quotes labels that hold a comma
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        writer.writerows(rows[split])
+        (out / fname).write_text(buf.getvalue())
+    return _finish(out, "kinetics", seed, cfg, clips_per_class, KINETICS_CLASSES, clips, """
+train.csv, validate.csv, test.csv: label,youtube_id,time_start,time_end,split (split train, val,
+test; test rows have an empty label). Files <split>/<label>/<ytid>_<start:06d>_<end:06d>.mp4
+(H.264 + AAC), test files flat in test/. Two train rows are listed without a file (see
+"missing" in ground_truth.json).""", missing=missing)
+
+
+# ---------------------------------------------------------------- VGGSound
+
+
+@LAYOUTS.register("vggsound")
+def write_vggsound(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                   cfg: WorldConfig = WorldConfig(), workers: int = 1) -> Path:
+    """Headerless ``out/vggsound.csv`` and ``out/video/<ytid>_<start:06d>.mp4``."""
+    _check(clips_per_class)
+    rng = np.random.default_rng([seed, 309])
+    n = clips_per_class
+    ids = _ytids(rng, n * len(ACTIONS))
+    jobs, rows = [], []
+    for ci, label in enumerate(VGGSOUND_CLASSES):
+        for j in range(n):
+            yid, start = ids[ci * n + j], int(rng.integers(0, 290))
+            split = "test" if (j == n - 1 and n >= 2) else "train"
+            rows.append([yid, start, label, split])
+            jobs.append(Job(f"video/{yid}_{start:06d}.mp4", seed, ci + len(ACTIONS) * j, ci,
+                            cfg.fps, True, {"class_name": label, "youtube_id": yid,
+                                            "split": split, "start_seconds": start}))
+    clips = _run(jobs, out, cfg, workers, "vggsound")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    (out / "vggsound.csv").write_text(buf.getvalue())
+    return _finish(out, "vggsound", seed, cfg, clips_per_class, VGGSOUND_CLASSES, clips, """
+vggsound.csv (no header): ytid,start_seconds,label,split with labels holding commas quoted.
+Files video/<ytid>_<start_seconds:06d>.mp4 (H.264 + AAC). The last clip of each class is test.""")
+
+
+# ---------------------------------------------------------------- AudioSet
+
+
+@LAYOUTS.register("audioset")
+def write_audioset(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                   cfg: WorldConfig = WorldConfig(), workers: int = 1) -> Path:
+    """``out/{balanced_train,eval}_segments.csv``, ``out/class_labels_indices.csv`` and
+    ``out/video/<ytid>_<start:06d>.mp4``; a clip's labels are all its sounding actors' actions."""
+    _check(clips_per_class)
+    rng = np.random.default_rng([seed, 527])
+    n = clips_per_class
+    ids = _ytids(rng, n * len(ACTIONS))
+    jobs = []
+    for ci, (_, name) in enumerate(AUDIOSET_CLASSES):
+        for j in range(n):
+            yid, start = ids[ci * n + j], 10 * int(rng.integers(0, 30))
+            split = "eval" if (j == n - 1 and n >= 2) else "balanced_train"
+            jobs.append(Job(f"video/{yid}_{start:06d}.mp4", seed, ci + len(ACTIONS) * j, ci,
+                            cfg.fps, True, {"class_name": name, "youtube_id": yid,
+                                            "split": split, "start_seconds": start}))
+    clips = _run(jobs, out, cfg, workers, "audioset")
+    for c in clips:
+        c["labels"] = sorted(set(c["actor_actions"]))
+    for split in ("balanced_train", "eval"):
+        mine = [c for c in clips if c["split"] == split]
+        lines = ["# Segments csv created by avssl synthetic world",
+                 f"# num_ytids={len(mine)}, num_segs={len(mine)}, num_unique_labels="
+                 f"{len({l for c in mine for l in c['labels']})}, num_positive_labels="
+                 f"{sum(len(c['labels']) for c in mine)}",
+                 "# YTID, start_seconds, end_seconds, positive_labels"]
+        for c in mine:
+            mids = ",".join(AUDIOSET_CLASSES[l][0] for l in c["labels"])
+            s = c["start_seconds"]
+            lines.append(f'{c["youtube_id"]}, {s:.3f}, {s + 10:.3f}, "{mids}"')
+        _write_text(out / f"{split}_segments.csv", lines)
+    _write_text(out / "class_labels_indices.csv", ["index,mid,display_name"] + [
+        f'{i},{mid},"{name}"' for i, (mid, name) in enumerate(AUDIOSET_CLASSES)])
+    return _finish(out, "audioset", seed, cfg, clips_per_class,
+                   [name for _, name in AUDIOSET_CLASSES], clips, """
+balanced_train_segments.csv, eval_segments.csv: three '#' lines, then
+'YTID, start_seconds, end_seconds, "mid1,mid2"' (read with skipinitialspace). Labels of a clip: the
+actions of all of its sounding actors (multi-label). class_labels_indices.csv: index,mid,
+display_name. Files video/<ytid>_<int(start_seconds):06d>.mp4 (H.264 + AAC).""")
+
+
+# ---------------------------------------------------------------- plain folder
+
+
+@LAYOUTS.register("folder")
+def write_folder(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                 cfg: WorldConfig = WorldConfig(), workers: int = 1) -> Path:
+    """Unlabeled ``out/<video_id>.mp4``, every fourth in ``out/more/``; every seventh has no
+    audio stream."""
+    _check(clips_per_class)
+    jobs = []
+    for i in range(clips_per_class * len(ACTIONS)):
+        vid = f"synth_{seed}_{i:06d}"
+        path = f"more/{vid}.mp4" if i % 4 == 3 else f"{vid}.mp4"
+        jobs.append(Job(path, seed, i, i % len(ACTIONS), cfg.fps, i % 7 != 6))
+    clips = _run(jobs, out, cfg, workers, "folder")
+    return _finish(out, "folder", seed, cfg, clips_per_class, ACTIONS, clips, """
+<video_id>.mp4 (H.264 + AAC) with every fourth clip in more/; unlabeled (the labels in
+ground_truth.json are for checking only); every seventh clip has no audio stream.""")
+
+
+def write_layout(layout: str, out: str | os.PathLike, *, clips_per_class: int = 4, seed: int = 0,
+                 cfg: WorldConfig = WorldConfig(), workers: int = 1, **options: Any) -> Path:
+    """Write the synthetic world in ``layout``'s format under ``out``; returns ``out`` as a Path.
+
+    ``options`` go to the layout's writer (ucf101: ``labelled_test_lists``). Unknown layout ->
+    :class:`~avssl.errors.UnknownNameError`.
+    """
+    writer = LAYOUTS.get(layout)
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+    accepted = set(inspect.signature(writer).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"layout {layout!r} does not take option(s) {', '.join(unknown)}")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    return writer(root, clips_per_class=clips_per_class, seed=seed, cfg=cfg,
+                  workers=max(1, int(workers)), **options)

@@ -1,0 +1,220 @@
+"""Decoding throughput: clips/s for 16-frame 112x112 training clips, raw decode vs full pipeline.
+
+    python benchmarks/bench_decoding.py            # full run (numbers in benchmarks/README.md)
+    python benchmarks/bench_decoding.py --quick    # a short smoke run
+    python benchmarks/bench_decoding.py --data DIR # your own videos instead of generated ones
+
+Without ``--data`` it writes 8 videos of 10 s, 320x240, 25 fps (H.264 + AAC, ``write_av``'s
+defaults) into a temporary folder. For every backend (decord, PyAV) and DataLoader worker count
+(1, 2) it measures, on the same random 16-frame windows at native fps:
+
+* ``raw``:  ``decode_video`` only (uint8 ``(16, 3, 240, 320)``), batches of 8 left as lists;
+* ``full``: the training path users run: ``ClipDataset`` (train mode, no audio) + ``VideoPipeline``
+  (random resized crop 112, flip, normalise) + default collate -> float ``(8, 16, 3, 112, 112)``.
+
+It prints a table and one JSON line. Target: ``full`` keeps >= 80% of raw decord throughput.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from avssl.data import decoding
+from avssl.data.clips import random_window
+from avssl.data.datasets.base import ClipDataset, VideoRecord
+from avssl.data.manifest import find_videos
+from avssl.data.transforms import VideoPipeline
+
+CLIP_FRAMES = 16
+BATCH = 8
+SEED = 0
+
+
+def make_videos(folder: Path, n: int, seconds: float, fps: int = 25, h: int = 240, w: int = 320) -> list[Path]:
+    """``n`` videos of panning smooth texture + a moving square + a tone (cheap to generate)."""
+    paths = []
+    t_frames = int(seconds * fps)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        small = torch.from_numpy(rng.random((1, 3, h // 8, 2 * w // 8), dtype=np.float32))
+        texture = torch.nn.functional.interpolate(small, size=(h, 2 * w), mode="bilinear")[0]
+        texture = (texture * 200 + 28).to(torch.uint8)  # (3, h, 2w)
+        frames = torch.empty(t_frames, 3, h, w, dtype=torch.uint8)
+        for k in range(t_frames):
+            x0 = (k * 2) % w  # pan right 2 px/frame
+            frames[k] = texture[:, :, x0 : x0 + w]
+            y, x = int((h - 40) * (0.5 + 0.5 * math.sin(k / 9 + i))), (k * 5) % (w - 40)
+            frames[k, :, y : y + 40, x : x + 40] = 255
+        sr = 16000
+        t = torch.arange(int(seconds * sr)) / sr
+        audio = (0.2 * torch.sin(2 * math.pi * (220 + 40 * i) * t)).unsqueeze(0)
+        path = folder / f"bench_{i:02d}.mp4"
+        decoding.write_av(path, frames, fps, audio, sr)
+        paths.append(path)
+    return paths
+
+
+class RawClips(Dataset):
+    """decode_video only, on the same windows ClipDataset draws for (seed, epoch 0, index)."""
+
+    def __init__(self, records: list[VideoRecord], clip_s: float, backend: str):
+        self.records, self.clip_s, self.backend = records, clip_s, backend
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rec = self.records[index]
+        rng = np.random.default_rng([SEED, 0, index, 0])
+        start, end = random_window(rec.extra["duration_s"], self.clip_s, rng)
+        return decoding.decode_video(rec.path, start, end, backend=self.backend)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def measure(loader: DataLoader, warmup: int, timed: int) -> tuple[float, float]:
+    """``(clips/s, CPU ms/clip)`` over one finite pass of ``loader``.
+
+    clips/s is wall-clock over batches ``warmup .. warmup + timed``; the pass holds more batches
+    after them, so the workers' prefetch queues are as full when the timing stops as when it
+    starts (a pass that ended with the timing would count queued batches for free). CPU ms/clip
+    is the CPU time of the workers (all their threads; reaped when the pass ends) plus this
+    process, over every clip of the pass: unlike wall-clock time it barely moves when other
+    programs load the machine.
+    """
+    cpu0 = _cpu_s()
+    n, t0, t1 = 0, 0.0, 0.0
+    for i, batch in enumerate(loader):
+        if i == warmup:
+            t0 = time.perf_counter()
+        if warmup < i <= warmup + timed:  # clips received after t0
+            n += len(batch) if isinstance(batch, list) else batch["video"].shape[0]
+            t1 = time.perf_counter()
+    total = len(loader.dataset)  # the pass is over: the workers have exited
+    return n / (t1 - t0), 1000.0 * (_cpu_s() - cpu0) / total
+
+
+def _cpu_s() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def build(mode: str, backend: str, workers: int, records: list[VideoRecord], clip_s: float) -> DataLoader:
+    if mode == "raw":
+        ds = RawClips(records, clip_s, backend)
+        return DataLoader(ds, batch_size=BATCH, num_workers=workers, collate_fn=_as_list)
+    ds = ClipDataset(
+        records, mode="train", clip_s=clip_s, audio=False, backend=backend, seed=SEED,
+        video_transform=VideoPipeline(mode="train", size=112), progress=False, name="bench",
+    )
+    return DataLoader(ds, batch_size=BATCH, num_workers=workers)
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", help="folder of videos to read instead of generated ones")
+    ap.add_argument("--quick", action="store_true", help="short run: 3 batches, 1 repeat")
+    ap.add_argument("--batches", type=int, help="timed batches per measurement (default 20, quick 3)")
+    ap.add_argument("--repeats", type=int, help="repeats per setting, median reported (default 3, quick 1)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--backends", nargs="+", default=["decord", "pyav"], choices=["decord", "pyav"])
+    args = ap.parse_args(argv)
+    batches = args.batches or (3 if args.quick else 20)
+    repeats = args.repeats or (1 if args.quick else 3)
+
+    tmp = None
+    if args.data:
+        paths = [Path(args.data) / p for p in find_videos(args.data)]
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="avssl-bench-")
+        t0 = time.perf_counter()
+        paths = make_videos(Path(tmp.name), n=8, seconds=10.0)
+        print(f"generated {len(paths)} videos in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if not paths:
+        print(f"error: no videos found under {args.data}", file=sys.stderr)
+        return 2
+    infos = [decoding.probe(p) for p in paths]
+    clip_s = CLIP_FRAMES / infos[0].fps
+    base = [VideoRecord(str(p), p.stem, extra={"duration_s": i.duration_s, "fps": i.fps, "has_audio": i.has_audio})
+            for p, i in zip(paths, infos)]
+
+    results = []
+    for backend in args.backends:
+        for workers in args.workers:
+            # One finite pass per measurement: warm-up batches (worker start-up), the timed ones,
+            # then a queue's worth more (see measure). Each index draws its own window, so the
+            # records just cycle over the videos.
+            warmup, tail = 2 * workers, 2 * workers + 1
+            items = (warmup + batches + 1 + tail) * BATCH
+            records = [base[k % len(base)] for k in range(items)]
+            runs: dict[str, list[tuple[float, float]]] = {"raw": [], "full": []}
+            for _ in range(repeats):  # alternate raw/full so machine-load drift hits both
+                for mode in ("raw", "full"):
+                    runs[mode].append(measure(build(mode, backend, workers, records, clip_s), warmup, batches))
+            for mode, values in runs.items():
+                results.append({
+                    "backend": backend, "workers": workers, "mode": mode,
+                    "clips_per_s": round(statistics.median(v[0] for v in values), 2),
+                    "cpu_ms_per_clip": round(statistics.median(v[1] for v in values), 2),
+                    "runs_clips_per_s": [round(v[0], 2) for v in values],
+                })
+
+    def get(backend: str, workers: int, mode: str, key: str) -> float:
+        return next(r[key] for r in results if (r["backend"], r["workers"], r["mode"]) == (backend, workers, mode))
+
+    print(f"{'backend':8} {'workers':>7} {'raw clips/s':>11} {'full clips/s':>12} {'full/raw':>8} "
+          f"{'full/raw decord':>15} {'raw CPU ms':>10} {'full CPU ms':>11} {'CPU raw/full':>12}")
+    ratios, cpu_ratios = {}, {}
+    for backend in args.backends:
+        for workers in args.workers:
+            raw, full = get(backend, workers, "raw", "clips_per_s"), get(backend, workers, "full", "clips_per_s")
+            craw, cfull = get(backend, workers, "raw", "cpu_ms_per_clip"), get(backend, workers, "full", "cpu_ms_per_clip")
+            ref = get("decord", workers, "raw", "clips_per_s") if "decord" in args.backends else float("nan")
+            ratios[f"{backend}/{workers}"] = round(full / ref, 3)
+            cpu_ratios[f"{backend}/{workers}"] = round(craw / cfull, 3)
+            print(f"{backend:8} {workers:>7} {raw:>11.1f} {full:>12.1f} {full / raw:>8.2f} {full / ref:>15.2f} "
+                  f"{craw:>10.1f} {cfull:>11.1f} {craw / cfull:>12.2f}")
+    target = [v >= 0.8 for k, v in ratios.items() if k.startswith("decord/")]
+    summary = {
+        "bench": "decoding", "clip": f"{CLIP_FRAMES}x112x112", "batch": BATCH,
+        "videos": len(paths), "source": args.data or "generated 8 x 10 s 320x240 25 fps h264+aac",
+        "batches": batches, "repeats": repeats, "cpu": cpu_model(), "cores": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
+        "results": results, "full_over_raw_decord": ratios, "cpu_raw_over_full": cpu_ratios,
+        "target_met": all(target) if target else None,
+    }
+    print(json.dumps(summary))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

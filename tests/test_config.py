@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+
+from avssl.config import (apply_overrides, config_hash, format_help, load_config, parse_args,
+                          parse_overrides, save_config)
+from avssl.errors import ConfigError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class Data:
+    path: Optional[str] = None
+    size: tuple[int, ...] = (112, 112)
+    backend: Literal["auto", "decord", "pyav"] = "auto"
+    shuffle: bool = True
+
+
+@dataclass
+class Train:
+    optim: Optim = field(default_factory=Optim)
+    data: Data = field(default_factory=Data)
+    steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    name: str = "run"
+
+
+def test_overrides_are_typed():
+    cfg = parse_args(Train, ["--optim.lr=3e-4", "--data.path", "/v", "--data.shuffle=false",
+                             "--data.size=64,48", "--steps=2e3", "--data.backend=pyav"])
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.data.path == "/v" and cfg.data.shuffle is False
+    assert cfg.data.size == (64, 48) and cfg.steps == 2000 and cfg.data.backend == "pyav"
+    assert isinstance(cfg.steps, int)
+
+
+def test_bare_flag_means_true_and_none_resets():
+    cfg = parse_args(Train, ["--data.shuffle"], base=Train(data=Data(shuffle=False, path="x")))
+    assert cfg.data.shuffle is True
+    assert parse_args(Train, ["--data.path=none"], base=Train(data=Data(path="x"))).data.path is None
+
+
+@pytest.mark.parametrize("arg,msg", [
+    ("--steps=1.5", "expected int"),
+    ("--optim.lr=fast", "expected float"),
+    ("--data.shuffle=maybe", "expected bool"),
+    ("--data.backend=ffmpeg", "one of auto, decord, pyav"),
+    ("--optim.betas=1,2,3", "expected 2 values"),
+])
+def test_bad_values_are_one_line_errors(arg, msg):
+    with pytest.raises(ConfigError, match=msg) as e:
+        parse_args(Train, [arg])
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'.*did you mean: optim\.lr"):
+        parse_args(Train, ["--optim.lrr=1"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        apply_overrides(Train(), {"nope": "1"})
+
+
+def test_positional_argument_is_rejected():
+    with pytest.raises(ConfigError, match="--section.field=value"):
+        parse_overrides(["steps=3"])
+
+
+def test_json_round_trip_and_config_file(tmp_path):
+    cfg = parse_args(Train, ["--optim.lr=0.5", "--data.size=8,8,8", "--name=abc"])
+    p = save_config(cfg, tmp_path / "sub" / "config.json")
+    assert json.loads(p.read_text())["optim"]["lr"] == 0.5
+    back = load_config(Train, p)
+    assert back == cfg
+    assert config_hash(back) == config_hash(cfg) != config_hash(Train())
+    # --config loads the file, later overrides still apply
+    cfg2 = parse_args(Train, ["--config", str(p), "--steps=7"])
+    assert cfg2.optim.lr == 0.5 and cfg2.steps == 7 and cfg2.data.size == (8, 8, 8)
+
+
+def test_bad_config_file(tmp_path):
+    (tmp_path / "c.json").write_text('{"optim": {"lr": 1, "momentum": 0.9}}')
+    with pytest.raises(ConfigError, match="optim.momentum"):
+        load_config(Train, tmp_path / "c.json")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Train, tmp_path / "missing.json")
+
+
+def test_help_lists_every_key_with_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(Train, ["--help"], prog="train")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key in ["--optim.lr", "--optim.warmup_steps", "--optim.betas", "--data.path", "--data.size",
+                "--data.backend", "--data.shuffle", "--steps", "--name"]:
+        assert key in out
+    assert "[100]  optimizer steps" in out and "[0.001]" in format_help(Train)

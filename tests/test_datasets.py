@@ -1,0 +1,378 @@
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from avssl.data import decoding
+from avssl.data.datasets import (
+    DATASETS,
+    ClipDataset,
+    SyntheticClips,
+    VideoRecord,
+    build_dataset,
+    folder_dataset,
+)
+from avssl.data.manifest import Quarantine, scan, write_manifest
+from avssl.data.synthetic import WorldConfig, render_clip
+from avssl.data.transforms import VideoPipeline
+from avssl.errors import ConfigError, DataError, UnknownNameError
+
+torch.set_num_threads(1)
+
+FPS, DUR, SR = 25, 1.2, 16000
+GOOD = ["a.mp4", "b.mp4", "c.mp4", "sub/d.mp4", "sub/silent.avi"]
+BAD = ["truncated.mp4", "zero.mp4"]
+
+
+def _clip(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1.2 s 32x32 clip whose brightness ramps with time and whose tone depends on ``k``."""
+    t = int(DUR * FPS)
+    ramp = torch.linspace(20, 230, t).round().to(torch.uint8)
+    video = ramp.view(t, 1, 1, 1).expand(t, 3, 32, 32).clone()
+    video[:, k % 3, :8, :8] = 255
+    s = torch.arange(int(DUR * SR)) / SR
+    audio = (0.3 * torch.sin(2 * torch.pi * (220 + 110 * k) * s)).unsqueeze(0)
+    return video, audio
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("folder")
+    for k, rel in enumerate(GOOD + ["truncated.mp4"]):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        video, audio = _clip(k)
+        decoding.write_av(root / rel, video, FPS, None if "silent" in rel else audio, SR)
+    data = (root / "truncated.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "zero.mp4").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="session")
+def good_tree(tmp_path_factory, tree) -> Path:
+    root = tmp_path_factory.mktemp("good")
+    for rel in GOOD:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((tree / rel).read_bytes())
+    return root
+
+
+KW = dict(clip_s=0.4, fps=10, size=16, progress=False)
+
+
+def test_missing_files_reported_not_fatal(tree, caplog):
+    records = [VideoRecord(str(tree / r), r) for r in GOOD[:2]]
+    records.append(VideoRecord(str(tree / "gone.mp4"), "gone"))
+    with caplog.at_level(logging.INFO):
+        ds = ClipDataset(records, **KW)
+    assert (ds.num_listed, ds.num_used, len(ds)) == (3, 2, 2)
+    assert ds.missing == [str(tree / "gone.mp4")]
+    assert "found 2 of 3 listed videos" in caplog.text
+    assert "2 of 3" in ds.report()
+    with pytest.raises(DataError, match="none of the 1 listed"):
+        ClipDataset([VideoRecord(str(tree / "gone.mp4"), "gone")], **KW)
+
+
+def test_train_substitutes_bad_files_and_quarantines_them(tree, tmp_path, caplog, monkeypatch):
+    qfile = tmp_path / "quarantine.jsonl"
+    ds = folder_dataset(tree, mode="train", quarantine=qfile, **KW)
+    early = folder_dataset(tree, mode="train", quarantine=qfile, **KW)  # e.g. another worker
+    assert ds.num_used == len(GOOD) + len(BAD)
+    bad_paths = {str(tree / b) for b in BAD}
+    with caplog.at_level(logging.WARNING):
+        samples = [ds[i] for i in range(len(ds))]
+    for i, s in enumerate(samples):
+        path = ds.records[s["video_index"]].path
+        assert path not in bad_paths
+        assert s["video"].shape == (4, 3, 16, 16) and s["audio"].shape == (1, int(0.4 * SR))
+        if ds.records[i].path in bad_paths:
+            assert s["video_index"] != i  # substituted by another video
+        else:
+            assert s["video_index"] == i
+    assert Quarantine(qfile).paths() == bad_paths  # persisted
+    # An object made before the files were quarantined sees the additions and skips them
+    # without opening them again.
+    opened = []
+    probe = decoding.probe
+    monkeypatch.setattr(decoding, "probe", lambda p, **k: (opened.append(p), probe(p, **k))[1])
+    for i, rec in enumerate(early.records):
+        if rec.path in bad_paths:
+            assert early[i]["video_index"] != i
+    assert not bad_paths & set(opened)
+    assert "truncated.mp4" in caplog.text and "zero.mp4" in caplog.text
+    # A new dataset object (a later run) skips the quarantined files up front.
+    again = folder_dataset(tree, mode="train", quarantine=str(qfile), **KW)
+    assert again.num_used == len(GOOD)
+    assert not bad_paths & {r.path for r in again.records}
+
+
+def test_train_substitution_is_bounded(tree, tmp_path):
+    records = [VideoRecord(str(tree / b), b) for b in BAD]
+    ds = ClipDataset(records, mode="train", max_retries=3, **KW)
+    with pytest.raises(DataError, match="failed to decode"):
+        ds[0]
+
+
+def test_eval_raises_naming_the_bad_file(tree):
+    ds = folder_dataset(tree, mode="eval", **KW)
+    for i, rec in enumerate(ds.records):
+        if os.path.basename(rec.path) in BAD:
+            with pytest.raises(DataError, match=os.path.basename(rec.path)) as err:
+                ds[i]
+            assert "skip_bad=True" in str(err.value)
+        else:
+            assert ds[i]["video"].shape[0] == 4
+
+
+def test_eval_skip_bad_reports_used_vs_listed(tree):
+    ds = folder_dataset(tree, mode="eval", skip_bad=True, num_clips=3, **KW)
+    assert (ds.num_listed, ds.num_used, len(ds)) == (7, 5, 15)
+    assert {p for p, _ in ds.bad} == {str(tree / b) for b in BAD}
+    assert all(reason for _, reason in ds.bad)
+    assert "using 5 of 7" in ds.report()
+    # Uniform windows: first clip at 0, last one ends at the end of the file.
+    starts = [ds[i]["clip_start_s"] for i in range(3)]
+    assert [ds[i]["clip_index"] for i in range(3)] == [0, 1, 2]
+    assert starts[0] == 0.0 and starts[2] == pytest.approx(DUR - 0.4, abs=0.05)
+    assert starts[0] < starts[1] < starts[2]
+
+
+def test_eval_frames_match_the_window(good_tree):
+    ds = folder_dataset(good_tree, mode="eval", num_clips=2, clip_s=0.4, fps=25, progress=False)
+    s = ds[1]  # second clip of the first video: ends at the end of the file
+    brightness = s["video"][:, 1, 16:, 16:].float().mean(dim=(1, 2))
+    ramp = torch.linspace(20, 230, int(DUR * FPS))
+    first = round(s["clip_start_s"] * FPS)
+    assert torch.allclose(brightness, ramp[first:first + 10], atol=6)
+
+
+def test_video_without_audio_loads_with_silence(good_tree):
+    ds = folder_dataset(good_tree, mode="eval", **KW)
+    by_id = {ds.records[i].video_id: ds[i] for i in range(len(ds))}
+    silent = by_id["sub/silent"]
+    assert silent["has_audio"] is False and silent["video"].shape == (4, 3, 16, 16)
+    assert silent["audio"].shape == (1, int(0.4 * SR)) and not silent["audio"].any()
+    assert by_id["a"]["has_audio"] is True and by_id["a"]["audio"].abs().max() > 0.1
+    # require_audio drops it once files are probed up front.
+    ds = folder_dataset(good_tree, mode="eval", skip_bad=True, require_audio=True, **KW)
+    assert "sub/silent" not in ds.video_ids and ds.num_used == len(GOOD) - 1
+
+
+def test_manifest_folder_drops_bad_rows_and_skips_probing(tree, tmp_path, monkeypatch):
+    csv = tmp_path / "manifest.csv"
+    write_manifest(scan(tree, progress=False), csv)
+    ds = folder_dataset(csv, root=tree, mode="eval", **KW)
+    assert (ds.num_listed, ds.num_used) == (7, 5)
+    assert {Path(p).name for p, _ in ds.bad} == set(BAD)
+
+    def no_probe(*a, **k):
+        raise AssertionError("durations come from the manifest")
+
+    monkeypatch.setattr(decoding, "probe", no_probe)
+    s = [ds[i] for i in range(len(ds))]
+    assert [x["has_audio"] for x in s].count(False) == 1
+
+
+def _batches(root: Path, seed: int, workers: int, epoch: int = 0) -> list[dict]:
+    ds = folder_dataset(root, mode="train", seed=seed, video_transform=VideoPipeline(size=12),
+                        **KW)
+    ds.set_epoch(epoch)
+    # Decode in the parent first: the parent's cached decord readers must not freeze the forked
+    # workers (a decord destructor run in a child used to wait forever for threads it lacks).
+    ds[0]
+    loader = DataLoader(ds, batch_size=2, num_workers=workers, shuffle=False)
+    return list(loader)
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return all(torch.equal(x["video"], y["video"]) and torch.equal(x["audio"], y["audio"])
+               and torch.equal(x["clip_start_s"], y["clip_start_s"]) for x, y in zip(a, b))
+
+
+def test_dataloader_two_workers_is_deterministic(good_tree):
+    run1 = _batches(good_tree, seed=0, workers=2)
+    run2 = _batches(good_tree, seed=0, workers=2)
+    assert len(run1) == 3 and _same(run1, run2)
+    assert _same(run1, _batches(good_tree, seed=0, workers=0))  # whatever the worker count
+    other = _batches(good_tree, seed=1, workers=2)
+    assert not torch.equal(torch.cat([b["clip_start_s"] for b in run1]),
+                           torch.cat([b["clip_start_s"] for b in other]))
+    assert not _same(run1, _batches(good_tree, seed=0, workers=0, epoch=1))
+
+
+def test_registry_and_layout_errors(tmp_path):
+    assert {"folder", "ucf101", "ucf101-av", "hmdb51", "kinetics", "vggsound", "audioset",
+            "synthetic"} <= set(DATASETS.names())
+    with pytest.raises(UnknownNameError, match="ucf101"):
+        build_dataset("ucf-101", tmp_path)
+    for name in ["ucf101", "ucf101-av", "hmdb51", "kinetics", "vggsound", "audioset"]:
+        with pytest.raises(DataError, match=r"python -m avssl.data.synthetic --layout"):
+            build_dataset(name, tmp_path / "nowhere")
+        with pytest.raises(DataError, match=r"expected"):
+            build_dataset(name, tmp_path)  # exists but empty
+
+
+def test_synthetic_clips_collate_with_ground_truth():
+    cfg = WorldConfig(size=32, duration_s=0.4, max_actors=3)
+    ds = SyntheticClips(4, seed=3, cfg=cfg)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    assert batch["video"].shape == (4, 10, 3, 32, 32) and batch["video"].dtype == torch.uint8
+    assert batch["audio"].shape == (4, 1, 6400) and batch["stems"].shape == (4, 3, 6400)
+    assert batch["boxes"].shape == (4, 10, 3, 4)
+    for i in range(4):
+        ref = render_clip(3, i, cfg=cfg)
+        n = len(ref["actor_actions"])
+        s = ds[i]
+        assert s["num_actors"] == n and s["label"] == ref["label"]
+        assert np.array_equal(s["stems"][:n].numpy(), ref["stems"])
+        assert not s["stems"][n:].any() and (s["actor_actions"][n:] == -1).all()
+        assert np.array_equal(s["video"].numpy(), ref["video"])
+    test = build_dataset("synthetic", None, split="test", num_clips=2, cfg=cfg)
+    assert test.mode == "eval" and test[0]["video_id"] != ds[0]["video_id"]
+
+
+# ---------------------------------------------------------------- index formats on synthetic trees
+
+from avssl.data.datasets import audioset, hmdb51, kinetics, vggsound  # noqa: E402
+from avssl.data.synthetic import write_layout  # noqa: E402
+
+SMALL = WorldConfig(size=32, duration_s=1.0, max_actors=2, max_distractors=1)
+
+
+def _layout(tmp_path_factory, name: str, n: int) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp(name)
+    write_layout(name, root, clips_per_class=n, seed=1, cfg=SMALL)
+    import json
+
+    return root, json.loads((root / "ground_truth.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def hmdb(tmp_path_factory):
+    return _layout(tmp_path_factory, "hmdb51", 6)
+
+
+@pytest.fixture(scope="session")
+def kin(tmp_path_factory):
+    return _layout(tmp_path_factory, "kinetics", 4)
+
+
+def test_hmdb51_splits_labels_and_special_names(hmdb, tmp_path):
+    root, truth = hmdb
+    by_file = {c["file"]: c for c in truth["clips"]}
+    assert any(c[f"split{k}"] == 0 for c in truth["clips"] for k in (1, 2, 3))
+    assert (next((root / "testTrainMulti_7030_splits").iterdir()).read_text()
+            .splitlines()[0].endswith(" "))
+    for k in (1, 2, 3):
+        for train, mark in ((True, 1), (False, 2)):
+            ds = hmdb51(root, split=k, train=train, **KW)
+            names = {Path(r.path).name for r in ds.records}
+            assert names == {f for f, c in by_file.items() if c[f"split{k}"] == mark}
+            assert ds.class_names == sorted(truth["classes"]) and ds.missing == []
+            for r in ds.records:
+                assert ds.class_names[r.label] == by_file[Path(r.path).name]["class_name"]
+            assert ds.mode == ("train" if train else "eval")
+    ds = hmdb51(root, split=1, train=True, mode="eval", **KW)
+    odd = next(i for i, r in enumerate(ds.records) if set("!()&") & set(Path(r.path).name))
+    assert ds[odd]["video"].shape == (4, 3, 16, 16)
+    # class folders directly under root (no hmdb51/ level) give the same records
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    os.symlink(root / "testTrainMulti_7030_splits", flat / "testTrainMulti_7030_splits")
+    for d in (root / "hmdb51").iterdir():
+        os.symlink(d, flat / d.name)
+    again = hmdb51(flat, split=1, train=True, mode="eval", **KW)
+    assert again.video_ids == ds.video_ids and again.labels == ds.labels and not again.missing
+
+
+def test_kinetics_quoted_labels_missing_rows_and_test(kin, tmp_path):
+    root, truth = kin
+    by_id = {c["youtube_id"]: c for c in truth["clips"]}
+    train = kinetics(root, "train", **KW)
+    assert "rock, paper, scissors" in train.class_names
+    assert train.class_names == sorted(truth["classes"])
+    assert (train.num_listed, train.num_used) == (len(by_id) // 2 + 2, len(by_id) // 2)
+    assert {Path(p).name for p in train.missing} == {Path(m).name for m in truth["missing"]}
+    assert train.invalid_rows == 0 and train.mode == "train"
+    for r in train.records:
+        assert train.class_names[r.label] == by_id[r.extra["youtube_id"]]["class_name"]
+    val = kinetics(root, "val", **KW)
+    assert val.mode == "eval" and len(val) == len(truth["classes"]) and not val.missing
+    test = kinetics(root, "test", **KW)
+    assert all(r.label is None for r in test.records) and not test.missing
+    assert "label" not in test[0] and test[0]["video"].shape == (4, 3, 16, 16)
+    # a copy with val.csv instead of validate.csv and two spreadsheet-damaged ids
+    copy = tmp_path / "k"
+    copy.mkdir()
+    for d in ("train", "val", "test"):
+        os.symlink(root / d, copy / d)
+    (copy / "val.csv").write_text((root / "validate.csv").read_text())
+    rows = (root / "train.csv").read_text()
+    damaged = '"zumba",1.23E+05,12,22,train\n"zumba",-abc,1,11,train\n'
+    (copy / "train.csv").write_text(rows + damaged)
+    assert kinetics(copy, "train", **KW).invalid_rows == 2
+    assert kinetics(copy, "validate", **KW).video_ids == val.video_ids
+
+
+def test_vggsound_labels_with_commas(tmp_path_factory):
+    root, truth = _layout(tmp_path_factory, "vggsound", 2)
+    by_id = {c["youtube_id"]: c for c in truth["clips"]}
+    assert any(line.startswith("-") for line in (root / "vggsound.csv").read_text().splitlines())
+    for split in ("train", "test"):
+        ds = vggsound(root, split, **KW)
+        assert ds.class_names == sorted(truth["classes"]) and not ds.missing
+        assert {r.extra["youtube_id"] for r in ds.records} == {
+            y for y, c in by_id.items() if c["split"] == split}
+        for r in ds.records:
+            assert ds.class_names[r.label] == by_id[r.extra["youtube_id"]]["class_name"]
+    assert "people eating, crunchy" in ds.class_names
+    assert ds[0]["label"] == ds.records[0].label
+
+
+def test_audioset_multi_hot_labels(tmp_path_factory):
+    root, truth = _layout(tmp_path_factory, "audioset", 2)
+    by_id = {c["youtube_id"]: c for c in truth["clips"]}
+    ds = audioset(root, "balanced_train", **KW)
+    assert ds.num_classes == len(truth["classes"]) and ds.class_names == truth["classes"]
+    assert not ds.missing and ds.num_used == len(truth["classes"]) and ds.mode == "train"
+    assert any(len(by_id[r.extra["youtube_id"]]["labels"]) > 1 for r in ds.records)
+    for r in ds.records:
+        assert r.label == by_id[r.extra["youtube_id"]]["labels"]
+    s = ds[0]
+    hot = torch.zeros(ds.num_classes)
+    hot[ds.records[0].label] = 1
+    assert s["label"].dtype == torch.float32 and torch.equal(s["label"], hot)
+    ev = audioset(root, "eval", **KW)
+    assert ev.mode == "eval" and not set(ev.video_ids) & set(ds.video_ids)
+
+
+def test_audio_shift_gives_the_same_videos_audio_shifted(tmp_path):
+    """The hard sync negative is this video's audio at start + shift_s, |shift_s| in range."""
+    clip = render_clip(0, 5, cfg=WorldConfig(duration_s=3.0, size=32))
+    long_path, short_path = tmp_path / "long.mp4", tmp_path / "short.mp4"
+    decoding.write_av(long_path, clip["video"], 25.0, clip["audio"], 16000)
+    decoding.write_av(short_path, clip["video"][:20], 25.0, clip["audio"][:, :12800], 16000)
+    ds = ClipDataset([VideoRecord(str(long_path), "long"), VideoRecord(str(short_path), "short")],
+                     clip_s=1.0, fps=10, size=16, audio_shift=(0.8, 1.5), progress=False)
+    shifts = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        s = ds[0]
+        assert s["hard_valid"] and 0.8 - 1e-6 <= abs(s["shift_s"]) <= 1.5 + 1e-6
+        start = s["clip_start_s"] + s["shift_s"]
+        assert 0 <= start <= 2.0 + 1e-6  # the shifted window stays inside the 3 s file
+        ref = decoding.decode_audio(long_path, start, start + 1.0, sample_rate=16000)
+        assert torch.allclose(s["audio_shift"], ref)
+        assert not torch.allclose(s["audio_shift"], s["audio"], atol=1e-3)
+        shifts.append(s["shift_s"])
+    assert len(set(round(x, 3) for x in shifts)) > 1  # drawn per epoch, not fixed
+    short = ds[1]  # 0.8 s: no 1 s window fits, let alone a shifted one
+    assert short["hard_valid"] is False and not short["audio_shift"].any()
+    with pytest.raises(ConfigError, match="audio_shift"):
+        ClipDataset([VideoRecord(str(long_path), "long")], audio=False, audio_shift=(0.5, 1.0))
