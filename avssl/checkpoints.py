@@ -1,0 +1,191 @@
+"""Checkpoints: safetensors weights + resolved config, written atomically, loaded without pickle.
+
+A checkpoint is a folder::
+
+    step_000500/
+      model.safetensors   every tensor, keys prefixed by component ("video.", "audio.", "head.")
+      config.json         the resolved run config (what produced these weights)
+      meta.json           {"format": 1, "step", "components": {name: {"encoder", "kwargs"}}, ...}
+      state/              optional: accelerate's optimizer / scheduler / RNG / sampler state
+                          (written by recipes for --resume; never read by load_checkpoint)
+
+It is written into a hidden temporary folder and renamed into place, so a folder with the final
+name is always complete; a kill mid-write leaves only a ``.tmp-*`` folder that nothing loads.
+``<run root>/latest`` is a relative symlink to the newest complete checkpoint, replaced atomically.
+
+Loading reads only JSON and safetensors, so a stranger's checkpoint never executes code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from avssl.errors import AvsslError
+
+FORMAT = 1
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    weights: dict[str, torch.Tensor]
+    config: dict
+    meta: dict
+
+    def component_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The state dict of one component (prefix ``name.`` stripped)."""
+        prefix = name + "."
+        state = {k[len(prefix):]: v for k, v in self.weights.items() if k.startswith(prefix)}
+        if not state:
+            have = sorted(self.meta.get("components", {}))
+            raise AvsslError(f"checkpoint {self.path} has no component {name!r}; it has: "
+                             f"{', '.join(have) or 'none'}")
+        return state
+
+
+def save_checkpoint(path: str | os.PathLike, components: dict[str, nn.Module], *, config: dict,
+                    step: int, specs: dict[str, dict] | None = None,
+                    extra_meta: dict | None = None,
+                    write_state: Callable[[Path], None] | None = None,
+                    tmp: Path | None = None) -> Path:
+    """Write a checkpoint folder atomically and return its path.
+
+    ``components``: name -> module whose ``state_dict()`` is saved under ``name.``.
+    ``specs``: name -> ``{"encoder": registered name, "kwargs": {...}}`` so that
+    :func:`load_encoder` can rebuild the module without the recipe.
+    ``write_state(tmp_dir)``: optional callback writing extra files (accelerate state) into the
+    folder before it is renamed into place.
+    ``tmp``: a hidden folder next to ``path`` already holding files (e.g. accelerate state written
+    by every process); the weights are added to it and it is renamed into place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tmp is None:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{path.name}-"))
+    try:
+        tensors = {}
+        for name, module in components.items():
+            for k, v in module.state_dict().items():
+                # safetensors refuses shared/non-contiguous storage: store independent copies
+                tensors[f"{name}.{k}"] = v.detach().to("cpu").contiguous().clone()
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
+        meta = {"format": FORMAT, "step": int(step),
+                "components": {n: (specs or {}).get(n, {}) for n in components}}
+        meta.update(extra_meta or {})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if write_state is not None:
+            write_state(tmp / "state")
+        if path.exists():  # re-saving the same step: move the old one aside first
+            old = path.parent / f".old-{path.name}-{os.getpid()}"
+            os.replace(path, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def update_latest(run_root: str | os.PathLike, ckpt: str | os.PathLike,
+                  name: str = "latest") -> Path:
+    """Point ``run_root/<name>`` at ``ckpt`` (relative symlink, replaced atomically)."""
+    run_root = Path(run_root)
+    link = run_root / name
+    target = os.path.relpath(Path(ckpt).resolve(), run_root.resolve())
+    tmp = run_root / f".{name}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from a folder, a ``latest`` link, or a run folder holding ``latest``."""
+    p = Path(path)
+    if p.is_dir() and not (p / WEIGHTS).exists() and (p / "latest").exists():
+        p = p / "latest"
+    p = p.resolve()
+    if not p.exists():
+        raise AvsslError(f"checkpoint {path} does not exist; pass a checkpoint folder written by "
+                         f"a recipe (runs/<recipe>/<run>/step_N) or runs/<recipe>/latest")
+    if not (p / WEIGHTS).is_file() or not (p / "meta.json").is_file():
+        raise AvsslError(f"{path} is not an avssl checkpoint: expected {WEIGHTS} and meta.json "
+                         f"inside it")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    p = resolve(path)
+    meta = json.loads((p / "meta.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise AvsslError(f"checkpoint {p} has format {meta.get('format')!r}; this avssl reads "
+                         f"format {FORMAT}")
+    cfg_file = p / "config.json"
+    config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    return Checkpoint(p, load_file(str(p / WEIGHTS), device=str(device)), config, meta)
+
+
+def load_encoder(path: str | os.PathLike, component: str = "video") -> nn.Module:
+    """Rebuild a registered encoder saved as ``component`` and load its weights (strict)."""
+    from avssl.encoders import build_encoder  # late: the zoo imports many modules
+
+    ckpt = load_checkpoint(path)
+    spec = ckpt.meta.get("components", {}).get(component)
+    if not spec or "encoder" not in spec:
+        raise AvsslError(f"checkpoint {ckpt.path} does not describe a {component!r} encoder "
+                         f"(meta.json components: {sorted(ckpt.meta.get('components', {}))})")
+    model = build_encoder(spec["encoder"], **spec.get("kwargs", {}))
+    model.load_state_dict(ckpt.component_state(component), strict=True)
+    return model
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, or of a checkpoint folder's weights file."""
+    p = Path(path)
+    if p.is_dir():
+        p = resolve(p) / WEIGHTS
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict[str, nn.Module], *,
+                        config: dict, specs: dict[str, dict], latest_root: Path | None = None,
+                        extra_meta: dict | None = None) -> Path:
+    """Save ``run_dir/step_NNNNNNN`` from a recipe: weights + config + accelerate state.
+
+    Every process must call this (accelerate writes each process's RNG state). The state goes
+    into a hidden folder first; the main process then adds the weights and renames it into place,
+    and points ``latest_root/latest`` (default: the recipe folder above the run) at it.
+    """
+    run_dir = Path(run_dir)
+    final = run_dir / f"step_{step:07d}"
+    tmp = run_dir / f".tmp-step_{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = {k: accelerator.unwrap_model(m) for k, m in components.items()}
+        save_checkpoint(final, unwrapped, config=config, step=step, specs=specs,
+                        extra_meta=extra_meta, tmp=tmp)
+        update_latest(latest_root or run_dir.parent, final)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,152 @@
+"""Shared two-stream fusion model: a video ViT and an audio ViT stepped layer by layer.
+
+Both streams are ViT-like modules with ``.tokenizer`` (:class:`VideoTokenizer` /
+:class:`AudioTokenizer`), ``.cls_token`` (1, 1, D) and ``.transformer`` (``.blocks`` ModuleList
+of L blocks and ``.norm``), e.g. ``vit_video_*`` and ``audio_vit_*``, of the same width D and
+depth L. Subclasses decide how the streams exchange information (:meth:`FusionModel.fuse`); this
+class embeds the inputs, applies each stream's final norm, classifies and reconstructs.
+
+``forward(video (B, 3, T, H, W), logmel (B, 1, F, T), *, video_mask=None, audio_mask=None)``
+returns a dict:
+
+- ``"video_cls"``, ``"audio_cls"``: (B, D) CLS outputs after each stream's final norm;
+- ``"fused"``: (B, 2D) = concat(video_cls, audio_cls); ``"logits"``: (B, num_classes) from a
+  linear classifier on ``fused``;
+- ``"video_tokens"`` (B, Nv, D), ``"audio_tokens"`` (B, Na, D): final patch tokens (no CLS);
+- with masks (bool (B, Nv) / (B, Na), True = replace the token by a learned mask token plus its
+  positional embedding, SimMIM-style; needs ``recon=True``): ``"recon_pred"``,
+  ``"recon_target"``, ``"recon_mask"``, each a dict keyed by the masked modalities
+  (``"video"``, ``"audio"``) holding (B, N, P) predicted patches from ``recon_head_*`` (a linear
+  decoder), (B, N, P) target patches (:func:`patchify_video` / :func:`patchify_audio` of the
+  input) and the (B, N) mask — the format :class:`~avssl.objectives.fusion.FusionObjective`
+  takes.
+
+The streams stay plain encoders: ``model.video.state_dict()`` loads into
+``build_encoder("vit_video_tiny")`` (same sizes) for benchmarking, and a stream's own forward is
+its unimodal use. Parameters that a forward does not use would break DistributedDataParallel,
+so the mask tokens and decoders exist only with ``recon=True`` (then pass both masks).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avssl.encoders.layers import interpolate_pos_embed
+from avssl.errors import ConfigError
+
+
+def patchify_video(x: torch.Tensor, tubelet: tuple[int, int, int]) -> torch.Tensor:
+    """Video (B, C, T, H, W) -> tubelet patches (B, T'·H'·W', C·t·p·q), tokens in the
+    tokenizer's (t, h, w) row-major order; a remainder that does not fill a tubelet is cropped
+    (as the tokenizer's strided convolution does)."""
+    t, p, q = tubelet
+    B, C, T, H, W = x.shape
+    nt, nh, nw = T // t, H // p, W // q
+    x = x[:, :, : nt * t, : nh * p, : nw * q].reshape(B, C, nt, t, nh, p, nw, q)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, nt * nh * nw, C * t * p * q)
+
+
+def patchify_audio(x: torch.Tensor, patch: int, stride: int | None = None) -> torch.Tensor:
+    """Spectrogram (B, C, F, T) -> patches (B, F'·T', C·patch²) in the tokenizer's (f, t)
+    row-major order, with the tokenizer's stride (overlapping patches when stride < patch)."""
+    return F.unfold(x, kernel_size=patch, stride=stride or patch).transpose(1, 2)
+
+
+def _check_stream(stream: nn.Module, name: str) -> None:
+    for attr in ("tokenizer", "cls_token", "transformer"):
+        if not hasattr(stream, attr):
+            raise ConfigError(f"the {name} stream {type(stream).__name__} is not a ViT stream "
+                              f"(no .{attr}); use vit_video_* for video and audio_vit_* for audio")
+
+
+class FusionModel(nn.Module):
+    """Base of the fusion variants; ``fuse`` runs all L layers of both streams."""
+
+    def __init__(
+        self,
+        video: nn.Module,
+        audio: nn.Module,
+        fusion_layer: int,
+        num_classes: int = 3,
+        recon: bool = False,
+    ):
+        super().__init__()
+        _check_stream(video, "video")
+        _check_stream(audio, "audio")
+        dv, da = video.cls_token.shape[-1], audio.cls_token.shape[-1]
+        lv, la = len(video.transformer.blocks), len(audio.transformer.blocks)
+        if (dv, lv) != (da, la):
+            raise ConfigError(f"fusion needs streams of equal width and depth, got video D={dv}, "
+                              f"L={lv} and audio D={da}, L={la}; build the audio encoder with "
+                              f"dim={dv}, depth={lv}")
+        if not 0 <= fusion_layer <= lv:
+            raise ConfigError(f"fusion_layer must be in [0, depth={lv}], got {fusion_layer}")
+        self.video, self.audio = video, audio
+        self.embed_dim, self.depth, self.fusion_layer = dv, lv, fusion_layer
+        self.classifier = nn.Linear(2 * dv, num_classes)
+        nn.init.trunc_normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+        self.recon = recon
+        if recon:
+            vt, at = video.tokenizer, audio.tokenizer
+            self.mask_token_video = nn.Parameter(torch.zeros(1, 1, dv))
+            self.mask_token_audio = nn.Parameter(torch.zeros(1, 1, dv))
+            self.recon_head_video = nn.Linear(dv, vt.proj.in_channels * math.prod(vt.tubelet))
+            self.recon_head_audio = nn.Linear(dv, at.proj.in_channels * at.patch ** 2)
+            for p in (self.mask_token_video, self.mask_token_audio):
+                nn.init.trunc_normal_(p, std=0.02)
+
+    def fuse(self, xv: torch.Tensor, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run all L blocks of both streams: (B, 1+Nv, D), (B, 1+Na, D) -> same shapes.
+
+        The base class never exchanges information (late fusion)."""
+        for bv, ba in zip(self.video.transformer.blocks, self.audio.transformer.blocks):
+            xv, xa = bv(xv), ba(xa)
+        return xv, xa
+
+    def _embed(self, stream: nn.Module, x: torch.Tensor, mask: torch.Tensor | None,
+               mask_token: torch.Tensor | None, name: str) -> torch.Tensor:
+        """Input -> [CLS; tokens] (B, 1+N, D), masked tokens replaced by mask token + pos."""
+        tokens, grid = stream.tokenizer(x)
+        if mask is not None:
+            if mask_token is None:
+                raise ConfigError(f"{name}_mask given but the fusion model has no mask tokens; "
+                                  "build it with recon=True")
+            if mask.shape != tokens.shape[:2]:
+                raise ConfigError(f"{name}_mask must be bool (B, N) = {tuple(tokens.shape[:2])}, "
+                                  f"got {tuple(mask.shape)}")
+            tok = stream.tokenizer
+            pos = interpolate_pos_embed(tok.pos_embed, tok.grid, grid)
+            tokens = torch.where(mask.bool()[..., None], mask_token + pos, tokens)
+        cls = stream.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1)
+
+    def forward(self, video: torch.Tensor, logmel: torch.Tensor, *,
+                video_mask: torch.Tensor | None = None,
+                audio_mask: torch.Tensor | None = None) -> dict:
+        xv = self._embed(self.video, video, video_mask,
+                         getattr(self, "mask_token_video", None), "video")
+        xa = self._embed(self.audio, logmel, audio_mask,
+                         getattr(self, "mask_token_audio", None), "audio")
+        xv, xa = self.fuse(xv, xa)
+        xv, xa = self.video.transformer.norm(xv), self.audio.transformer.norm(xa)
+        fused = torch.cat([xv[:, 0], xa[:, 0]], dim=-1)
+        out = {"video_cls": xv[:, 0], "audio_cls": xa[:, 0], "fused": fused,
+               "logits": self.classifier(fused),
+               "video_tokens": xv[:, 1:], "audio_tokens": xa[:, 1:]}
+        if video_mask is not None or audio_mask is not None:
+            pred, target, mask = {}, {}, {}
+            if video_mask is not None:
+                pred["video"] = self.recon_head_video(xv[:, 1:])
+                target["video"] = patchify_video(video, self.video.tokenizer.tubelet).detach()
+                mask["video"] = video_mask.bool()
+            if audio_mask is not None:
+                tok = self.audio.tokenizer
+                pred["audio"] = self.recon_head_audio(xa[:, 1:])
+                target["audio"] = patchify_audio(logmel, tok.patch, tok.stride).detach()
+                mask["audio"] = audio_mask.bool()
+            out.update(recon_pred=pred, recon_target=target, recon_mask=mask)
+        return out

@@ -1,0 +1,81 @@
+"""Experiment trackers for recipes: a CSV tracker (always) plus TensorBoard when installed.
+
+accelerate ships trackers for TensorBoard, W&B, MLflow, ... but none that writes a plain file, and
+a CSV next to the checkpoints is what a researcher greps and plots first. ``CSVTracker`` is an
+accelerate ``GeneralTracker``, so recipes log through ``accelerator.log`` only.
+
+``metrics.csv`` columns are ``step`` then every metric name seen so far; a new name rewrites the
+header (rare: names are fixed after the first log). Resumed runs append, dropping rows at or after
+the resume step so a crash-and-resume leaves one row per step.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from accelerate.tracking import GeneralTracker
+
+
+class CSVTracker(GeneralTracker):
+    name = "csv"
+    requires_logging_directory = True
+    main_process_only = True
+
+    def __init__(self, run_name: str, logging_dir: str | os.PathLike, resume_step: int | None = None):
+        super().__init__()
+        self.run_name = run_name
+        self.dir = Path(logging_dir)
+        self.path = self.dir / "metrics.csv"
+        self.resume_step = resume_step
+        self.fields: list[str] = ["step"]
+        self.rows: list[dict] = []
+
+    def start(self):
+        """Called by ``accelerator.init_trackers`` on the main process only."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        resume_step = self.resume_step
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or ["step"])
+                self.rows = [r for r in reader
+                             if resume_step is None or int(float(r["step"])) < resume_step]
+            self._rewrite()
+
+    @property
+    def tracker(self):
+        return self.path
+
+    def store_init_configuration(self, values: dict):
+        (self.dir / "hparams.json").write_text(json.dumps(values, indent=2, default=str) + "\n")
+
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        row = {"step": step, **{k: (float(v) if hasattr(v, "__float__") else v)
+                                for k, v in values.items()}}
+        self.rows.append(row)
+        new = [k for k in row if k not in self.fields]
+        if new:
+            self.fields += new
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields).writerow(row)
+
+    def _rewrite(self):
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, self.fields)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+def default_trackers(run_name: str, run_dir: str | os.PathLike, resume_step: int | None = None):
+    """``[CSVTracker, "tensorboard"?]`` for ``Accelerator(log_with=...)``."""
+    trackers: list = [CSVTracker(run_name, run_dir, resume_step)]
+    if importlib.util.find_spec("tensorboard") is not None:
+        trackers.append("tensorboard")
+    return trackers

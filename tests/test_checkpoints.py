@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from avssl.checkpoints import (file_sha256, load_checkpoint, resolve, save_checkpoint,
+                               update_latest)
+from avssl.errors import AvsslError
+
+
+def _modules():
+    torch.manual_seed(0)
+    return {"video": nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), "head": nn.Linear(3, 2)}
+
+
+def test_save_load_round_trip(tmp_path):
+    mods = _modules()
+    ck = save_checkpoint(tmp_path / "run" / "step_000002", mods, config={"lr": 0.1}, step=2,
+                         specs={"video": {"encoder": "x", "kwargs": {"a": 1}}})
+    loaded = load_checkpoint(ck)
+    assert loaded.meta["step"] == 2 and loaded.config == {"lr": 0.1}
+    assert loaded.meta["components"]["video"] == {"encoder": "x", "kwargs": {"a": 1}}
+    fresh = _modules()["video"]
+    torch.nn.init.zeros_(fresh[0].weight)
+    fresh.load_state_dict(loaded.component_state("video"))
+    for a, b in zip(fresh.state_dict().values(), mods["video"].state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(AvsslError, match="no component 'audio'"):
+        loaded.component_state("audio")
+    # no temporary folders are left behind
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["step_000002"]
+
+
+def test_failed_write_leaves_no_checkpoint(tmp_path):
+    def boom(_):
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path / "step_1", _modules(), config={}, step=1, write_state=boom)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(AvsslError, match="does not exist"):
+        load_checkpoint(tmp_path / "step_1")
+
+
+def test_latest_link_and_resolution(tmp_path):
+    a = save_checkpoint(tmp_path / "step_1", _modules(), config={}, step=1)
+    b = save_checkpoint(tmp_path / "step_2", _modules(), config={}, step=2)
+    update_latest(tmp_path, a)
+    update_latest(tmp_path, b)
+    assert os.readlink(tmp_path / "latest") == "step_2"  # relative: the run folder can move
+    assert resolve(tmp_path / "latest") == b.resolve() == resolve(tmp_path)
+    assert load_checkpoint(tmp_path / "latest").meta["step"] == 2
+    assert file_sha256(tmp_path / "latest") == file_sha256(b / "model.safetensors")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(AvsslError, match="not an avssl checkpoint"):
+        load_checkpoint(tmp_path / "junk")
+    ck = save_checkpoint(tmp_path / "c", _modules(), config={}, step=0)
+    meta = json.loads((ck / "meta.json").read_text())
+    meta["format"] = 99
+    (ck / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(AvsslError, match="format 99"):
+        load_checkpoint(ck)
