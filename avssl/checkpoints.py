@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -61,7 +61,7 @@ def save_checkpoint(path: str | os.PathLike, components: dict[str, nn.Module], *
                     tmp: Path | None = None) -> Path:
     """Write a checkpoint folder atomically and return its path.
 
-    ``components``: name -> module whose ``state_dict()`` is saved under ``name.``.
+    ``components``: name -> module (its ``state_dict()``) or a state dict, saved under ``name.``.
     ``specs``: name -> ``{"encoder": registered name, "kwargs": {...}}`` so that
     :func:`load_encoder` can rebuild the module without the recipe.
     ``write_state(tmp_dir)``: optional callback writing extra files (accelerate state) into the
@@ -76,7 +76,8 @@ def save_checkpoint(path: str | os.PathLike, components: dict[str, nn.Module], *
     try:
         tensors = {}
         for name, module in components.items():
-            for k, v in module.state_dict().items():
+            state = module if isinstance(module, Mapping) else module.state_dict()
+            for k, v in state.items():
                 # safetensors refuses shared/non-contiguous storage: store independent copies
                 tensors[f"{name}.{k}"] = v.detach().to("cpu").contiguous().clone()
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": str(FORMAT)})
@@ -164,7 +165,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict[str, nn.Module], *,
+def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict, *,
                         config: dict, specs: dict[str, dict], latest_root: Path | None = None,
                         extra_meta: dict | None = None) -> Path:
     """Save ``run_dir/step_NNNNNNN`` from a recipe: weights + config + accelerate state.
@@ -178,12 +179,13 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict[
     tmp = run_dir / f".tmp-step_{step:07d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        (tmp / "state").mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "state"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = {k: accelerator.unwrap_model(m) for k, m in components.items()}
+        unwrapped = {k: m if isinstance(m, Mapping) else accelerator.unwrap_model(m)
+                     for k, m in components.items()}
         save_checkpoint(final, unwrapped, config=config, step=step, specs=specs,
                         extra_meta=extra_meta, tmp=tmp)
         update_latest(latest_root or run_dir.parent, final)

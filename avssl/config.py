@@ -1,7 +1,8 @@
 """Typed dataclass configs with dotted command-line overrides.
 
 A config is a (nested) dataclass. Leaf fields are ``int``, ``float``, ``str``, ``bool``, an
-``Optional`` of those, a ``Literal[...]``, or a ``tuple``/``list`` of scalars. Sections are
+``Optional`` of those, a ``Literal[...]``, a ``tuple``/``list`` of scalars, or a ``dict`` (given
+as JSON on the command line, e.g. ``--model.video_kwargs='{"num_frames": 16}'``). Sections are
 dataclass-typed fields. From the command line::
 
     --optim.lr=3e-4 --data.path /videos --model.tiny=true --data.size=112,112
@@ -99,6 +100,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             item_tp = args[0] if args else str
             out = [_coerce(v.strip() if isinstance(v, str) else v, item_tp, key) for v in items]
         return tuple(out) if origin is tuple else out
+    if tp is dict or origin is dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"--{key}: expected a JSON object, got {value!r}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"--{key}: expected a JSON object, got {value!r}")
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -5,8 +5,8 @@ a CSV next to the checkpoints is what a researcher greps and plots first. ``CSVT
 accelerate ``GeneralTracker``, so recipes log through ``accelerator.log`` only.
 
 ``metrics.csv`` columns are ``step`` then every metric name seen so far; a new name rewrites the
-header (rare: names are fixed after the first log). Resumed runs append, dropping rows at or after
-the resume step so a crash-and-resume leaves one row per step.
+header (rare: names are fixed after the first log). Resumed runs append, dropping rows after the
+resumed checkpoint's step so a crash-and-resume leaves one row per step.
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class CSVTracker(GeneralTracker):
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
                 self.fields = list(reader.fieldnames or ["step"])
+                # rows past the checkpoint we resume from are redone by the resumed run
                 self.rows = [r for r in reader
-                             if resume_step is None or int(float(r["step"])) < resume_step]
+                             if resume_step is None or int(float(r["step"])) <= resume_step]
             self._rewrite()
 
     @property

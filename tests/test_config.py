@@ -103,3 +103,15 @@ def test_help_lists_every_key_with_default(capsys):
                 "--data.backend", "--data.shuffle", "--steps", "--name"]:
         assert key in out
     assert "[100]  optimizer steps" in out and "[0.001]" in format_help(Train)
+
+
+@dataclass
+class WithDict:
+    kwargs: dict = field(default_factory=dict)
+
+
+def test_dict_fields_take_json():
+    cfg = parse_args(WithDict, ['--kwargs={"time_strides": {"conv1": 1}}'])
+    assert cfg.kwargs == {"time_strides": {"conv1": 1}}
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        parse_args(WithDict, ["--kwargs=[1, 2]"])

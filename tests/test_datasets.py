@@ -376,3 +376,15 @@ def test_audio_shift_gives_the_same_videos_audio_shifted(tmp_path):
     assert short["hard_valid"] is False and not short["audio_shift"].any()
     with pytest.raises(ConfigError, match="audio_shift"):
         ClipDataset([VideoRecord(str(long_path), "long")], audio=False, audio_shift=(0.5, 1.0))
+
+
+def test_persistent_workers_see_set_epoch(good_tree):
+    """Workers keep their dataset copy across epochs; the epoch must still reach them."""
+    ds = folder_dataset(good_tree, mode="train", seed=0, video_transform=VideoPipeline(size=12),
+                        **KW)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True)
+    list(loader)  # epoch 0 starts the workers
+    ds.set_epoch(1)
+    again = list(loader)
+    assert _same(again, _batches(good_tree, seed=0, workers=0, epoch=1))
+    assert not _same(again, _batches(good_tree, seed=0, workers=0, epoch=0))

@@ -305,7 +305,10 @@ class _Reader:
 # Per-process cache of open decord readers: keyed by pid so a forked DataLoader worker never
 # touches its parent's reader, and by mtime/size so a rewritten file is reopened.
 _READERS: collections.OrderedDict[tuple, _Reader] = collections.OrderedDict()
-_READERS_MAX = 4
+# 0: no reader outlives its call. An open decord reader keeps decoding ahead in background
+# threads, so caching 4 of them cost 70-90 ms of CPU per random clip against ~24 ms for
+# open + read + close (benchmarks/README.md), and idle readers steal cores from training.
+_READERS_MAX = 0
 _READERS_LOCK = threading.Lock()
 
 

@@ -2,9 +2,10 @@
 
 ``gather_rows(x)`` concatenates every rank's ``x`` along dim 0 in rank order (rank-major), so
 row order is the global batch order and 2 processes with B/2 rows each see the same rows as 1
-process with B. Float tensors go through :func:`torch.distributed.nn.functional.all_gather`,
-whose backward sums the incoming gradients over ranks (a reduce-scatter); other dtypes (masks)
-use the plain, non-differentiable all-gather. With torch.distributed not initialised, or a world
+process with B. Float tensors go through :class:`_AllGather`, whose backward sums the incoming
+gradients over ranks (an all-reduce, then each rank keeps its own rows: a reduce-scatter that the
+gloo CPU backend also supports; ``torch.distributed.nn.functional.all_gather`` needs
+all-to-all, which gloo lacks); other dtypes (masks) use the plain, non-differentiable all-gather. With torch.distributed not initialised, or a world
 of one, it returns ``x`` unchanged, so objectives stay testable in one process.
 
 Every rank must pass the same number of rows (use ``drop_last=True`` in the DataLoader).
@@ -33,9 +34,27 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     if n == 1:
         return x
     if x.is_floating_point():
-        from torch.distributed.nn.functional import all_gather
+        return _AllGather.apply(x)
+    return _all_gather(x)
 
-        return torch.cat(all_gather(x), dim=0)
-    parts = [torch.empty_like(x) for _ in range(n)]
+
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+class _AllGather(torch.autograd.Function):
+    """Differentiable all-gather: (b, ...) per rank -> (world * b, ...); backward sums over ranks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows = x.shape[0]
+        return _all_gather(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every rank's loss depends on every row
+        rank = dist.get_rank()
+        return grad[rank * ctx.rows:(rank + 1) * ctx.rows]

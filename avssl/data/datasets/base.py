@@ -155,7 +155,9 @@ class ClipDataset(Dataset):
         self.skip_bad = skip_bad
         self.max_retries = int(max_retries)
         self.seed = int(seed)
-        self.epoch = 0
+        # In shared memory: DataLoader workers (persistent ones too) hold a copy of this dataset,
+        # and must see set_epoch() calls made in the parent after they started.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.backend = backend
         self.timeout_s = timeout_s
         self.class_names = list(class_names) if class_names is not None else None
@@ -259,7 +261,11 @@ class ClipDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Change the train-mode windows; call before each epoch (like DistributedSampler)."""
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def __len__(self) -> int:
         return len(self.records) * self.num_clips

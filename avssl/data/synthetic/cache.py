@@ -18,14 +18,15 @@ from pathlib import Path
 from avssl.cache import cache_dir
 from avssl.data.synthetic.layouts import write_layout
 from avssl.data.synthetic.motion import ACTIONS
-from avssl.data.synthetic.world import WorldConfig
+from avssl.data.synthetic.world import WORLD_VERSION, WorldConfig
 
 
 def synthetic_folder(n: int, *, seed: int = 0, cfg: WorldConfig = WorldConfig(),
                      workers: int | None = None) -> Path:
     """Path of a cached manifest CSV over >= ``n`` synthetic clips (``folder`` layout)."""
     per_class = max(1, math.ceil(n / len(ACTIONS)))
-    key = json.dumps({"per_class": per_class, "seed": seed, "cfg": asdict(cfg)}, sort_keys=True)
+    key = json.dumps({"per_class": per_class, "seed": seed, "cfg": asdict(cfg),
+                      "version": WORLD_VERSION}, sort_keys=True)
     name = f"folder-{per_class * len(ACTIONS)}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     root = cache_dir("synthetic")
     final = root / name

@@ -66,6 +66,7 @@ class _Actor:
     action: int
     track: Track
     sounding: bool
+    accents: frozenset = frozenset()  # event frames that are accents, not action events
 
 
 # ---------------------------------------------------------------- drawing
@@ -180,6 +181,40 @@ def _check_seed(seed: int, index: int) -> None:
         raise ConfigError(f"synthetic seed and index must be >= 0, got seed={seed} index={index}")
 
 
+# Bump when rendering changes, so caches of written worlds (synthetic/cache.py) are rebuilt.
+WORLD_VERSION = 3
+ACCENT_GAP_S = (0.25, 0.6)  # min gap, mean extra gap (exponential) between accents
+
+
+def _with_accents(track: Track, rng: np.random.Generator, f: np.ndarray, fps: float,
+                  pad: int) -> tuple[Track, frozenset]:
+    """Add aperiodic accents to a sounding actor's events (a flash of its body + a sound).
+
+    Action events are periodic (bounces, orbits, flashes at a fixed period), so audio shifted by
+    about a period looks in sync: on its own the world would not teach synchronisation. Accents
+    come at random gaps, drawn as one sequence from frame -pad onwards, so every window of the
+    same clip sees the same accents.
+    """
+    hi, times, t = float(f.max()), [], -pad / fps
+    while True:
+        t += ACCENT_GAP_S[0] + rng.exponential(ACCENT_GAP_S[1])
+        if t * fps > hi:
+            break
+        times.append(int(round(t * fps)))
+    # keep accents apart from action events, so each event stays a separate flash and sound
+    act = track.events.astype(np.int64)
+    apart = max(3, int(math.ceil(0.1 * fps)))
+    def visible(e: int) -> bool:  # an accent on an invisible actor would be a sound unseen
+        k = int(round(e - f[0]))
+        return not 0 <= k < len(f) or (track.vis[k] > 0.5 and track.vis[max(k - 1, 0)] > 0.5)
+
+    accents = np.array([e for e in times if e >= f.min() - pad and visible(e)
+                        and (len(act) == 0 or np.abs(act - e).min() >= apart)], dtype=np.int64)
+    events = np.unique(np.concatenate([track.events.astype(np.int64), accents]))
+    own = frozenset(accents.tolist()) - frozenset(track.events.astype(np.int64).tolist())
+    return Track(track.cx, track.cy, track.rad, track.vis, events, track.kind), own
+
+
 def _pick_actors(rng: np.random.Generator, cfg: WorldConfig, label: int
                  ) -> tuple[list[tuple[str, int, int, float]], list[tuple[str, int, int, float]]]:
     """(shape, colour, action, half size) of the sounding actors and of the distractors."""
@@ -282,7 +317,11 @@ def render_clip(seed: int, index: int, *, cfg: WorldConfig = WorldConfig(),
             [(d, False) for d in distractors] + [(s, True) for s in sounding]):
         track = action_track(ACTIONS[action], plan, f_ext, n_frames=nominal, fps=fps, r=r,
                              pad=pad)
-        actors.append(_Actor(shape, colour, action, track, is_sounding))
+        accents = frozenset()
+        if is_sounding:
+            track, accents = _with_accents(
+                track, np.random.default_rng([seed, index, 7, len(actors)]), f_ext, fps, pad)
+        actors.append(_Actor(shape, colour, action, track, is_sounding, accents))
     sound_actors = [a for a in actors if a.sounding]
 
     stems = np.stack([_stem(a, f_ext, fps, start_s, n_samples, sr, noise_rng)
@@ -310,8 +349,9 @@ def render_clip(seed: int, index: int, *, cfg: WorldConfig = WorldConfig(),
         for e in a.track.events.tolist():
             k = e - first
             if -1e-6 <= k <= n_frames - 1 + 1e-6:
+                kind = "accent" if e in a.accents else a.track.kind
                 events.append({"time_s": e / fps - start_s, "frame": int(math.ceil(k - 1e-6)),
-                               "actor": i, "kind": a.track.kind})
+                               "actor": i, "kind": kind})
     events.sort(key=lambda ev: (ev["time_s"], ev["actor"]))
 
     return {

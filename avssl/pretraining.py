@@ -1,0 +1,132 @@
+"""Pieces the pretraining recipes share: clip-pair data, log-mel, schedule, run folders, guards.
+
+The recipes (``recipes/pretrain_*.py``) keep their models, objectives and the explicit Accelerator
+loop in one readable file; what would otherwise be copied between them lives here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+
+from avssl import checkpoints
+from avssl.data.datasets import folder_dataset
+from avssl.data.synthetic import WorldConfig
+from avssl.data.synthetic.cache import synthetic_folder
+from avssl.data.transforms import VideoPipeline, log_mel
+from avssl.errors import AvsslError
+
+
+@dataclass
+class PairDataConfig:
+    """Clips with their in-sync audio and the same video's shifted audio (the hard negative)."""
+
+    path: Optional[str] = field(default=None, metadata={"help": "folder of videos or manifest "
+                                "CSV; default: the synthetic world (written on first use)"})
+    synthetic_videos: int = field(default=384, metadata={"help": "synthetic clips to write"})
+    synthetic_duration_s: float = 4.0
+    synthetic_seed: int = 0
+    val_videos: int = field(default=48, metadata={"help": "held-out synthetic clips (0: none)"})
+    clip_s: float = 1.0
+    fps: float = 8.0
+    size: int = field(default=64, metadata={"help": "decode size (short side)"})
+    crop: int = field(default=56, metadata={"help": "training crop"})
+    sample_rate: int = 16000
+    n_mels: int = 64
+    mel_mean: float = field(default=-2.0, metadata={"help": "log-mel standardisation"})
+    mel_std: float = 2.5
+    min_shift_s: float = 0.5
+    max_shift_s: float = 1.5
+    batch_size: int = field(default=32, metadata={"help": "per process"})
+    num_workers: int = 2
+    backend: str = "auto"
+
+
+def build_pair_datasets(d: PairDataConfig, accelerator: Accelerator, run_dir: Path, seed: int):
+    """(train, val or None) ClipDatasets yielding ``video`` (C, T, crop, crop) normalised float,
+    ``audio`` and ``audio_shift`` (1, S) waveforms and ``hard_valid``."""
+    val_root = None
+    if d.path is None:  # one process writes the cache, the others wait for it
+        world = WorldConfig(size=d.size, duration_s=d.synthetic_duration_s)
+        with accelerator.main_process_first():
+            root = synthetic_folder(d.synthetic_videos, seed=d.synthetic_seed, cfg=world)
+            if d.val_videos > 0:
+                val_root = synthetic_folder(d.val_videos, seed=d.synthetic_seed + 1000, cfg=world)
+    else:
+        root = Path(d.path)
+    common = dict(clip_s=d.clip_s, fps=d.fps, size=d.size, sample_rate=d.sample_rate,
+                  require_audio=True, audio_shift=(d.min_shift_s, d.max_shift_s),
+                  backend=d.backend, progress=accelerator.is_main_process)
+    train = folder_dataset(root, mode="train", seed=seed, quarantine=run_dir / "quarantine.jsonl",
+                           video_transform=VideoPipeline("train", size=d.crop, scale=(0.5, 1.0),
+                                                         encoder_layout=True), **common)
+    val = None
+    if val_root is not None:
+        val = folder_dataset(val_root, mode="train", seed=seed + 1,
+                             video_transform=VideoPipeline("eval", size=d.crop, short_side=d.size,
+                                                           encoder_layout=True), **common)
+    return train, val
+
+
+def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True):
+    return torch.utils.data.DataLoader(
+        ds, batch_size=d.batch_size, shuffle=train, drop_last=train, num_workers=d.num_workers,
+        persistent_workers=train and d.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed))
+
+
+def mel(audio: torch.Tensor, d: PairDataConfig) -> torch.Tensor:
+    """(B, 1, S) waveform -> standardised log-mel (B, 1, n_mels, frames), on the batch's device."""
+    return (log_mel(audio, d.sample_rate, d.n_mels) - d.mel_mean) / d.mel_std
+
+
+def cosine_lr(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def flat_hparams(cfg) -> dict:
+    """Dotted scalar hyper-parameters (TensorBoard's hparams take no nesting or None)."""
+    out = {}
+    for section, values in asdict(cfg).items():
+        for k, v in (values.items() if isinstance(values, dict) else [("", values)]):
+            out[f"{section}.{k}".rstrip(".")] = "none" if v is None else (
+                v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+    return out
+
+
+def run_location(out: str, recipe: str, name: Optional[str], resume: bool):
+    """(run_dir, checkpoint to resume from or None, its step)."""
+    recipe_dir = Path(out) / recipe
+    if resume:
+        ckpt = checkpoints.resolve(recipe_dir / "latest")
+        step = json.loads((ckpt / "meta.json").read_text())["step"]
+        return ckpt.parent, ckpt, step
+    return recipe_dir / (name or time.strftime("%Y%m%d-%H%M%S")), None, 0
+
+
+def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
+    """Whether the loss and gradient norm are finite on EVERY process (one shared decision, or
+    DDP would deadlock when one rank skips the step)."""
+    ok = torch.isfinite(loss.detach().float())
+    if grad_norm is not None:
+        ok = ok & torch.isfinite(torch.as_tensor(grad_norm, device=loss.device).float())
+    return bool(accelerator.reduce(ok.float(), "min") > 0)
+
+
+def nonfinite_action(policy: str, step: int, loss: torch.Tensor, accelerator: Accelerator) -> None:
+    """Raise (``stop``) or say that the update is skipped (``skip``)."""
+    msg = f"non-finite loss or gradient at step {step} (loss={loss.item():.4g})"
+    if policy == "stop":
+        raise AvsslError(msg + "; stopped before the optimizer update "
+                         "(--run.on_nonfinite=skip skips such steps instead)")
+    accelerator.print(msg + "; skipped the optimizer update")

@@ -1,0 +1,277 @@
+"""Pretrain audio and video ViT streams with attention-bottleneck fusion (MBT), without labels.
+
+    accelerate launch recipes/pretrain_mbt.py                       # synthetic world, 2-core CPU
+    accelerate launch recipes/pretrain_mbt.py --model.fusion=cross_attention      # ablations
+    accelerate launch recipes/pretrain_mbt.py --model.fusion=late
+    accelerate launch recipes/pretrain_mbt.py --model.num_bottlenecks=8 --model.fusion_layer=1
+    accelerate launch recipes/pretrain_mbt.py --loss.recon_weight=1.0 --loss.mask_ratio=0.5
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 recipes/pretrain_mbt.py \\
+        --data.path=/videos --model.video=vit_video_base --model.audio=audio_vit_base
+    python recipes/pretrain_mbt.py --help                                   # every option
+
+Model (Nagrani et al., "Attention Bottlenecks for Multimodal Fusion", NeurIPS 2021): a video ViT
+(``vit_video_*``, tubelets) and an audio ViT (``audio_vit_*``, log-mel patches) of equal width
+and depth run side by side; from layer ``fusion_layer`` on they exchange information only through
+``num_bottlenecks`` shared tokens (:class:`avssl.fusion.BottleneckFusion`). MBT is supervised in
+its paper; here the fused CLS pair classifies each (video, audio) pair as in-sync (0), the same
+video's audio shifted by |Δ| in [min_shift_s, max_shift_s] (1) or another video's audio (2)
+(:class:`avssl.objectives.fusion.FusionObjective`), plus an optional CAV-MAE-style masked-token
+reconstruction term (``loss.recon_weight`` > 0).
+
+The pair type of each row is drawn from a generator seeded by (run seed, step), so a resumed run
+sees the same pairs. Without ``--data.path`` the synthetic world is used (see pretrain_sync.py).
+Measured time and accuracy of the default run: README.md ("Pretraining").
+
+Output ``runs/pretrain_mbt/<run>/`` as for pretrain_sync; checkpoint components ``video`` and
+``audio`` are the streams (loadable with ``avssl.checkpoints.load_encoder``), ``fusion`` the rest.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from avssl import checkpoints
+from avssl.config import config_hash, parse_args, save_config
+from avssl.errors import AvsslError
+from avssl.fusion import build_fusion
+from avssl.objectives.fusion import FusionObjective
+from avssl.objectives.masked import random_token_mask
+from avssl.pretraining import (PairDataConfig, all_finite, build_pair_datasets, cosine_lr,
+                               flat_hparams, mel, nonfinite_action, pair_loader, run_location)
+from avssl.tracking import default_trackers
+
+RECIPE = "pretrain_mbt"
+
+
+@dataclass
+class ModelConfig:
+    fusion: Literal["bottleneck", "cross_attention", "late"] = "bottleneck"
+    video: str = "vit_video_tiny"
+    audio: str = field(default="audio_vit_tiny", metadata={"help": "built at the video "
+                                                             "stream's width and depth"})
+    num_bottlenecks: int = 4
+    fusion_layer: int = 2
+
+
+@dataclass
+class LossConfig:
+    recon_weight: float = field(default=0.0, metadata={"help": "masked-token reconstruction"})
+    mask_ratio: float = 0.5
+    shifted_fraction: float = field(default=0.34, metadata={"help": "pairs of type 1"})
+    mismatched_fraction: float = field(default=0.33, metadata={"help": "pairs of type 2"})
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 480
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 40
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs"
+    name: Optional[str] = None
+    seed: int = 0
+    save_every: int = 240
+    log_every: int = 10
+    resume: bool = False
+    stop_after: int = field(default=0, metadata={"help": "end this invocation after this many "
+                            "steps in total (--run.resume continues)"})
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass
+class Config:
+    data: PairDataConfig = field(default_factory=lambda: PairDataConfig(crop=64))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def make_pairs(batch: dict, cfg: Config, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio (B, 1, S) for each row and its pair type (B,): 0 in-sync, 1 shifted, 2 mismatched.
+
+    Rows without a valid shifted window become mismatched. Mismatched audio is the next row's
+    (another video in a shuffled batch).
+    """
+    audio, shifted, valid = batch["audio"], batch["audio_shift"], batch["hard_valid"]
+    g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
+    u = torch.rand(len(audio), generator=g).to(audio.device)
+    p1, p2 = cfg.loss.shifted_fraction, cfg.loss.mismatched_fraction
+    label = torch.where(u < p1, 1, torch.where(u < p1 + p2, 2, 0))
+    label = torch.where((label == 1) & ~valid.bool(), 2, label)
+    choice = {0: audio, 1: shifted, 2: audio.roll(1, dims=0)}
+    pair = torch.zeros_like(audio)
+    for k, src in choice.items():
+        pair = torch.where((label == k)[:, None, None], src, pair)
+    return pair, label
+
+
+def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
+    pair_audio, label = make_pairs(batch, cfg, step)
+    logmel = mel(pair_audio, cfg.data)
+    masks = {}
+    if cfg.loss.recon_weight > 0:
+        m = model.module if hasattr(model, "module") else model
+        g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)
+        nv = math.prod(m.video.tokenizer.grid_for(batch["video"].shape[2:]))
+        na = math.prod(m.audio.tokenizer.grid_for(logmel.shape[2:]))
+        B = len(label)
+        masks = {"video_mask": random_token_mask(B, nv, cfg.loss.mask_ratio, g).to(label.device),
+                 "audio_mask": random_token_mask(B, na, cfg.loss.mask_ratio, g).to(label.device)}
+    out = model(batch["video"], logmel, **masks)
+    return objective(out, {"pair_label": label})
+
+
+@torch.no_grad()
+def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) -> dict:
+    """Pair-type accuracy (3-way) and in-sync vs shifted accuracy on held-out clips."""
+    model.eval()
+    sums = torch.zeros(2, device=accelerator.device)
+    for i, batch in enumerate(loader):
+        out = forward_loss(model, objective, batch, cfg, step=-(i + 1))
+        n = torch.tensor(float(len(batch["video"])), device=accelerator.device)
+        sums += torch.stack([out["acc"] * n, n])
+    sums = accelerator.reduce(sums, "sum")
+    model.train()
+    return {"val_acc": float(sums[0] / sums[1].clamp(min=1)), "val_clips": int(sums[1])}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_args(Config, argv, prog="pretrain_mbt.py", description=__doc__.split("\n\n")[1])
+    run_dir, resume_from, step = run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume)
+    accelerator = Accelerator(
+        mixed_precision=cfg.run.mixed_precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+        log_with=default_trackers(run_dir.name, run_dir, step if resume_from else None),
+        project_dir=str(run_dir),
+    )
+    set_seed(cfg.run.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+
+    train_ds, val_ds = build_pair_datasets(cfg.data, accelerator, run_dir, cfg.run.seed)
+    m = cfg.model
+    fusion_kw = {"num_bottlenecks": m.num_bottlenecks} if m.fusion == "bottleneck" else {}
+    if m.fusion != "late":
+        fusion_kw["fusion_layer"] = m.fusion_layer
+    model = build_fusion(m.fusion, video_encoder=m.video, audio_encoder=m.audio,
+                         num_classes=3, recon=cfg.loss.recon_weight > 0, **fusion_kw)
+    objective = FusionObjective(num_classes=3, recon_weight=cfg.loss.recon_weight)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_lr(s, cfg.optim.warmup_steps, cfg.optim.steps))
+    model, optimizer, scheduler, loader = accelerator.prepare(
+        model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed))
+    val_loader = None
+    if val_ds is not None:
+        val_loader = accelerator.prepare(pair_loader(val_ds, cfg.data, cfg.run.seed, train=False))
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / "state"))
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+    accelerator.init_trackers(RECIPE, config=flat_hparams(cfg))
+    accelerator.print(f"{train_ds.report()}; {accelerator.num_processes} process(es) on "
+                      f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
+
+    steps_per_epoch = len(loader) // cfg.optim.grad_accum
+    if steps_per_epoch == 0:
+        raise AvsslError(f"{len(train_ds)} training clips make no full batch of "
+                         f"{cfg.data.batch_size} x {accelerator.num_processes} process(es)")
+    unwrapped = accelerator.unwrap_model(model)
+    stream = {"dim": unwrapped.embed_dim, "depth": unwrapped.depth,
+              "num_heads": unwrapped.video.transformer.blocks[0].attn.num_heads}
+    specs = {"video": {"encoder": m.video, "kwargs": {}},
+             "audio": {"encoder": m.audio, "kwargs": stream}}
+
+    def save(at: int):
+        net = accelerator.unwrap_model(model)
+        rest = {k: v for k, v in net.state_dict().items()
+                if not k.startswith(("video.", "audio."))}
+        path = checkpoints.save_run_checkpoint(
+            accelerator, run_dir, at, {"video": net.video, "audio": net.audio, "fusion": rest},
+            config=asdict(cfg), specs=specs,
+            extra_meta={"recipe": RECIPE, "config_hash": config_hash(cfg)})
+        accelerator.print(f"saved {path}")
+
+    last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
+    bar = tqdm(total=cfg.optim.steps, initial=step, desc=RECIPE,
+               disable=not accelerator.is_main_process)
+    history: list[dict] = []
+    tic, clips = time.perf_counter(), 0
+    model.train()
+    while step < last:
+        epoch, skip = divmod(step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip * cfg.optim.grad_accum) if skip \
+            else loader
+        for batch in batches:
+            with accelerator.accumulate(model):
+                out = forward_loss(model, objective, batch, cfg, step)
+                accelerator.backward(out["loss"])
+                norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                        if accelerator.sync_gradients else None)
+                finite = all_finite(accelerator, out["loss"], norm)
+                if finite:
+                    optimizer.step()
+                else:
+                    nonfinite_action(cfg.run.on_nonfinite, step, out["loss"], accelerator)
+                optimizer.zero_grad(set_to_none=True)
+            clips += len(batch["video"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            logs = {k: out[k].item() for k in ("loss", "loss_cls", "loss_recon", "acc",
+                                               "acc_sync")}
+            logs.update(lr=scheduler.get_last_lr()[0], skipped=float(not finite),
+                        clips_per_s=clips / (time.perf_counter() - tic))
+            history.append(logs)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['acc']:.2f}",
+                            sync=f"{logs['acc_sync']:.2f}", clips_s=f"{logs['clips_per_s']:.1f}")
+            if step % cfg.run.log_every == 0 or step == last:
+                accelerator.log(logs, step=step)
+            if step % cfg.run.save_every == 0 or step == last:
+                save(step)
+            if step >= last:
+                break
+    bar.close()
+
+    final = {"step": step, "run_dir": str(run_dir), "minutes": (time.perf_counter() - tic) / 60}
+    for k in ("loss", "acc", "acc_sync"):
+        vals = [h[k] for h in history[-20:] if not math.isnan(h[k])]
+        if vals:
+            final[f"train_{k}"] = sum(vals) / len(vals)
+    if val_loader is not None and step >= cfg.optim.steps:
+        final.update(evaluate(model, objective, val_loader, cfg, accelerator))
+    if accelerator.is_main_process:
+        (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    accelerator.print(json.dumps(final))
+    accelerator.end_training()
+    return final
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AvsslError as e:
+        raise SystemExit(f"error: {e}")

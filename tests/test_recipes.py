@@ -1,0 +1,186 @@
+"""The pretraining recipes: a few steps each, resume exactness, 1 vs 2 processes, non-finite
+guard, and (slow) the default sync run learning synchronisation."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avssl.checkpoints import load_checkpoint, load_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--data.synthetic_videos=14", "--data.synthetic_duration_s=2.5", "--data.val_videos=0",
+        "--data.size=32", "--data.crop=32", "--data.batch_size=4", "--data.num_workers=0",
+        "--run.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One synthetic cache for the module (12 usable clips: every 7th has no audio stream)."""
+    return tmp_path_factory.mktemp("avssl_cache")
+
+
+def run(recipe: str, out: Path, cache: Path, *args: str, launch: list[str] | None = None,
+        check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AVSSL_CACHE": str(cache), "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [*(launch or [sys.executable]), str(ROOT / "recipes" / recipe), *TINY,
+           f"--run.out={out}", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "metrics.csv") as f:
+        return {int(float(r["step"])): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+@pytest.mark.parametrize("recipe,extra", [
+    ("pretrain_sync.py", []),
+    ("pretrain_mbt.py", ["--loss.recon_weight=1.0"]),
+])
+def test_recipe_runs_and_leaves_a_loadable_checkpoint(tmp_path, cache, recipe, extra):
+    run(recipe, tmp_path, cache, "--optim.steps=3", "--run.save_every=2", "--run.name=r", *extra)
+    name = recipe.removesuffix(".py")
+    run_dir = tmp_path / name / "r"
+    assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_0000002", "step_0000003"]
+    assert os.readlink(tmp_path / name / "latest").endswith("step_0000003")
+    assert sorted(losses(run_dir)) == [1, 2, 3]
+    assert all(v == v for v in losses(run_dir).values())  # finite, logged every step
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["optim"]["steps"] == 3 and cfg["data"]["crop"] == 32
+    ckpt = load_checkpoint(tmp_path / name / "latest")
+    assert ckpt.meta["step"] == 3 and ckpt.meta["recipe"] == name
+    video = load_encoder(tmp_path / name / "latest", "video").eval()
+    audio = load_encoder(tmp_path / name / "latest", "audio").eval()
+    with torch.no_grad():
+        assert video(torch.randn(2, 3, 8, 32, 32)).shape == (2, video.embed_dim)
+        assert audio(torch.randn(2, 1, 64, 101)).shape == (2, audio.embed_dim)
+
+
+def test_help_lists_options_with_defaults():
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain_sync.py"), "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for key in ("--data.path", "--model.video=str  [\"i3d_r18_tiny\"]", "--loss.hard_start_step",
+                "--optim.lr", "--run.resume", "--run.on_nonfinite"):
+        assert key in proc.stdout
+
+
+def test_unknown_option_is_one_line_error(tmp_path, cache):
+    proc = run("pretrain_sync.py", tmp_path, cache, "--optim.lrr=1", check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unknown config key 'optim.lrr' (did you mean: optim.lr")
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_is_exact(tmp_path, cache):
+    """5 steps straight == 2 steps, stop, 3 resumed steps: same losses, bitwise weights.
+
+    12 clips / batch 4 = 3 steps per epoch, so the stop at step 2 falls mid-epoch and the
+    resumed part crosses an epoch boundary. Two DataLoader workers, as in real runs."""
+    common = ["--optim.steps=5", "--run.save_every=100", "--data.num_workers=2",
+              "--optim.warmup_steps=2"]
+    run("pretrain_sync.py", tmp_path / "a", cache, *common, "--run.name=straight")
+    run("pretrain_sync.py", tmp_path / "b", cache, *common, "--run.name=split",
+        "--run.stop_after=2")
+    split = tmp_path / "b" / "pretrain_sync" / "split"
+    assert sorted(p.name for p in split.glob("step_*")) == ["step_0000002"]
+    run("pretrain_sync.py", tmp_path / "b", cache, *common, "--run.resume")
+    straight = tmp_path / "a" / "pretrain_sync" / "straight"
+    assert losses(straight) == losses(split) and sorted(losses(split)) == [1, 2, 3, 4, 5]
+    a, b = weights(straight / "step_0000005"), weights(split / "step_0000005")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path, cache):
+    """gloo, 2 x batch 2 == 1 x batch 4 (same global batch; LayerNorm encoders, no BatchNorm)."""
+    common = ["--optim.steps=3", "--run.save_every=100", "--model.video=vit_video_tiny",
+              "--model.audio=audio_vit_tiny", "--run.name=r"]
+    run("pretrain_sync.py", tmp_path / "one", cache, *common)
+    # accelerate 1.15 launches several CPU processes only through mpirun; torchrun + the CPU
+    # flag gives accelerate's MULTI_CPU (gloo) setup, as the README documents.
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+              "--master_port", str(_free_port())]
+    run("pretrain_sync.py", tmp_path / "two", cache, *common, "--data.batch_size=2",
+        launch=launch, env={"ACCELERATE_USE_CPU": "true"})
+    one = losses(tmp_path / "one" / "pretrain_sync" / "r")
+    two = losses(tmp_path / "two" / "pretrain_sync" / "r")
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch, capsys, policy):
+    from accelerate.state import AcceleratorState
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import pretrain_sync
+
+    real = pretrain_sync.forward_loss
+
+    def poisoned(model, objective, batch, cfg, step):
+        out = real(model, objective, batch, cfg, step)
+        if step == 1:  # the second step: its loss (and so its gradient) is NaN
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(pretrain_sync, "forward_loss", poisoned)
+    monkeypatch.setenv("AVSSL_CACHE", str(cache))
+    args = [*TINY, f"--run.out={tmp_path}", "--optim.steps=3", "--run.save_every=1",
+            "--run.name=r", f"--run.on_nonfinite={policy}"]
+    try:
+        if policy == "stop":
+            with pytest.raises(Exception, match="non-finite loss or gradient at step 1.*stopped"):
+                pretrain_sync.main(args)
+            assert not (tmp_path / "pretrain_sync" / "r" / "step_0000002").exists()
+            return
+        pretrain_sync.main(args)
+    finally:
+        AcceleratorState._reset_state(True)
+        sys.path.remove(str(ROOT / "recipes"))
+    assert "non-finite loss or gradient at step 1" in capsys.readouterr().out
+    run_dir = tmp_path / "pretrain_sync" / "r"
+    before, after = weights(run_dir / "step_0000001"), weights(run_dir / "step_0000002")
+    # the update was skipped: every parameter is unchanged (BatchNorm running statistics are
+    # buffers updated by the forward pass, not by the optimizer)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    params = [k for k in before if not k.endswith(stats)]
+    assert len(params) > 20 and all(torch.equal(before[k], after[k]) for k in params)
+    final = weights(run_dir / "step_0000003")
+    assert all(torch.isfinite(v).all() for v in final.values())
+    assert any(not torch.equal(final[k], after[k]) for k in final)  # training went on
+    with open(run_dir / "metrics.csv") as f:
+        assert [float(r["skipped"]) for r in csv.DictReader(f)] == [0.0, 1.0, 0.0]
+
+
+@pytest.mark.slow
+def test_default_sync_run_learns_synchronisation(tmp_path):
+    """The README's default run: hard-negative sync accuracy >= 0.8 on held-out clips."""
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain_sync.py"),
+                           f"--run.out={tmp_path}", "--run.name=default"],
+                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((tmp_path / "pretrain_sync" / "default" / "final_metrics.json").read_text())
+    assert final["val_acc_hard"] >= 0.8, final
