@@ -53,12 +53,16 @@ RECIPE = "pretrain_sync"
 @dataclass
 class ModelConfig:
     video: str = "i3d_r18_tiny"
-    video_kwargs: dict = field(default_factory=dict, metadata={
-        "help": "JSON keyword arguments of the video encoder, e.g. "
-                "'{\"time_strides\": {\"conv1\": 1}}' for i3d"})
+    # no temporal stride in i3d's stem: 8 frames stay 8 time steps, so the sync head sees when
+    video_kwargs: dict = field(
+        default_factory=lambda: {"time_strides": {"conv1": 1, "maxpool": 1}},
+        metadata={"help": "JSON keyword arguments of the video encoder ('{}' for none)"})
     audio: str = "audio_resnet18_tiny"
     audio_kwargs: dict = field(default_factory=dict)
     proj_dim: int = 128
+    temporal_bins: int = field(default=4, metadata={
+        "help": "keep this many time bins of the feature maps in the embedding (sync is about "
+                "when; 0 = the encoders' time-pooled output)"})
 
 
 @dataclass
@@ -106,18 +110,37 @@ class Config:
 
 
 class SyncModel(nn.Module):
-    """Video and audio towers + projection heads -> embeddings for the sync objective."""
+    """Video and audio towers + projection heads -> embeddings for the sync objective.
 
-    def __init__(self, video: nn.Module, audio: nn.Module, proj_dim: int):
+    With ``temporal_bins`` = K > 0 each tower's last feature map keeps its time axis: video
+    (B, C, T', H', W') is averaged over space, audio (B, C, F', T'') over frequency, both pooled
+    to K time bins and flattened (B, C*K) before the projection, so the embeddings say *when*
+    things happen (a time-pooled embedding barely changes when the audio is shifted).
+    """
+
+    def __init__(self, video: nn.Module, audio: nn.Module, proj_dim: int, temporal_bins: int = 0):
         super().__init__()
-        self.video, self.audio = video, audio
-        self.video_proj = projection(video.embed_dim, proj_dim)
-        self.audio_proj = projection(audio.embed_dim, proj_dim)
+        self.video, self.audio, self.bins = video, audio, temporal_bins
+        k = max(1, temporal_bins)
+        self.video_proj = projection(video.embed_dim * k, proj_dim)
+        self.audio_proj = projection(audio.embed_dim * k, proj_dim)
+
+    def _series(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not self.bins:
+            return tower(x)
+        maps = tower.forward_features(x)
+        if isinstance(maps, dict):  # ViT-style encoders return {"cls", "map"}
+            maps = maps.get("map")
+        if not isinstance(maps, torch.Tensor) or maps.ndim not in (4, 5):
+            raise AvsslError(f"{type(tower).__name__} gives no (B, C, ..., T) feature map; use "
+                             f"--model.temporal_bins=0 with it")
+        series = maps.mean(dim=(3, 4)) if maps.ndim == 5 else maps.mean(dim=2)  # (B, C, T)
+        return nn.functional.adaptive_avg_pool1d(series, self.bins).flatten(1)
 
     def forward(self, video: torch.Tensor, mel: torch.Tensor, mel_shift: torch.Tensor) -> dict:
         """video (B, C, T, H, W); mel, mel_shift (B, 1, F, frames) -> three (B, proj_dim)."""
-        a = self.audio_proj(self.audio(torch.cat([mel, mel_shift])))
-        return {"video": self.video_proj(self.video(video)), "audio": a[: len(mel)],
+        a = self.audio_proj(self._series(self.audio, torch.cat([mel, mel_shift])))
+        return {"video": self.video_proj(self._series(self.video, video)), "audio": a[: len(mel)],
                 "audio_shift": a[len(mel):]}
 
 
@@ -165,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     train_ds, val_ds = build_pair_datasets(cfg.data, accelerator, run_dir, cfg.run.seed)
     model = SyncModel(build_encoder(cfg.model.video, **cfg.model.video_kwargs),
-                      build_encoder(cfg.model.audio, **cfg.model.audio_kwargs), cfg.model.proj_dim)
+                      build_encoder(cfg.model.audio, **cfg.model.audio_kwargs), cfg.model.proj_dim,
+                      cfg.model.temporal_bins)
     objective = SyncObjective(cfg.loss.kind, cfg.loss.temperature, cfg.loss.margin,
                               cfg.loss.hard_weight, cfg.loss.hard_start_step,
                               embed_dim=cfg.model.proj_dim, gather=cfg.loss.gather)

@@ -116,7 +116,7 @@ def _free_port() -> int:
 def test_two_processes_match_one(tmp_path, cache):
     """gloo, 2 x batch 2 == 1 x batch 4 (same global batch; LayerNorm encoders, no BatchNorm)."""
     common = ["--optim.steps=3", "--run.save_every=100", "--model.video=vit_video_tiny",
-              "--model.audio=audio_vit_tiny", "--run.name=r"]
+              "--model.video_kwargs={}", "--model.audio=audio_vit_tiny", "--run.name=r"]
     run("pretrain_sync.py", tmp_path / "one", cache, *common)
     # accelerate 1.15 launches several CPU processes only through mpirun; torchrun + the CPU
     # flag gives accelerate's MULTI_CPU (gloo) setup, as the README documents.

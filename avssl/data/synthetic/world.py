@@ -20,6 +20,8 @@ from avssl.data.synthetic.sound import (COLOURS, EVENT_S, PITCHES, SHAPES, TIMBR
                                         event_kernel, hum, place_events)
 
 PULSE_DECAY_FRAMES = 1.5  # an event brightens its actor on that frame, fading over a few frames
+PULSE_HOLD_S = 0.12  # ... after holding full brightness this long, so that a clip decoded at a
+# lower frame rate (8 fps for pretraining samples every ~3rd frame of 25) still sees the flash
 PULSE_GAIN = 0.8
 EDGE_PX = 2.0  # antialiased edge width: soft edges survive yuv420p chroma subsampling
 CHUNK_FRAMES = 256  # long videos are drawn in chunks to bound memory
@@ -92,12 +94,13 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, rad: np.ndarray
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _pulse(f: np.ndarray, events: np.ndarray) -> np.ndarray:
-    """(N,) brightening at each event frame, decaying; half a frame of tolerance before."""
+def _pulse(f: np.ndarray, events: np.ndarray, hold: float = 0.0) -> np.ndarray:
+    """(N,) brightening from each event frame: full for ``hold`` frames, then decaying; half a
+    frame of tolerance before."""
     if len(events) == 0:
         return np.zeros_like(f)
     lag = f[:, None] - events[None, :].astype(np.float64)
-    p = np.where(lag >= -0.5, np.exp(-np.clip(lag, 0.0, None) / PULSE_DECAY_FRAMES), 0.0)
+    p = np.where(lag >= -0.5, np.exp(-np.clip(lag - hold, 0.0, None) / PULSE_DECAY_FRAMES), 0.0)
     return p.max(axis=1)
 
 
@@ -156,7 +159,7 @@ def _draw(bg: np.ndarray, shake: np.ndarray, noise: np.ndarray, actors: list[_Ac
         dy = grid[None, y0:y1, None] - cy[:, None, None]
         sd = _signed_distance(actor.shape, dx, dy, rad[:, None, None])
         alpha = np.clip(0.5 - sd / EDGE_PX, 0.0, 1.0) * vis[:, None, None]
-        pulse = _pulse(f, t.events).astype(np.float32)
+        pulse = _pulse(f, t.events, max(0, round(PULSE_HOLD_S * cfg.fps) - 1)).astype(np.float32)
         base = COLOURS[actor.colour]
         colour = base[None, :] + (1.0 - base[None, :]) * (PULSE_GAIN * pulse[:, None])  # (N, 3)
         region = img[:, :, y0:y1, x0:x1]
@@ -182,7 +185,7 @@ def _check_seed(seed: int, index: int) -> None:
 
 
 # Bump when rendering changes, so caches of written worlds (synthetic/cache.py) are rebuilt.
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 ACCENT_GAP_S = (0.25, 0.6)  # min gap, mean extra gap (exponential) between accents
 
 
@@ -203,7 +206,7 @@ def _with_accents(track: Track, rng: np.random.Generator, f: np.ndarray, fps: fl
         times.append(int(round(t * fps)))
     # keep accents apart from action events, so each event stays a separate flash and sound
     act = track.events.astype(np.int64)
-    apart = max(3, int(math.ceil(0.1 * fps)))
+    apart = max(3, int(math.ceil(PULSE_HOLD_S * fps)) + 2)  # its flash must end first
     def visible(e: int) -> bool:  # an accent on an invisible actor would be a sound unseen
         k = int(round(e - f[0]))
         return not 0 <= k < len(f) or (track.vis[k] > 0.5 and track.vis[max(k - 1, 0)] > 0.5)
