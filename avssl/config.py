@@ -235,7 +235,15 @@ def format_help(cls: type, prog: str = "", description: str = "") -> str:
     if description:
         lines += [description.strip(), ""]
     lines.append("options (default in brackets):")
+    try:  # an instance knows the defaults that sections' default_factory lambdas set
+        values = dataclasses.asdict(cls())
+    except TypeError:
+        values = None
     for key, tp, default, help_ in flat_fields(cls):
+        if values is not None:
+            default = values
+            for part in key.split("."):
+                default = default[part]
         shown = "required" if default is dataclasses.MISSING else json.dumps(
             list(default) if isinstance(default, tuple) else default)
         lines.append(f"  --{key}={_type_name(tp)}  [{shown}]" + (f"  {help_}" if help_ else ""))

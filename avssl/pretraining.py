@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from accelerate import Accelerator
@@ -46,6 +46,30 @@ class PairDataConfig:
     batch_size: int = field(default=32, metadata={"help": "per process"})
     num_workers: int = 2
     backend: str = "auto"
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs"
+    name: Optional[str] = None
+    seed: int = 0
+    save_every: int = 150
+    log_every: int = 10
+    resume: bool = False
+    stop_after: int = field(default=0, metadata={"help": "end this invocation after this many "
+                            "steps in total (a preemptible job's slice; --run.resume continues)"})
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
 
 def build_pair_datasets(d: PairDataConfig, accelerator: Accelerator, run_dir: Path, seed: int):

@@ -31,7 +31,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -44,8 +44,9 @@ from avssl.errors import AvsslError
 from avssl.fusion import build_fusion
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
-from avssl.pretraining import (PairDataConfig, all_finite, build_pair_datasets, cosine_lr,
-                               flat_hparams, mel, nonfinite_action, pair_loader, run_location)
+from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
+                               build_pair_datasets, cosine_lr, flat_hparams, mel,
+                               nonfinite_action, pair_loader, run_location)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_mbt"
@@ -70,36 +71,12 @@ class LossConfig:
 
 
 @dataclass
-class OptimConfig:
-    steps: int = 480
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 40
-    grad_accum: int = 1
-    clip_grad: float = 1.0
-
-
-@dataclass
-class RunConfig:
-    out: str = "runs"
-    name: Optional[str] = None
-    seed: int = 0
-    save_every: int = 240
-    log_every: int = 10
-    resume: bool = False
-    stop_after: int = field(default=0, metadata={"help": "end this invocation after this many "
-                            "steps in total (--run.resume continues)"})
-    on_nonfinite: Literal["skip", "stop"] = "skip"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-
-
-@dataclass
 class Config:
     data: PairDataConfig = field(default_factory=lambda: PairDataConfig(crop=64))
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=480, warmup_steps=40))
+    run: RunConfig = field(default_factory=lambda: RunConfig(save_every=240))
 
 
 def make_pairs(batch: dict, cfg: Config, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -43,8 +43,9 @@ from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder
 from avssl.errors import AvsslError
 from avssl.objectives.sync import SyncObjective
-from avssl.pretraining import (PairDataConfig, all_finite, build_pair_datasets, cosine_lr,
-                               flat_hparams, mel, nonfinite_action, pair_loader, run_location)
+from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
+                               build_pair_datasets, cosine_lr, flat_hparams, mel,
+                               nonfinite_action, pair_loader, run_location)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -74,30 +75,6 @@ class LossConfig:
     hard_start_step: int = field(default=60, metadata={"help": "curriculum: easy negatives only "
                                                       "before this step"})
     gather: bool = field(default=True, metadata={"help": "negatives from the global batch"})
-
-
-@dataclass
-class OptimConfig:
-    steps: int = 300
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 30
-    grad_accum: int = 1
-    clip_grad: float = 1.0
-
-
-@dataclass
-class RunConfig:
-    out: str = "runs"
-    name: Optional[str] = None
-    seed: int = 0
-    save_every: int = 150
-    log_every: int = 10
-    resume: bool = False
-    stop_after: int = field(default=0, metadata={"help": "end this invocation after this many "
-                            "steps in total (a preemptible job's slice; --run.resume continues)"})
-    on_nonfinite: Literal["skip", "stop"] = "skip"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
 
 @dataclass

@@ -115,3 +115,12 @@ def test_dict_fields_take_json():
     assert cfg.kwargs == {"time_strides": {"conv1": 1}}
     with pytest.raises(ConfigError, match="expected a JSON object"):
         parse_args(WithDict, ["--kwargs=[1, 2]"])
+
+
+@dataclass
+class Overridden:
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.5))
+
+
+def test_help_shows_section_defaults_set_by_factories():
+    assert "--optim.lr=float  [0.5]" in format_help(Overridden)
