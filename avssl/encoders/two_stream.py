@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avssl.cache import cache_dir
 from avssl.encoders import register_encoder
 from avssl.encoders.baselines import make_trunk
 from avssl.encoders.layers import load_pretrained
@@ -70,8 +71,7 @@ def compute_flow(video: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def default_flow_cache_dir() -> Path:
     """``$AVSSL_CACHE/flow`` if ``AVSSL_CACHE`` is set, else ``~/.cache/avssl/flow``."""
-    root = os.environ.get("AVSSL_CACHE")
-    return Path(root) / "flow" if root else Path.home() / ".cache" / "avssl" / "flow"
+    return cache_dir("flow")
 
 
 def flow_cache(path_key: str, video: torch.Tensor | np.ndarray,

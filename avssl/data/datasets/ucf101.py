@@ -29,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from avssl.cache import cache_dir
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.layout import abs_root, check_split, default_mode, layout_error, read_lines
 from avssl.errors import DataError
@@ -78,9 +79,8 @@ def read_split_list(path: Path, classes: list[str], *, train: bool) -> list[tupl
 
 
 def _manifest_cache(root: Path) -> Path:
-    base = os.environ.get("AVSSL_CACHE") or os.path.join(Path.home(), ".cache", "avssl")
     key = hashlib.sha1(str(root).encode()).hexdigest()[:16]
-    return Path(base) / "manifests" / f"ucf101_{key}.csv"
+    return cache_dir("manifests") / f"ucf101_{key}.csv"
 
 
 def _probe_all(videos: Path, listed: set[str], workers: int, progress: bool) -> dict[str, Any]:
