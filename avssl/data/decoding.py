@@ -18,7 +18,6 @@ object that could be pickled into a DataLoader worker.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import math
 import os
@@ -270,17 +269,12 @@ def decode_video(path: str | os.PathLike, start_s: float, end_s: float, *,
                 raise
             except Exception:
                 if backend == "decord":
-                    raise
-                _forget_reader(p)  # decord cannot read this file: PyAV is the robust path
+                    raise  # decord cannot read this file: "auto" falls back to PyAV below
         if frames is None:
             frames = _decode_video_pyav(p, start_s, end_s, fps)
         return _resize(torch.from_numpy(frames).permute(0, 3, 1, 2), size)
 
-    try:
-        return _guarded(p, timeout_s, work)
-    except DecodeTimeout:
-        _forget_reader(p)  # a reader stuck mid-decode must not be handed out again
-        raise
+    return _guarded(p, timeout_s, work)
 
 
 def _sample_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
@@ -294,93 +288,26 @@ def _pick(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(pts) - 1)
 
 
-@dataclass
-class _Reader:
-    reader: Any  # decord.VideoReader
-    pts: np.ndarray  # (N,) frame start times in seconds
-    fps: float
-    lock: threading.Lock  # one reader has one decoding position: serialise its use
+def _decode_video_decord(path: str, start_s: float, end_s: float,
+                         fps: float | None) -> np.ndarray:
+    """Open a decord reader, fetch the window's frames, drop the reader.
 
-
-# Per-process cache of open decord readers: keyed by pid so a forked DataLoader worker never
-# touches its parent's reader, and by mtime/size so a rewritten file is reopened.
-_READERS: collections.OrderedDict[tuple, _Reader] = collections.OrderedDict()
-# 0: no reader outlives its call. An open decord reader keeps decoding ahead in background
-# threads, so caching 4 of them cost 70-90 ms of CPU per random clip against ~24 ms for
-# open + read + close (benchmarks/README.md), and idle readers steal cores from training.
-_READERS_MAX = 0
-_READERS_LOCK = threading.Lock()
-
-
-_INHERITED: list = []  # readers a forked child got from its parent: never used, never freed
-
-
-def _close_readers_before_fork() -> None:
-    """Free the parent's readers while their decoding threads still exist.
-
-    A decord reader's destructor joins its worker threads; in a forked child those threads do
-    not exist, so destroying an inherited reader there blocks forever (DataLoader workers froze).
+    Readers are deliberately not cached: an open reader keeps decoding ahead in background
+    threads (caching 4 cost 70-90 ms of CPU per random clip against ~24 ms for open + read +
+    close, benchmarks/README.md), and a reader inherited by a forked DataLoader worker deadlocks
+    in its destructor there.
     """
-    with _READERS_LOCK:
-        _READERS.clear()
-
-
-def _reset_readers_after_fork() -> None:  # a lock held by another thread at fork stays held
-    global _READERS_LOCK
-    _READERS_LOCK = threading.Lock()
-    # Anything still cached was opened by another thread during the fork: keep it alive (its
-    # destructor would hang, see above) but out of reach.
-    _INHERITED.extend(_READERS.values())
-    _READERS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_close_readers_before_fork,
-                        after_in_child=_reset_readers_after_fork)
-
-
-def _reader_key(path: str) -> tuple:
-    st = os.stat(path)
-    return (os.getpid(), os.path.abspath(path), st.st_mtime_ns, st.st_size)
-
-
-def _forget_reader(path: str) -> None:
-    with _READERS_LOCK:
-        for key in [k for k in _READERS if k[1] == os.path.abspath(path)]:
-            del _READERS[key]
-
-
-def _decord_reader(path: str) -> _Reader:
-    """An open decord reader for ``path`` with its frame times, cached per process."""
-    key = _reader_key(path)
-    with _READERS_LOCK:
-        if key in _READERS:
-            _READERS.move_to_end(key)
-            return _READERS[key]
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     if len(reader) == 0:
         raise DecodeError(path, "no video frames")
     pts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0].astype(np.float64)
-    entry = _Reader(reader, pts, float(reader.get_avg_fps()), threading.Lock())
-    with _READERS_LOCK:
-        _READERS[key] = entry
-        while len(_READERS) > _READERS_MAX:
-            _READERS.popitem(last=False)
-    return entry
-
-
-def _decode_video_decord(path: str, start_s: float, end_s: float,
-                         fps: float | None) -> np.ndarray:
-    entry = _decord_reader(path)
-    times = _sample_times(start_s, end_s, fps or entry.fps)
-    idx = _pick(entry.pts, times)
+    times = _sample_times(start_s, end_s, fps or float(reader.get_avg_fps()))
+    idx = _pick(pts, times)
     uniq, inverse = np.unique(idx, return_inverse=True)  # fetch each frame once
-    with entry.lock:
-        if len(uniq) == 0:
-            h, w = entry.reader[0].shape[:2]
-            return np.zeros((0, h, w, 3), np.uint8)
-        batch = entry.reader.get_batch(uniq.tolist()).asnumpy()
-    return batch[inverse]
+    if len(uniq) == 0:
+        h, w = reader[0].shape[:2]
+        return np.zeros((0, h, w, 3), np.uint8)
+    return reader.get_batch(uniq.tolist()).asnumpy()[inverse]
 
 
 def _decode_video_pyav(path: str, start_s: float, end_s: float,
