@@ -35,7 +35,6 @@ from typing import Literal
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch import nn
 from tqdm.auto import tqdm
 
 from avssl import checkpoints
@@ -43,6 +42,7 @@ from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder
 from avssl.errors import AvsslError
 from avssl.objectives.sync import SyncObjective
+from avssl.towers import AVTowers
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, mel,
                                nonfinite_action, pair_loader, run_location)
@@ -86,45 +86,6 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-class SyncModel(nn.Module):
-    """Video and audio towers + projection heads -> embeddings for the sync objective.
-
-    With ``temporal_bins`` = K > 0 each tower's last feature map keeps its time axis: video
-    (B, C, T', H', W') is averaged over space, audio (B, C, F', T'') over frequency, both pooled
-    to K time bins and flattened (B, C*K) before the projection, so the embeddings say *when*
-    things happen (a time-pooled embedding barely changes when the audio is shifted).
-    """
-
-    def __init__(self, video: nn.Module, audio: nn.Module, proj_dim: int, temporal_bins: int = 0):
-        super().__init__()
-        self.video, self.audio, self.bins = video, audio, temporal_bins
-        k = max(1, temporal_bins)
-        self.video_proj = projection(video.embed_dim * k, proj_dim)
-        self.audio_proj = projection(audio.embed_dim * k, proj_dim)
-
-    def _series(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if not self.bins:
-            return tower(x)
-        maps = tower.forward_features(x)
-        if isinstance(maps, dict):  # ViT-style encoders return {"cls", "map"}
-            maps = maps.get("map")
-        if not isinstance(maps, torch.Tensor) or maps.ndim not in (4, 5):
-            raise AvsslError(f"{type(tower).__name__} gives no (B, C, ..., T) feature map; use "
-                             f"--model.temporal_bins=0 with it")
-        series = maps.mean(dim=(3, 4)) if maps.ndim == 5 else maps.mean(dim=2)  # (B, C, T)
-        return nn.functional.adaptive_avg_pool1d(series, self.bins).flatten(1)
-
-    def forward(self, video: torch.Tensor, mel: torch.Tensor, mel_shift: torch.Tensor) -> dict:
-        """video (B, C, T, H, W); mel, mel_shift (B, 1, F, frames) -> three (B, proj_dim)."""
-        a = self.audio_proj(self._series(self.audio, torch.cat([mel, mel_shift])))
-        return {"video": self.video_proj(self._series(self.video, video)), "audio": a[: len(mel)],
-                "audio_shift": a[len(mel):]}
-
-
-def projection(dim: int, out: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
-
-
 def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
     out = model(batch["video"], mel(batch["audio"], cfg.data), mel(batch["audio_shift"], cfg.data))
     return objective(out, {"hard_valid": batch["hard_valid"], "step": step})
@@ -164,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         save_config(cfg, run_dir / "config.json")
 
     train_ds, val_ds = build_pair_datasets(cfg.data, accelerator, run_dir, cfg.run.seed)
-    model = SyncModel(build_encoder(cfg.model.video, **cfg.model.video_kwargs),
+    model = AVTowers(build_encoder(cfg.model.video, **cfg.model.video_kwargs),
                       build_encoder(cfg.model.audio, **cfg.model.audio_kwargs), cfg.model.proj_dim,
                       cfg.model.temporal_bins)
     objective = SyncObjective(cfg.loss.kind, cfg.loss.temperature, cfg.loss.margin,

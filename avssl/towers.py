@@ -1,0 +1,60 @@
+"""``AVTowers``: a video and an audio encoder with projection heads into one embedding space.
+
+The model of ``recipes/pretrain_sync.py``; the bench rebuilds it from a checkpoint (components
+``video``, ``audio``, ``video_proj``, ``audio_proj`` and the recipe's ``model`` config) to score
+sync and cross-modal retrieval, so it lives in the library rather than in the recipe.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from avssl.errors import AvsslError
+
+
+def projection(dim: int, out: int) -> nn.Module:
+    """The two-layer MLP head of SimCLR / AVTS: Linear(dim, dim) -> ReLU -> Linear(dim, out)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
+
+
+class AVTowers(nn.Module):
+    """Video and audio towers + projection heads -> embeddings for sync and correspondence.
+
+    With ``temporal_bins`` = K > 0 each tower's last feature map keeps its time axis: video
+    (B, C, T', H', W') is averaged over space, audio (B, C, F', T'') over frequency, both pooled
+    to K time bins and flattened (B, C*K) before the projection, so the embeddings say *when*
+    things happen (a time-pooled embedding barely changes when the audio is shifted).
+    """
+
+    def __init__(self, video: nn.Module, audio: nn.Module, proj_dim: int, temporal_bins: int = 0):
+        super().__init__()
+        self.video, self.audio, self.bins = video, audio, temporal_bins
+        k = max(1, temporal_bins)
+        self.video_proj = projection(video.embed_dim * k, proj_dim)
+        self.audio_proj = projection(audio.embed_dim * k, proj_dim)
+
+    def _series(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not self.bins:
+            return tower(x)
+        maps = tower.forward_features(x)
+        if isinstance(maps, dict):  # ViT-style encoders return {"cls", "map"}
+            maps = maps.get("map")
+        if not isinstance(maps, torch.Tensor) or maps.ndim not in (4, 5):
+            raise AvsslError(f"{type(tower).__name__} gives no (B, C, ..., T) feature map; use "
+                             f"--model.temporal_bins=0 with it")
+        series = maps.mean(dim=(3, 4)) if maps.ndim == 5 else maps.mean(dim=2)  # (B, C, T)
+        return nn.functional.adaptive_avg_pool1d(series, self.bins).flatten(1)
+
+    def embed_video(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, C, T, H, W) -> (B, proj_dim)."""
+        return self.video_proj(self._series(self.video, video))
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """log-mel (B, 1, F, frames) -> (B, proj_dim)."""
+        return self.audio_proj(self._series(self.audio, mel))
+
+    def forward(self, video: torch.Tensor, mel: torch.Tensor, mel_shift: torch.Tensor) -> dict:
+        """video (B, C, T, H, W); mel, mel_shift (B, 1, F, frames) -> three (B, proj_dim)."""
+        a = self.embed_audio(torch.cat([mel, mel_shift]))
+        return {"video": self.embed_video(video), "audio": a[: len(mel)],
+                "audio_shift": a[len(mel):]}
