@@ -1,0 +1,420 @@
+"""Leaderboard CSVs: append rows safely, validate, rank, render (``python -m avssl.leaderboard``).
+
+``<dir>/<task>.csv`` holds one row per benchmark run in the schema of
+:mod:`avssl.bench.results`. Every row is kept — a leaderboard is a history — and ranked per
+(split, protocol, metric); ``--latest`` keeps only the newest row per run identity.
+
+    python -m avssl.leaderboard                     # validate every CSV, print ranked tables
+    python -m avssl.leaderboard --task synthetic    # one task
+    python -m avssl.leaderboard --render            # also write <dir>/README.md + <task>.png
+
+Appends from many processes at once never lose or interleave rows: each append holds an exclusive
+lock on ``<task>.csv.lock`` while it checks the header and writes, flushes and fsyncs one line.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from avssl.bench.results import COLUMNS, ResultRow, validate_row
+from avssl.errors import AvsslError, DataError, UnknownNameError
+from avssl.registry import did_you_mean
+
+HEADER = ",".join(COLUMNS)
+MAKE_ROWS = "python -m avssl.bench --task synthetic"
+
+
+# ------------------------------------------------------------------------------------- appending
+@contextlib.contextmanager
+def _locked(lock_path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold an inter-process lock on ``lock_path`` (created if needed): exclusive for writers,
+    shared for readers (so a reader never sees a half-written last line). Windows has no shared
+    ``msvcrt`` lock, so readers there take the exclusive one too."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: lock the first byte; LK_LOCK gives up after ~10 s, so loop
+            import msvcrt
+            import time
+
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _read_lock(csv_path: Path) -> Iterator[None]:
+    """A shared lock when the folder allows creating the lock file; none when read-only."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_locked(csv_path.with_name(csv_path.name + ".lock"), shared=True))
+        except OSError:
+            pass  # e.g. a read-only checkout: read without the lock
+        yield
+
+
+def _csv_line(values: Iterable[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(list(values))
+    return buf.getvalue()
+
+
+def append_row(row: ResultRow, directory: str | os.PathLike = "leaderboard") -> Path:
+    """Validate ``row`` and append it to ``<directory>/<task>.csv`` (header written if new).
+
+    Safe against concurrent appends from many processes. Raises :class:`DataError` for an
+    invalid row or an existing file whose header is not :data:`COLUMNS`; nothing is written then.
+    """
+    values = row.to_csv_dict()
+    try:
+        validate_row(values)
+    except DataError as e:
+        raise DataError(f"not appending an invalid leaderboard row: {e}") from None
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{row.task}.csv"
+    line = _csv_line(values[c] for c in COLUMNS)
+    with _locked(directory / f"{row.task}.csv.lock"):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                data = HEADER + "\n" + line
+            else:
+                first = _first_line(fd)
+                if first != HEADER:
+                    raise DataError(f"{path} has a different header than a leaderboard CSV; "
+                                    f"expected: {HEADER} (move the file aside; it was not changed)")
+                os.lseek(fd, size - 1, os.SEEK_SET)
+                # a writer killed mid-line must not glue its fragment onto this row
+                data = line if os.read(fd, 1) == b"\n" else "\n" + line
+            payload = data.encode("utf-8")
+            # O_APPEND + one write: the line lands whole at the end even if a non-locking
+            # writer interferes; the loop only matters for short writes
+            while payload:
+                payload = payload[os.write(fd, payload):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+def _first_line(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    head = b""
+    while b"\n" not in head and len(head) < 64 * 1024:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        head += chunk
+    text = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    return text.removeprefix("\ufeff").rstrip("\r")
+
+
+# --------------------------------------------------------------------------------------- reading
+def read_task(path: str | os.PathLike) -> list[ResultRow]:
+    """Every row of one task CSV, validated; errors read ``<file>:<line>: <problem>``."""
+    path = Path(path)
+    rows: list[ResultRow] = []
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read leaderboard CSV: {e.strerror or e}") from None
+    with f, _read_lock(path):
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return rows  # an empty file: created, no rows yet
+            if header != COLUMNS:
+                raise DataError(f"{path}:1: header is not a leaderboard header; expected: {HEADER}")
+            for values in reader:
+                if not values:  # a blank line carries no row
+                    continue
+                where = f"{path}:{reader.line_num}"
+                if len(values) != len(COLUMNS):
+                    raise DataError(f"{where}: {len(values)} fields, expected {len(COLUMNS)} "
+                                    f"({HEADER})")
+                try:
+                    row = validate_row(dict(zip(COLUMNS, values)))
+                except DataError as e:
+                    raise DataError(f"{where}: {e}") from None
+                if row.task != path.stem:
+                    raise DataError(f"{where}: row of task {row.task!r} in the file of task "
+                                    f"{path.stem!r}; rows belong in <task>.csv")
+                rows.append(row)
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text; a leaderboard CSV is UTF-8") from None
+    return rows
+
+
+def _task_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.csv")) if directory.is_dir() else []
+
+
+def validate(directory: str | os.PathLike = "leaderboard") -> dict[str, int]:
+    """``{task: number of rows}`` for every ``<task>.csv`` in ``directory`` (sorted by task).
+
+    Raises :class:`DataError` (``<file>:<line>: <problem>``) at the first invalid row. A missing
+    directory holds no tasks.
+    """
+    return {p.stem: len(read_task(p)) for p in _task_files(Path(directory))}
+
+
+# --------------------------------------------------------------------------------------- ranking
+def _split_key(split: str) -> tuple:
+    return (0, int(split), "") if split.isdigit() else (1, 0, split)
+
+
+def _group(r: ResultRow) -> tuple:
+    return (r.task, _split_key(r.split), r.protocol, r.metric)
+
+
+def _order(r: ResultRow) -> tuple:
+    # best first; equal values: the earlier run keeps the place; then a fixed order for identical
+    # timestamps so the table never depends on file order
+    return (-r.value if r.higher_is_better else r.value, r.timestamp, r.encoder, r.recipe,
+            r.checkpoint_sha256, r.views, r.seed)
+
+
+def latest_only(rows: Iterable[ResultRow]) -> list[ResultRow]:
+    """The newest row per (task, encoder, checkpoint_sha256, recipe, protocol, split, metric,
+    views); on equal timestamps the row read last wins."""
+    newest: dict[tuple, ResultRow] = {}
+    for r in rows:
+        key = (r.task, r.encoder, r.checkpoint_sha256, r.recipe, r.protocol, r.split, r.metric,
+               r.views)
+        if key not in newest or r.timestamp >= newest[key].timestamp:
+            newest[key] = r
+    return list(newest.values())
+
+
+def ranked(rows: Iterable[ResultRow], *, protocol: str | None = None, split: str | None = None,
+           latest: bool = False) -> list[ResultRow]:
+    """Rows grouped by (task, split, protocol, metric), groups in that order, best row first in
+    each (``higher_is_better``), ties broken by timestamp (earlier first). Every row is kept
+    unless ``latest`` (see :func:`latest_only`)."""
+    rows = [r for r in rows if (protocol is None or r.protocol == protocol)
+            and (split is None or r.split == str(split))]
+    if latest:
+        rows = latest_only(rows)
+    return sorted(rows, key=lambda r: (_group(r), _order(r)))
+
+
+def ranks(rows: Sequence[ResultRow]) -> list[int]:
+    """Competition ranks (1, 2, 2, 4) of already :func:`ranked` rows within their groups."""
+    out: list[int] = []
+    start = 0
+    for i, r in enumerate(rows):
+        if i == 0 or _group(rows[i - 1]) != _group(r):
+            start = i
+            out.append(1)
+        elif rows[i - 1].value == r.value:
+            out.append(out[-1])
+        else:
+            out.append(i - start + 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------ formatting
+def checkpoint_label(r: ResultRow) -> str:
+    """``<run folder>@<sha[:8]>``; a ``step_N`` / ``latest`` folder is named by its run."""
+    if not r.checkpoint:
+        return "—"
+    p = Path(r.checkpoint.rstrip("/\\"))
+    run = p.name
+    if (run.startswith("step_") or run == "latest") and p.parent.name:
+        run = f"{p.parent.name}/{run}"
+    return f"{run}@{r.checkpoint_sha256[:8]}" if r.checkpoint_sha256 else run
+
+
+def run_label(r: ResultRow) -> str:
+    return f"{r.encoder} / {r.recipe} / {r.protocol}"
+
+
+def _flat(d: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    for k in sorted(d):
+        v = d[k]
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        elif not isinstance(v, list):
+            yield f"{prefix}{k}", v
+
+
+def _highlights(secondary: dict, n: int = 3) -> str:
+    """The first ``n`` numbers of ``secondary``, top-level keys (e.g. top5) before nested ones."""
+    items = sorted(_flat(secondary), key=lambda kv: (kv[0].count("."), kv[0]))
+    shown = ", ".join(f"{k} {float(v):.2f}" for k, v in items[:n])  # type: ignore[arg-type]
+    return shown + (f" (+{len(items) - n})" if len(items) > n else "")
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|") if s else "—"
+
+
+def _commit(c: str) -> str:
+    return c[:8] + (" (dirty)" if c.endswith("-dirty") else "")
+
+
+TABLE_COLUMNS = ["rank", "encoder", "recipe", "checkpoint", "protocol", "split", "views", "metric",
+                 "value", "secondary", "params (M)", "GMACs", "videos", "date", "commit"]
+
+
+def format_table(rows: Iterable[ResultRow]) -> str:
+    """A ranked markdown table of ``rows`` (ranked again here, so any order may be passed)."""
+    rows = ranked(rows)
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
+             "|" + "|".join("---:" if c in ("rank", "value", "params (M)", "GMACs") else "---"
+                            for c in TABLE_COLUMNS) + "|"]
+    for rank, r in zip(ranks(rows), rows):
+        cells = [str(rank), r.encoder, r.recipe, checkpoint_label(r), r.protocol, r.split, r.views,
+                 r.metric, f"{r.value:.2f}", _highlights(r.secondary), f"{r.params_m:.2f}",
+                 "" if r.gmacs_per_clip is None else f"{r.gmacs_per_clip:.2f}",
+                 f"{r.videos_used}/{r.videos_expected}", r.timestamp[:10], _commit(r.git_commit)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- rendering
+def _plot(task: str, rows: list[ResultRow], out: Path) -> None:
+    """Horizontal bars, one panel per (split, metric): the best value per run label, best on top,
+    coloured by protocol."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    panels: dict[tuple, list[ResultRow]] = {}
+    for r in ranked(rows):  # best first, so the first row per label is its best
+        bars = panels.setdefault((_split_key(r.split), r.split, r.metric), [])
+        if all(run_label(b) != run_label(r) for b in bars):
+            bars.append(r)
+    protocols = sorted({r.protocol for r in rows})
+    colours = {p: f"C{i % 10}" for i, p in enumerate(protocols)}
+    panels = dict(sorted(panels.items()))
+    heights = [0.6 + 0.35 * len(b) for b in panels.values()]
+    # Figure + FigureCanvasAgg instead of pyplot: no global backend switch, nothing to close
+    fig = Figure(figsize=(8, 0.8 + sum(heights)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, ((_, split, metric), bars) in zip(axes, panels.items()):
+        y = list(range(len(bars)))[::-1]  # best on top
+        ax.barh(y, [b.value for b in bars], color=[colours[b.protocol] for b in bars])
+        ax.set_yticks(y, [run_label(b) for b in bars], fontsize=8)
+        for yi, b in zip(y, bars):
+            ax.text(b.value, yi, f" {b.value:.2f}", va="center", fontsize=7)
+        arrow = "higher is better" if bars[0].higher_is_better else "lower is better"
+        ax.set_title(f"{task}: {metric} (split {split}; {arrow})", fontsize=9)
+        ax.margins(x=0.15)
+    handles = [Patch(color=colours[p], label=p) for p in protocols]
+    fig.legend(handles=handles, loc="upper right", fontsize=7, title="protocol", title_fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    os.replace(tmp, out)
+
+
+def render(directory: str | os.PathLike = "leaderboard", *, latest: bool = False) -> list[Path]:
+    """Write ``<directory>/README.md`` (one ranked table per task) and ``<directory>/<task>.png``.
+
+    The output depends only on the CSVs (no render time inside), so re-rendering unchanged rows
+    changes nothing. Returns the written paths, README first.
+    """
+    directory = Path(directory)
+    tasks = {p.stem: read_task(p) for p in _task_files(directory)}
+    parts = ["# avssl leaderboard", "",
+             "Every row is one benchmark run appended to `<task>.csv` by "
+             "`python -m avssl.bench --task <task> [--checkpoint runs/<recipe>/latest] "
+             "[--protocol P]`; this page and the plots are generated from those CSVs by "
+             "`python -m avssl.leaderboard --render`" + (" (newest row per run only)" if latest
+                                                         else "") + " — do not edit by hand.", ""]
+    written: list[Path] = []
+    pngs: list[Path] = []
+    for task, rows in tasks.items():
+        rows = ranked(rows, latest=latest)
+        parts += [f"## {task}", ""]
+        if not rows:
+            parts += ["No rows yet.", ""]
+            continue
+        png = directory / f"{task}.png"
+        _plot(task, rows, png)
+        pngs.append(png)
+        parts += [f"![{task}]({png.name})", "", format_table(rows), ""]
+    if not tasks:
+        parts += [f"No rows yet: `{MAKE_ROWS}` makes some.", ""]
+    readme = directory / "README.md"
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = readme.with_name(".README.md.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, readme)
+    written.append(readme)
+    return written + pngs
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m avssl.leaderboard",
+                                description="Validate leaderboard CSVs, print ranked tables, "
+                                            "render README.md and plots.")
+    p.add_argument("--dir", default="leaderboard",
+                   help="folder of <task>.csv files (default: leaderboard)")
+    p.add_argument("--task", help="show only this task")
+    p.add_argument("--render", action="store_true",
+                   help="also write <dir>/README.md and one <task>.png per task")
+    p.add_argument("--latest", action="store_true",
+                   help="keep only the newest row per (encoder, checkpoint, recipe, protocol, "
+                        "split, metric, views)")
+    args = p.parse_args(argv)
+    directory = Path(args.dir)
+    try:
+        counts = validate(directory)
+        if not counts:
+            print(f"no leaderboard CSVs in {directory}/: `{MAKE_ROWS}` appends rows there "
+                  f"(--leaderboard DIR for another folder)", file=sys.stderr)
+            return 1
+        tasks = list(counts)
+        if args.task is not None:
+            if args.task not in counts:
+                raise UnknownNameError(f"no task {args.task!r} in {directory}/"
+                                       f"{did_you_mean(args.task, tasks)}; tasks there: "
+                                       f"{', '.join(tasks)}")
+            tasks = [args.task]
+        for task in tasks:
+            rows = ranked(read_task(directory / f"{task}.csv"), latest=args.latest)
+            print(f"## {task} ({len(rows)} rows)\n")
+            print((format_table(rows) if rows else "no rows yet") + "\n")
+        if args.render:
+            for path in render(directory, latest=args.latest):
+                print(f"wrote {path}")
+    except AvsslError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

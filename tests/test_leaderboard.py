@@ -1,0 +1,276 @@
+"""Leaderboard rows (schema, validation, provenance), safe appends, ranking, rendering and CLI."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from avssl import leaderboard as L
+from avssl.bench.results import COLUMNS, ResultRow, make_row, provenance, validate_row
+from avssl.errors import DataError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(**over) -> ResultRow:
+    fields = dict(timestamp="2026-11-26T15:04:05Z", task="synthetic", task_version="1", split="1",
+                  protocol="linear", encoder="r3d18", modality="video",
+                  checkpoint="runs/pretrain_sync/run-a/step_000500", checkpoint_sha256="ab" * 32,
+                  recipe="pretrain_sync", config_hash="c0ffee", data_manifest_hash="",
+                  videos_used=55, videos_expected=56, views="10x3", params_m=33.17,
+                  gmacs_per_clip=None, metric="top1", value=0.1 + 0.2,
+                  higher_is_better=True, secondary={"top5": 91.25, "few": {"mean": 1, "std": 0.5}},
+                  seed=3, avssl_version="0.1.0", git_commit=COMMIT + "-dirty")
+    fields.update(over)
+    return ResultRow(**fields)
+
+
+# ------------------------------------------------------------------------------------ schema
+def test_round_trip_csv_dict_keeps_every_field_exactly():
+    for row in (_row(), _row(gmacs_per_clip=1.875, checkpoint="", checkpoint_sha256="",
+                             recipe="random-init", higher_is_better=False, secondary={},
+                             modality="av", git_commit="unknown", seed=-1)):
+        d = row.to_csv_dict()
+        assert list(d) == COLUMNS and all(isinstance(v, str) for v in d.values())
+        assert d["higher_is_better"] in ("true", "false")
+        assert ResultRow.from_csv_dict(d) == row  # floats included: no rounding on the way
+
+
+@pytest.mark.parametrize("column,bad", [
+    ("checkpoint_sha256", "abc123"),
+    ("checkpoint_sha256", "AB" * 32),
+    ("value", "nan"),
+    ("value", "inf"),
+    ("value", "seventy"),
+    ("videos_used", "57"),            # > videos_expected (56)
+    ("videos_used", "-1"),
+    ("views", "10-3"),
+    ("views", "0x1"),
+    ("secondary", "{\"top5\": 9"),    # truncated JSON
+    ("secondary", "[1, 2]"),          # not an object
+    ("secondary", "{\"top5\": NaN}"),
+    ("secondary", "{\"note\": \"hi\"}"),
+    ("higher_is_better", "yes"),
+    ("timestamp", "2026-11-26 15:04:05"),
+    ("timestamp", "2026-13-40T15:04:05Z"),
+    ("git_commit", "abc"),
+    ("modality", "rgb"),
+    ("task", "../elsewhere"),
+    ("encoder", ""),
+    ("params_m", "-2"),
+    ("gmacs_per_clip", "lots"),
+    ("seed", "1.5"),
+    ("metric", "top1\nsecond line"),
+])
+def test_invalid_field_raises_data_error_naming_column_and_value(column, bad):
+    d = _row().to_csv_dict()
+    d[column] = bad
+    with pytest.raises(DataError) as e:
+        validate_row(d)
+    msg = str(e.value)
+    assert repr(column) in msg and "\n" not in msg
+    assert repr(bad)[1:-1].split("\\n")[0] in msg  # the bad value is shown
+
+
+def test_missing_or_extra_column_is_named():
+    d = _row().to_csv_dict()
+    del d["views"]
+    with pytest.raises(DataError, match="missing column.*views"):
+        validate_row(d)
+    with pytest.raises(DataError, match="unexpected column.*colour"):
+        validate_row({**_row().to_csv_dict(), "colour": "red"})
+
+
+def test_make_row_fills_time_and_provenance():
+    kw = {k: v for k, v in vars(_row()).items()
+          if k not in ("timestamp", "avssl_version", "git_commit", "checkpoint",
+                       "checkpoint_sha256", "config_hash", "data_manifest_hash", "gmacs_per_clip")}
+    row = make_row(**kw)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row.timestamp)
+    assert row.checkpoint == "" and row.gmacs_per_clip is None
+    assert validate_row(row.to_csv_dict()) == row
+
+
+def test_provenance_reports_version_and_commit_and_never_raises(monkeypatch):
+    p = provenance()
+    assert p["avssl_version"] and re.fullmatch(r"([0-9a-f]{40}|unknown)(-dirty)?", p["git_commit"])
+    monkeypatch.setenv("PATH", "/nonexistent")  # no git executable at all
+    assert provenance()["git_commit"] == "unknown"
+
+
+# ------------------------------------------------------------------------------------- appends
+def test_append_then_read_round_trip_and_invalid_row_is_never_written(tmp_path):
+    rows = [_row(seed=i, value=float(i) / 3) for i in range(3)]
+    for r in rows:
+        assert L.append_row(r, tmp_path) == tmp_path / "synthetic.csv"
+    text = (tmp_path / "synthetic.csv").read_text()
+    assert text.splitlines()[0] == ",".join(COLUMNS) and text.count("timestamp,") == 1
+    assert L.read_task(tmp_path / "synthetic.csv") == rows
+    with pytest.raises(DataError, match="'views'"):
+        L.append_row(_row(views="3"), tmp_path)
+    with pytest.raises(DataError, match="'value'"):
+        L.append_row(_row(task="ucf101", value=float("nan")), tmp_path)
+    assert (tmp_path / "synthetic.csv").read_text() == text
+    assert not (tmp_path / "ucf101.csv").exists()
+
+
+_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from avssl.bench.results import ResultRow
+    from avssl.leaderboard import append_row
+    directory, proc, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    while not (Path(directory) / "go").exists():  # start all writers together
+        time.sleep(0.005)
+    for i in range(n):
+        append_row(ResultRow(
+            timestamp="2026-11-26T15:04:05Z", task="synthetic", task_version="1", split="1",
+            protocol="knn", encoder=f"proc{proc}", modality="audio", checkpoint="",
+            checkpoint_sha256="", recipe="random-init", config_hash="", data_manifest_hash="",
+            videos_used=i, videos_expected=25, views="1x1", params_m=1.0, gmacs_per_clip=0.5,
+            metric="top1", value=proc + i / 100, higher_is_better=True,
+            secondary={"note_" + "x" * 200: i}, seed=i, avssl_version="0.1.0",
+            git_commit="unknown"), directory)
+""")
+
+
+def test_concurrent_process_appends_lose_nothing(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(p), "25"])
+             for p in range(8)]
+    time.sleep(0.5)
+    (tmp_path / "go").touch()
+    assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    path = tmp_path / "synthetic.csv"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 201 and lines.count(",".join(COLUMNS)) == 1
+    rows = L.read_task(path)
+    assert len(rows) == 200
+    assert {(r.encoder, r.seed) for r in rows} == {(f"proc{p}", i) for p in range(8)
+                                                   for i in range(25)}
+    assert L.validate(tmp_path) == {"synthetic": 200}
+
+
+def test_foreign_header_is_refused_and_file_left_byte_identical(tmp_path):
+    path = tmp_path / "synthetic.csv"
+    original = b"name,score\r\nmine,1\r\n"
+    path.write_bytes(original)
+    with pytest.raises(DataError) as e:
+        L.append_row(_row(), tmp_path)
+    assert str(path) in str(e.value) and ",".join(COLUMNS) in str(e.value)
+    assert path.read_bytes() == original
+
+
+def test_append_after_a_torn_line_keeps_the_new_row_whole(tmp_path):
+    L.append_row(_row(seed=1), tmp_path)
+    path = tmp_path / "synthetic.csv"
+    with open(path, "a") as f:
+        f.write("2026-11-26T15:04:05Z,synth")  # a writer killed mid-line
+    L.append_row(_row(seed=2), tmp_path)
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:3: "):
+        L.read_task(path)
+    assert validate_row(dict(zip(COLUMNS, _parse(path.read_text().splitlines()[3])))).seed == 2
+
+
+def _parse(line: str) -> list[str]:
+    import csv
+
+    return next(csv.reader([line]))
+
+
+# --------------------------------------------------------------------------------------- ranking
+def test_ranking_respects_higher_is_better_and_breaks_ties_by_time():
+    up = [_row(encoder="a", value=50.0), _row(encoder="b", value=70.0),
+          _row(encoder="late", value=60.0, timestamp="2026-11-27T00:00:00Z"),
+          _row(encoder="early", value=60.0, timestamp="2026-11-25T00:00:00Z")]
+    down = [_row(encoder=e, value=v, metric="median_rank", higher_is_better=False)
+            for e, v in [("x", 3.0), ("y", 1.0), ("z", 2.0)]]
+    out = L.ranked(up + down)
+    assert [r.encoder for r in out] == ["y", "z", "x", "b", "early", "late", "a"]  # metric order
+    assert L.ranks(out) == [1, 2, 3, 1, 2, 2, 4]
+    assert [r.encoder for r in L.ranked(up + down, protocol="knn")] == []
+    assert len(L.ranked(up + [_row(split="2")], split="2")) == 1
+
+
+def test_latest_keeps_newest_row_per_run():
+    old = _row(value=10.0, timestamp="2026-01-01T00:00:00Z")
+    new = _row(value=5.0, timestamp="2026-02-01T00:00:00Z")
+    other = _row(value=1.0, views="1x1", timestamp="2026-01-01T00:00:00Z")
+    assert L.ranked([old, new, other]) == [old, new, other]  # history kept by default
+    assert L.ranked([old, new, other], latest=True) == [new, other]
+
+
+def test_format_table_lists_values_in_rank_order():
+    rows = [_row(encoder="small", value=12.345), _row(encoder="big", value=67.891,
+                                                      gmacs_per_clip=4.5)]
+    table = L.format_table(rows)
+    lines = table.splitlines()
+    assert lines[0].startswith("| rank | encoder |") and set(lines[1]) <= set("|-:")
+    assert "| 1 | big |" in lines[2] and "67.89" in lines[2] and "4.50" in lines[2]
+    assert "| 2 | small |" in lines[3] and "12.35" in lines[3]
+    assert "run-a/step_000500@abababab" in lines[2] and "01234567 (dirty)" in lines[2]
+    assert "top5 91.25" in lines[2] and "55/56" in lines[2]
+
+
+# ------------------------------------------------------------------------------------- rendering
+@pytest.fixture()
+def board(tmp_path) -> Path:
+    for task in ("ucf101", "synthetic"):
+        for i, (enc, recipe) in enumerate([("r3d18", "random-init"), ("r3d18", "pretrain_sync"),
+                                           ("c3d", "pretrain_mbt")]):
+            for protocol in ("linear", "knn"):
+                L.append_row(_row(task=task, encoder=enc, recipe=recipe, protocol=protocol,
+                                  value=20.0 + 10 * i + (protocol == "knn")), tmp_path)
+    return tmp_path
+
+
+def test_render_writes_sections_and_pngs_deterministically(board):
+    paths = L.render(board)
+    readme = board / "README.md"
+    assert paths == [readme, board / "synthetic.png", board / "ucf101.png"]
+    text = readme.read_text()
+    assert text.startswith("# ") and "python -m avssl.bench" in text
+    assert 0 < text.index("## synthetic") < text.index("## ucf101")
+    assert "40.00" in text and "| 1 | c3d | pretrain_mbt |" in text
+    for png in paths[1:]:
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    first = readme.read_bytes()
+    time.sleep(1.1)  # a render time inside README.md would now differ
+    L.render(board)
+    assert readme.read_bytes() == first
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "avssl.leaderboard", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_tables_and_reports_corrupt_row_by_file_and_line(board):
+    r = _cli("--dir", str(board), "--task", "synthetic")
+    assert r.returncode == 0, r.stderr
+    assert "## synthetic (6 rows)" in r.stdout and "| rank |" in r.stdout
+    assert "40.00" in r.stdout and "## ucf101" not in r.stdout
+
+    r = _cli("--dir", str(board), "--task", "synthetc")
+    assert r.returncode == 2 and "did you mean: synthetic" in r.stderr and "ucf101" in r.stderr
+
+    path = board / "ucf101.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3] = lines[3].replace(",top1,", ",,")  # row on line 4 loses its metric name
+    path.write_text("".join(lines))
+    r = _cli("--dir", str(board))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: {path}:4: ") and "'metric'" in r.stderr
+
+
+def test_cli_on_empty_dir_says_how_to_make_rows(tmp_path):
+    r = _cli("--dir", str(tmp_path / "none"))
+    assert r.returncode != 0 and "python -m avssl.bench --task synthetic" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
