@@ -1,0 +1,145 @@
+"""Features extracted once and cached; extraction sharded over processes with exact results.
+
+:func:`map_items` runs a function over a dataset in batches. With N processes (``accelerate
+launch`` / ``torchrun``), batch b of the single-process order goes to process b mod N, so every
+batch has the same items as in one process and every feature is computed bit for bit as it would
+be there; the per-item outputs are then gathered, put back in item order and every process holds
+them all. That is why the bench's numbers do not depend on the number of processes.
+
+:func:`clip_features` turns a classification dataset in eval mode (one item per video and clip)
+into one feature per video: the encoder's pooled output averaged over crops, then over clips.
+:class:`FeatureCache` stores them under ``$AVSSL_CACHE/features/<task>/<key>.npz``; the key hashes
+everything that changes them (model identity, task version, split, views, modality, input spec,
+the data's manifest hash).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from avssl.cache import cache_dir
+
+
+def state() -> PartialState:
+    """The process group of this run (one process, or ``accelerate launch`` / ``torchrun``).
+
+    ``ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N`` gives N CPU (gloo) processes, as in the
+    recipes; the first call fixes the state for the whole process."""
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
+              num_workers: int = 0, desc: str = "features") -> np.ndarray:
+    """``fn(batch) -> (B, ...)`` over all items -> float32 array (len(dataset), ...) in order."""
+    st = state()
+    n = len(dataset)
+    world, rank = st.num_processes, st.process_index
+    blocks = [b for b in range(math.ceil(n / batch_size)) if b % world == rank]
+    mine = [i for b in blocks for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
+    outs: list[np.ndarray] = []
+    if mine:
+        loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not st.is_main_process,
+                          leave=False):
+            with torch.no_grad():
+                outs.append(fn(batch).float().cpu().numpy())
+    local = np.concatenate(outs) if outs else None
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, (mine, local))
+    shape = next(p[1].shape[1:] for p in parts if p[1] is not None)
+    full = np.empty((n, *shape), np.float32)
+    seen = np.zeros(n, bool)
+    for ids, arr in parts:
+        if arr is not None:
+            full[ids] = arr
+            seen[ids] = True
+    assert seen.all(), "sharded extraction lost items"
+    return full
+
+
+def encode(encoder: torch.nn.Module, x: torch.Tensor, device) -> torch.Tensor:
+    """Pooled features of ``x`` (B, [crops,] C, ...); crops are averaged -> (B, D)."""
+    x = x.to(device, non_blocking=True)
+    if x.ndim == 6:  # (B, crops, C, T, H, W): three-crop video
+        b, k = x.shape[:2]
+        return encoder(x.flatten(0, 1)).reshape(b, k, -1).mean(1)
+    return encoder(x)
+
+
+def clip_features(model, dataset, modality: str, *, batch_size: int, num_workers: int,
+                  desc: str) -> np.ndarray:
+    """(num_videos, D) features of an eval-mode ClipDataset: mean over crops, then clips.
+
+    ``modality``: ``video``, ``audio`` or ``av`` (video and audio features concatenated).
+    """
+    device = PartialState().device
+    towers = {m: model.encoder_for(m).to(device).eval()
+              for m in (("video", "audio") if modality == "av" else (modality,))}
+
+    def fn(batch):
+        feats = [encode(towers[m], batch[m], device) for m in towers]
+        return torch.cat(feats, dim=1)
+
+    items = map_items(dataset, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)
+    per_video = items.reshape(len(dataset) // dataset.num_clips, dataset.num_clips, -1)
+    return per_video.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def manifest_hash(records) -> str:
+    """sha256 over (file name, size, label) of the videos a dataset uses, in order."""
+    h = hashlib.sha256()
+    for r in records:
+        size = os.path.getsize(r.path) if os.path.exists(r.path) else -1
+        h.update(f"{os.path.basename(r.path)}\t{size}\t{json.dumps(r.label)}\n".encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """``get(key)`` / ``put(key, **arrays)`` of npz files under ``$AVSSL_CACHE/features/<task>``."""
+
+    def __init__(self, task: str, enabled: bool = True):
+        self.enabled = enabled
+        self.root = cache_dir("features", task) if enabled else None
+
+    @staticmethod
+    def key(**parts: Any) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.npz"
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        if not self.enabled or not self.path(key).exists():
+            return None
+        with np.load(self.path(key), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+
+    def put(self, key: str, **arrays: np.ndarray) -> None:
+        if not self.enabled or not PartialState().is_main_process:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, self.path(key))  # a reader never sees a half-written file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

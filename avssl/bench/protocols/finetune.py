@@ -1,0 +1,117 @@
+"""Full finetuning: the encoder(s) plus a linear head trained end to end, multi-view test.
+
+The train split is read in train mode (random window, random resized crop and flip), the model
+trained with AdamW, a linear warm-up then cosine schedule and gradient clipping through
+Accelerate (one process, several GPUs, bf16 with ``accelerate launch --mixed_precision bf16``).
+The test split is read in eval mode with the task's views; the softmax of every view is
+averaged per video (the usual multi-view test of video classification).
+
+On N processes the test scores are computed exactly as on one (sharded, see
+:func:`avssl.bench.features.map_items`), but training is data-parallel: with BatchNorm encoders
+the statistics are per process, so finetuned numbers match a one-process run only approximately.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from avssl.bench import features as F
+from avssl.data.transforms import VideoPipeline
+
+
+class Classifier(nn.Module):
+    """Encoders of the chosen modalities -> concatenated pooled features -> linear head."""
+
+    def __init__(self, towers: dict[str, nn.Module], num_classes: int):
+        super().__init__()
+        self.towers = nn.ModuleDict(towers)
+        self.head = nn.Linear(sum(t.embed_dim for t in towers.values()), num_classes)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        device = self.head.weight.device
+        feats = [F.encode(t, batch[m], device) for m, t in self.towers.items()]
+        return self.head(torch.cat(feats, dim=1))
+
+
+def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
+    from avssl.bench.run import _load
+    from avssl.eval.classification import classification_metrics
+
+    spec = model.spec
+    mods = ("video", "audio") if modality == "av" else (modality,)
+    common = dict(clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
+                  sample_rate=spec.sample_rate, audio=modality != "video",
+                  audio_transform=spec.audio_transform(), seed=args.seed)
+    train_ds = _load(task, task.load, root, split, True, mode="train",
+                     video_transform=VideoPipeline("train", size=spec.crop, scale=(0.5, 1.0),
+                                                   encoder_layout=True), **common)
+    test_ds = _load(task, task.load, root, split, False, mode="eval", num_clips=clips,
+                    video_transform=spec.video_transform(crops), skip_bad=args.skip_bad,
+                    **common)
+    num_classes = train_ds.num_classes or int(max(train_ds.labels) + 1)
+    torch.manual_seed(args.seed)
+    net = Classifier({m: copy.deepcopy(model.encoder_for(m)) for m in mods}, num_classes)
+
+    accelerator = Accelerator()
+    bs = min(args.batch_size, len(train_ds))
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed))
+    steps = max(1, args.epochs * (len(loader) // accelerator.num_processes))
+    warmup = max(1, steps // 10)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup)))))
+    net, opt, loader, sched = accelerator.prepare(net, opt, loader, sched)
+    net.train()
+    bar = tqdm(total=steps, desc=f"{task.name} finetune", disable=not accelerator.is_main_process)
+    step = 0
+    for epoch in range(args.epochs):
+        train_ds.set_epoch(epoch)
+        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+        for batch in loader:
+            loss = nn.functional.cross_entropy(net(batch), batch["label"])
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+    bar.close()
+
+    net = accelerator.unwrap_model(net).eval()
+
+    def fn(batch):
+        logits = []
+        for m, t in net.towers.items():
+            x = batch[m].to(accelerator.device)
+            if x.ndim == 6:  # crops: classify each view, average the probabilities below
+                logits.append(x)
+            else:
+                logits.append(x[:, None])
+        n_views = max(v.shape[1] for v in logits)
+        probs = 0
+        for c in range(n_views):
+            view = {m: (v[:, c] if v.shape[1] > 1 else v[:, 0])
+                    for m, v in zip(net.towers, logits)}
+            probs = probs + net(view).softmax(-1)
+        return probs / n_views
+
+    per_item = F.map_items(test_ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
+                           desc=f"{task.name} finetune test")
+    scores = per_item.reshape(len(test_ds) // test_ds.num_clips, test_ds.num_clips, -1).mean(1)
+    labels = np.asarray(test_ds.labels, np.int64)
+    metrics = classification_metrics(scores, labels, test_ds.class_names)
+    metrics.update(epochs=args.epochs, lr=args.lr, steps=step)
+    return {"metrics": metrics, "used": train_ds.num_used + test_ds.num_used,
+            "expected": train_ds.num_listed + test_ds.num_listed,
+            "manifest": F.manifest_hash(train_ds.records + test_ds.records)}

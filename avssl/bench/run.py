@@ -1,0 +1,294 @@
+"""One benchmark run: task + model + protocol -> metrics and one leaderboard row.
+
+:func:`run_bench` is what ``python -m avssl.bench`` calls (and what tests and notebooks call).
+It resolves the task, the model and the data, extracts (or loads cached) features, runs the
+protocol, and, on the main process only, appends the row to ``<leaderboard>/<task>.csv``.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accelerate import PartialState
+
+from avssl.bench import features as F
+from avssl.bench.model import BenchModel, cost, resolve_model
+from avssl.bench.tasks import TASKS, Task
+from avssl.errors import AvsslError, ConfigError, DataError
+from avssl.registry import did_you_mean
+
+MODALITIES = ("video", "audio", "av")
+
+
+@dataclass
+class BenchArgs:
+    task: str = "synthetic"
+    checkpoint: str | None = None
+    encoder: str | None = None
+    audio_encoder: str | None = None
+    encoder_kwargs: dict = field(default_factory=dict)
+    protocol: str | None = None
+    split: str | None = None
+    data_root: str | None = None
+    views: str | None = None
+    modality: str | None = None
+    leaderboard: str | None = "leaderboard"   # None: do not append a row
+    skip_bad: bool = False
+    seed: int = 0
+    batch_size: int = 16
+    num_workers: int = 2
+    cache: bool = True
+    # input overrides (default: the checkpoint's training config)
+    clip_s: float | None = None
+    fps: float | None = None
+    size: int | None = None
+    crop: int | None = None
+    # protocol options
+    shots: tuple[int, ...] = (1, 5)
+    k: int = 20
+    epochs: int = 10
+    lr: float = 1e-3
+
+
+def parse_views(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) not in (1, 3):
+        raise ConfigError(f"--views must be CLIPSxCROPS with CLIPS >= 1 and CROPS 1 or 3 (e.g. "
+                          f"10x3), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _choose(kind: str, value: str | None, allowed: tuple[str, ...], task: Task) -> str:
+    if value is None:
+        return allowed[0]
+    if value not in allowed:
+        raise ConfigError(f"task {task.name} has no {kind} {value!r}"
+                          f"{did_you_mean(value, list(allowed))}; its {kind}s: "
+                          f"{', '.join(allowed)}")
+    return value
+
+
+def data_root(task: Task, given: str | None) -> str:
+    if given:
+        return given
+    if task.default_root is not None:
+        return task.default_root()
+    return str(Path("data") / task.name.split("-")[0])  # ucf101-av reads the ucf101 tree
+
+
+def _load(task: Task, fn, root: str, *args, **kw):
+    """The task's loader, with the missing-data message naming the task and its data source."""
+    try:
+        return fn(root, *args, **kw)
+    except DataError as err:
+        msg = str(err).rstrip(".")
+        raise DataError(f"task {task.name}: {msg}, then pass --data-root DIR. Data: "
+                        f"{task.data}") from None
+
+
+def run_bench(args: BenchArgs) -> dict[str, Any]:
+    """Run one benchmark; returns ``{"task", "protocol", "metric", "value", "metrics", "row"}``."""
+    F.state()  # join the process group first (torchrun / accelerate launch)
+    task = TASKS.get(args.task)
+    protocol = _choose("protocol", args.protocol, task.protocols, task)
+    split = _choose("split", None if args.split is None else str(args.split), task.splits, task)
+    modality = args.modality or task.modality
+    if modality not in MODALITIES:
+        raise ConfigError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    clips, crops = parse_views(args.views or task.views)
+    model = resolve_model(args.checkpoint, args.encoder, args.audio_encoder,
+                          encoder_kwargs=args.encoder_kwargs, seed=args.seed,
+                          spec_overrides={"clip_s": args.clip_s, "fps": args.fps,
+                                          "size": args.size, "crop": args.crop})
+    root = data_root(task, args.data_root)
+    if task.kind == "classification":
+        out = _classification(task, model, args, root, split, protocol, modality, clips, crops)
+    else:
+        out = _audio_visual(task, model, args, root, split, modality)
+    metric = task.metric if task.kind != "classification" else (
+        "R@1" if protocol == "retrieval" else "top1")
+    metrics = out["metrics"]
+    if metric not in metrics:
+        raise AvsslError(f"protocol {protocol} gave no {metric!r} (got {sorted(metrics)})")
+    row = None
+    if args.leaderboard and PartialState().is_main_process:
+        row = _append(task, model, args, split, protocol, modality, f"{clips}x{crops}", metric,
+                      metrics, out)
+    return {"task": task.name, "protocol": protocol, "split": split, "metric": metric,
+            "value": metrics[metric], "metrics": metrics, "row": row,
+            "videos_used": out["used"], "videos_expected": out["expected"]}
+
+
+# --------------------------------------------------------------------------- classification
+def _classification(task, model: BenchModel, args, root, split, protocol, modality, clips,
+                    crops) -> dict:
+    from avssl.bench.protocols import PROTOCOLS
+
+    spec = model.spec
+    for m in (("video", "audio") if modality == "av" else (modality,)):
+        model.encoder_for(m)  # fail early: this model has no such tower
+    if protocol == "finetune":
+        from avssl.bench.protocols.finetune import finetune
+
+        return finetune(task, model, args, root, split, modality, clips, crops)
+
+    kw = dict(mode="eval", clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
+              sample_rate=spec.sample_rate, num_clips=clips, audio=modality != "video",
+              video_transform=spec.video_transform(crops),
+              audio_transform=spec.audio_transform(), skip_bad=args.skip_bad, seed=args.seed)
+    cache = F.FeatureCache(task.name, enabled=args.cache)
+    parts = {}
+    for part in ("train", "test"):
+        ds = _load(task, task.load, root, split, part == "train", **kw)
+        key = cache.key(model=model.identity(), task=task.name, version=task.version,
+                        split=split, part=part, views=[clips, crops], modality=modality,
+                        spec=vars(spec), data=F.manifest_hash(ds.records))
+        hit = cache.get(key)
+        if hit is None:
+            x = F.clip_features(model, ds, modality, batch_size=args.batch_size,
+                                num_workers=args.num_workers,
+                                desc=f"{task.name} {part} features")
+            cache.put(key, x=x)
+        else:
+            x = hit["x"]
+        parts[part] = (ds, x)
+    (train_ds, train_x), (test_ds, test_x) = parts["train"], parts["test"]
+    num_classes = train_ds.num_classes or int(max(train_ds.labels) + 1)
+    train_y = np.asarray(train_ds.labels, np.int64)
+    test_y = np.asarray(test_ds.labels, np.int64)
+    names = train_ds.class_names
+    if protocol == "retrieval":
+        from avssl.eval.retrieval import class_retrieval
+
+        metrics = class_retrieval(test_x, test_y, train_x, train_y)
+    else:
+        fn = PROTOCOLS.get(protocol)
+        opts: dict[str, Any] = {"class_names": names}
+        if protocol == "linear":
+            opts["seed"] = args.seed
+        elif protocol == "knn":
+            opts["k"] = args.k
+        elif protocol == "fewshot":
+            opts["shots"] = tuple(args.shots)
+        with _threads_for(train_x.size):
+            metrics = fn(train_x, train_y, test_x, test_y, num_classes, **opts)
+    metrics.pop("scores", None)
+    used = train_ds.num_used + test_ds.num_used
+    expected = train_ds.num_listed + test_ds.num_listed
+    return {"metrics": metrics, "used": used, "expected": expected,
+            "manifest": F.manifest_hash(train_ds.records + test_ds.records)}
+
+
+@contextlib.contextmanager
+def _threads_for(elements: int):
+    """Small L-BFGS fits run many times faster on one thread than on several (thread start-up
+    and contention dominate their tiny matmuls); large ones keep torch's default."""
+    import torch
+
+    before = torch.get_num_threads()
+    if elements < 2_000_000:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- sync / retrieval
+def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
+    import torch
+
+    from avssl.bench.tasks.av import GRID
+
+    if model.towers is None:
+        raise ConfigError(
+            f"task {task.name} compares video and audio embeddings: it needs a model with both "
+            f"towers and projection heads (a pretrain_sync checkpoint, or --encoder VIDEO "
+            f"--audio-encoder AUDIO for random init); this one is {model.recipe} with "
+            f"{model.encoder_name('video') or 'no video'} / {model.encoder_name('audio') or 'no audio'}")
+    sync = task.kind == "sync"
+    ds = _load(task, task.load, root, split, spec=model.spec, grid=GRID if sync else (0.0,),
+               hard=None if not sync else (0.5, 1.5), skip_bad=args.skip_bad, seed=args.seed)
+    towers = model.towers.to(PartialState().device).eval()
+    device = PartialState().device
+    k = len(ds.offsets)
+
+    def fn(batch):
+        v = torch.nn.functional.normalize(towers.embed_video(batch["video"].to(device)), dim=-1)
+        mels = batch["mels"].to(device)
+        a = towers.embed_audio(mels.flatten(0, 1)).reshape(len(v), k, -1)
+        a = torch.nn.functional.normalize(a, dim=-1)
+        return torch.cat([v[:, None], a], dim=1)  # (B, 1 + K, D)
+
+    cache = F.FeatureCache(task.name, enabled=args.cache)
+    key = cache.key(model=model.identity(), task=task.name, version=task.version, split=split,
+                    spec=vars(model.spec), offsets=ds.offsets, seed=args.seed,
+                    data=F.manifest_hash([it[0] for it in ds.items]))
+    hit = cache.get(key)
+    if hit is None:
+        emb = F.map_items(ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
+                          desc=f"{task.name} embeddings")
+        cache.put(key, emb=emb)
+    else:
+        emb = hit["emb"]
+    video, audio = emb[:, 0], emb[:, 1:]
+    zero = list(ds.grid).index(0.0)
+    if sync:
+        from avssl.eval.sync import sync_metrics_from_arrays
+
+        scores = np.einsum("nd,nkd->nk", video, audio)  # cosine: both are unit vectors
+        n = len(video)
+        rng = np.random.default_rng([args.seed, 77])
+        other = (np.arange(n) + 1 + rng.integers(0, max(1, n - 1), n)) % n
+        easy = np.einsum("nd,nd->n", video, audio[other, zero])[:, None]
+        g = len(ds.grid)
+        metrics = sync_metrics_from_arrays(scores[:, zero], scores[:, g:], easy, scores[:, :g],
+                                           np.asarray(ds.grid, np.float64))
+    else:
+        from avssl.eval.retrieval import cross_modal_retrieval
+
+        nested = cross_modal_retrieval(video, audio[:, zero])
+        metrics = {f"{d}_{m}": v for d, ms in nested.items() for m, v in ms.items()}
+    return {"metrics": metrics, "used": len(ds), "expected": ds.num_listed,
+            "manifest": F.manifest_hash([it[0] for it in ds.items])}
+
+
+# --------------------------------------------------------------------------- leaderboard row
+def _append(task, model: BenchModel, args, split, protocol, modality, views, metric, metrics,
+            out):
+    from avssl.bench.results import make_row
+    from avssl.leaderboard import append_row
+
+    enc_mods = ("video", "audio") if modality == "av" else (modality,)
+    params, gmacs = 0.0, 0.0
+    for m in enc_mods:
+        p, g = cost(model.encoder_for(m), model.spec, m)
+        params += p
+        gmacs = None if (g is None or gmacs is None) else gmacs + g
+    secondary = {k: v for k, v in metrics.items()
+                 if k != metric and k not in ("per_class",) and _jsonable(v)}
+    row = make_row(task=task.name, task_version=task.version, split=str(split),
+                   protocol=protocol, encoder=model.encoder_name(modality), modality=modality,
+                   checkpoint=model.checkpoint, checkpoint_sha256=model.checkpoint_sha256,
+                   recipe=model.recipe, config_hash=model.config_hash,
+                   data_manifest_hash=out["manifest"], videos_used=int(out["used"]),
+                   videos_expected=int(out["expected"]), views=views, params_m=round(params, 4),
+                   gmacs_per_clip=None if gmacs is None else round(gmacs, 4), metric=metric,
+                   value=float(metrics[metric]), higher_is_better=task.higher_is_better
+                   if metric != "median_rank" else False, secondary=secondary, seed=args.seed)
+    append_row(row, args.leaderboard)
+    return row
+
+
+def _jsonable(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return bool(np.isfinite(v))
+    if isinstance(v, dict):
+        return all(_jsonable(x) for x in v.values())
+    return False

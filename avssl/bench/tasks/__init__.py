@@ -1,0 +1,56 @@
+"""Benchmark tasks: small declarative specs in one flat registry, one file per task.
+
+A :class:`Task` says what a benchmark is (its data, splits, protocols, metric, version); the
+harness (:mod:`avssl.bench.run`) does the work. ``kind`` picks the pipeline:
+
+- ``classification``: ``load(root, split, train, **dataset_kwargs)`` returns a labelled
+  :class:`~avssl.data.datasets.ClipDataset`; features of train and test videos feed the protocols
+  ``linear``, ``knn``, ``fewshot``, ``retrieval`` (class-match video retrieval) or ``finetune``.
+- ``sync`` / ``retrieval``: ``load(root, split, **kw)`` returns videos with sound; the model's
+  video and audio embeddings are compared (:mod:`avssl.bench.tasks.av`).
+
+``version`` goes into every leaderboard row and the feature cache key: bump it whenever a change
+alters the numbers (data selection, views, metric definition).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from avssl.registry import Registry
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str                        # one line for --list
+    data: str                           # expected layout and where it comes from
+    kind: str                           # classification | sync | retrieval
+    version: str
+    protocols: tuple[str, ...]
+    metric: str                         # primary metric of the default protocol
+    load: Callable
+    splits: tuple[str, ...] = ("1",)
+    modality: str = "video"             # default features: video | audio | av
+    views: str = "10x3"                 # default test views (clips x crops)
+    layout: str | None = None           # synthetic stand-in layout
+    default_root: Callable[[], str] | None = None   # data when --data-root is not given
+    higher_is_better: bool = True
+
+    @property
+    def default_protocol(self) -> str:
+        return self.protocols[0]
+
+    def stand_in(self) -> str:
+        if self.layout is None:
+            return ""
+        return (f"make a synthetic stand-in with `python -m avssl.data.synthetic --layout "
+                f"{self.layout} --out DIR` and pass --data-root DIR")
+
+
+TASKS: Registry = Registry("task")
+
+# Task modules register themselves on import (like the encoder zoo).
+from avssl.bench.tasks import av, classification  # noqa: E402,F401
+
+__all__ = ["TASKS", "Task"]

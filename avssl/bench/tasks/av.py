@@ -1,0 +1,162 @@
+"""Audio-visual tasks scored in the model's own embedding space: ``av-sync``, ``av-retrieval``.
+
+Both read videos with sound (a folder or a manifest CSV; by default a cached synthetic folder)
+and need a model with video and audio projection heads (:class:`~avssl.towers.AVTowers`: a
+``pretrain_sync`` checkpoint, or random init of the same towers as the baseline).
+
+For each video, :class:`AVClips` decodes one ``clip_s`` video window and the audio of that window
+shifted by every candidate offset (``offset`` = audio start - video start, seconds): the grid
+(which includes 0, the in-sync pair) and one hard negative, the same video's audio shifted by
+|Δ| in [min_shift_s, max_shift_s] with a random sign. The window is placed at the centre of the
+range where every candidate fits inside the file; a video too short for that is left out and
+counted (videos used vs expected). Scores are cosine similarities of the embeddings.
+
+- ``av-sync``: binary sync accuracy against the hard negative and against an easy negative
+  (another video's in-sync audio), and offset classification on the grid (exact and ±1 class),
+  all with :func:`avssl.eval.sync.sync_metrics_from_arrays` (ties count against the model).
+- ``av-retrieval``: video->audio and audio->video retrieval of the in-sync pairs,
+  :func:`avssl.eval.retrieval.cross_modal_retrieval` (R@1/5/10, median rank).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from avssl.bench.tasks import TASKS, Task
+from avssl.data import decoding
+from avssl.data.datasets import folder_dataset
+from avssl.errors import DataError, DecodeError
+
+GRID = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+HARD_SHIFT = (0.5, 1.5)
+SYNTHETIC_SEED = 8
+SYNTHETIC_CLIPS = 112
+
+
+class AVClips(Dataset):
+    """One video window per listed video plus its audio at every candidate offset.
+
+    Item: ``video`` float (C, T, H, W) after ``video_transform``; ``mels`` (K, 1, F, frames) log-mel
+    of the candidates (``audio_transform``), ``offsets`` float32 (K,) = grid offsets then the
+    hard negative's; ``index`` the item, ``video_id``.
+    """
+
+    def __init__(self, records, *, clip_s: float, fps: float, size: int, sample_rate: int,
+                 video_transform, audio_transform, grid=GRID, hard=HARD_SHIFT, seed: int = 0,
+                 timeout_s: float = 30.0):
+        self.clip_s, self.fps, self.size, self.sample_rate = clip_s, fps, size, sample_rate
+        self.video_transform, self.audio_transform = video_transform, audio_transform
+        self.grid, self.hard, self.seed, self.timeout_s = tuple(grid), hard, seed, timeout_s
+        self.num_listed = len(records)
+        self.items: list[tuple[Any, float, float]] = []  # (record, start_s, hard offset)
+        self.too_short: list[str] = []
+        for i, rec in enumerate(records):
+            duration = rec.extra.get("duration_s")
+            if duration is None or rec.extra.get("has_audio") is None:
+                try:
+                    info = decoding.probe(rec.path, timeout_s=timeout_s)
+                except DecodeError as err:
+                    raise DataError(f"cannot decode {rec.path} ({err.reason}); pass --skip-bad "
+                                    f"to leave unreadable videos out") from err
+                duration = info.duration_s
+                if not info.has_audio:  # a silent video is a normal case: not part of the task
+                    self.num_listed -= 1
+                    continue
+            placed = self._place(float(duration), np.random.default_rng([seed, i]))
+            if placed is None:
+                self.too_short.append(rec.path)
+            else:
+                self.items.append((rec, *placed))
+        if not self.items:
+            need = clip_s + 2 * max(max(abs(g) for g in self.grid), hard[1] if hard else 0)
+            raise DataError(f"no listed video is long enough for these offsets (need about "
+                            f"{need:.1f} s each)")
+
+    def _place(self, duration: float, rng: np.random.Generator) -> tuple[float, float] | None:
+        lo_g, hi_g = min(self.grid), max(self.grid)
+        hard = float("nan")
+        if self.hard is not None:
+            mag = float(rng.uniform(*self.hard))
+            signs = [1.0, -1.0] if rng.random() < 0.5 else [-1.0, 1.0]
+            for s in signs:  # the drawn sign if it fits, else the other one
+                lo, hi = min(lo_g, s * mag, 0.0), max(hi_g, s * mag, 0.0)
+                if duration - self.clip_s - hi >= -lo - 1e-9:
+                    hard = s * mag
+                    break
+            else:
+                return None
+        lo = min(lo_g, 0.0, hard if hard == hard else 0.0)
+        hi = max(hi_g, 0.0, hard if hard == hard else 0.0)
+        first, last = -lo, duration - self.clip_s - hi
+        if last < first - 1e-9:
+            return None
+        return (first + last) / 2, hard
+
+    @property
+    def offsets(self) -> list[float]:
+        return list(self.grid) + ([] if self.hard is None else ["hard"])  # type: ignore[list-item]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec, start, hard = self.items[index]
+        try:
+            video = decoding.decode_video(rec.path, start, start + self.clip_s, fps=self.fps,
+                                          size=self.size, timeout_s=self.timeout_s)
+            offs = list(self.grid) + ([hard] if self.hard is not None else [])
+            lo, hi = min(offs), max(offs)
+            audio = decoding.decode_audio(rec.path, start + lo, start + hi + self.clip_s,
+                                          sample_rate=self.sample_rate, timeout_s=self.timeout_s)
+        except DecodeError as err:
+            raise DataError(f"cannot decode {rec.path} ({err.reason}); pass --skip-bad to leave "
+                            f"unreadable videos out") from err
+        n = round(self.clip_s * self.sample_rate)
+        wins = []
+        for o in offs:  # slice every candidate out of one decoded span
+            a = round((o - lo) * self.sample_rate)
+            wins.append(self.audio_transform(audio[:, a:a + n]))
+        return {"video": self.video_transform(video), "mels": torch.stack(wins),
+                "offsets": torch.tensor(offs, dtype=torch.float32), "index": index,
+                "video_id": rec.video_id}
+
+
+def _synthetic_root() -> str:
+    from avssl.data.synthetic import WorldConfig
+    from avssl.data.synthetic.cache import synthetic_folder
+
+    return str(synthetic_folder(SYNTHETIC_CLIPS, seed=SYNTHETIC_SEED,
+                                cfg=WorldConfig(size=64, duration_s=4.0)))
+
+
+def load_av(root: str | os.PathLike, split: str, *, spec, grid=GRID, hard=HARD_SHIFT,
+            skip_bad: bool = False, seed: int = 0) -> AVClips:
+    """Videos with sound under ``root`` (folder or manifest CSV) as :class:`AVClips`."""
+    listed = folder_dataset(root, mode="eval", require_audio=True, skip_bad=skip_bad,
+                            clip_s=spec.clip_s, progress=False)
+    return AVClips(listed.records, clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
+                   sample_rate=spec.sample_rate, video_transform=spec.video_transform(1),
+                   audio_transform=spec.audio_transform(), grid=grid, hard=hard, seed=seed)
+
+
+_DATA = ("a folder of videos with sound or a manifest CSV (python -m avssl.data.manifest scan); "
+         "by default 112 synthetic clips written on first use into $AVSSL_CACHE/synthetic")
+
+TASKS.add("av-sync", Task(
+    name="av-sync",
+    summary="audio-visual sync: in-sync vs shifted (hard) and vs other-video (easy) audio, "
+            "and offset classification on a 9-point grid",
+    data=_DATA, kind="sync", version="1", protocols=("zeroshot",), metric="acc_hard",
+    load=load_av, splits=("test",), modality="av", views="1x1", layout="folder",
+    default_root=_synthetic_root))
+
+TASKS.add("av-retrieval", Task(
+    name="av-retrieval",
+    summary="cross-modal retrieval of in-sync pairs: video->audio and audio->video R@1/5/10",
+    data=_DATA, kind="retrieval", version="1", protocols=("retrieval",), metric="v2a_R@1",
+    load=load_av, splits=("test",), modality="av", views="1x1", layout="folder",
+    default_root=_synthetic_root))

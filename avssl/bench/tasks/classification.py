@@ -1,0 +1,93 @@
+"""Action / sound classification tasks: synthetic, ucf101, ucf101-av, hmdb51, kinetics, vggsound.
+
+Each ``load(root, split, train, **kw)`` maps the task's split name onto its dataset loader;
+``kw`` (clip length, fps, views, transforms) comes from the harness.
+"""
+from __future__ import annotations
+
+import functools
+
+from avssl.bench.tasks import TASKS, Task
+from avssl.data.datasets import hmdb51, kinetics, ucf101, vggsound
+
+FROZEN = ("linear", "knn", "fewshot", "retrieval", "finetune")
+
+# The synthetic task's world: the pretraining recipes' world settings (64 px, 4 s clips), a seed
+# no recipe pretrains on, 24 clips per class (UCF101 layout: 18 train / 6 test per class, split 1).
+SYNTHETIC_WORLD = {"size": 64, "duration_s": 4.0}
+SYNTHETIC_SEED = 7
+SYNTHETIC_PER_CLASS = 24
+
+
+def _synthetic_root() -> str:
+    from avssl.data.synthetic import WorldConfig
+    from avssl.data.synthetic.cache import synthetic_tree
+
+    return str(synthetic_tree("ucf101", SYNTHETIC_PER_CLASS, seed=SYNTHETIC_SEED,
+                              cfg=WorldConfig(**SYNTHETIC_WORLD)))
+
+
+def _ucf(root, split, train, *, audio_subset=False, **kw):
+    return ucf101(root, int(split), train, audio_subset=audio_subset, progress=False, **kw)
+
+
+def _hmdb(root, split, train, **kw):
+    return hmdb51(root, int(split), train, **kw)
+
+
+def _kinetics(root, split, train, **kw):
+    return kinetics(root, "train" if train else split, **kw)
+
+
+def _vggsound(root, split, train, **kw):
+    return vggsound(root, "train" if train else split, **kw)
+
+
+TASKS.add("synthetic", Task(
+    name="synthetic",
+    summary="the synthetic world's 14 actions (UCF101 format, split 1); runs with no argument",
+    data=("a UCF101-format tree of the synthetic world, written on first use into "
+          "$AVSSL_CACHE/synthetic (24 clips per class, seed 7); --data-root reads any tree "
+          "written by `python -m avssl.data.synthetic --layout ucf101`"),
+    kind="classification", version="1", protocols=FROZEN, metric="top1", load=_ucf,
+    splits=("1", "2", "3"), views="2x1", layout="ucf101", default_root=_synthetic_root))
+
+TASKS.add("ucf101", Task(
+    name="ucf101",
+    summary="UCF101 action recognition, 101 classes, 3 splits (Soomro et al. 2012)",
+    data=("UCF-101/<Class>/*.avi and ucfTrainTestlist/ from crcv.ucf.edu/data/UCF101.php "
+          "(UCF101.rar + UCF101TrainTestSplits-RecognitionTask.zip)"),
+    kind="classification", version="1", protocols=FROZEN, metric="top1", load=_ucf,
+    splits=("1", "2", "3"), layout="ucf101"))
+
+TASKS.add("ucf101-av", Task(
+    name="ucf101-av",
+    summary="UCF101's 51 classes whose videos have sound, audio-visual features",
+    data="the UCF101 tree (see ucf101); only videos with an audio stream are used",
+    kind="classification", version="1", protocols=FROZEN, metric="top1",
+    load=functools.partial(_ucf, audio_subset=True), splits=("1", "2", "3"), modality="av",
+    layout="ucf101"))
+
+TASKS.add("hmdb51", Task(
+    name="hmdb51",
+    summary="HMDB51 action recognition, 51 classes, 3 splits (Kuehne et al. 2011)",
+    data=("hmdb51/<class>/*.avi and testTrainMulti_7030_splits/ from serre-lab.clps.brown.edu "
+          "(hmdb51_org.rar + test_train_splits.rar)"),
+    kind="classification", version="1", protocols=FROZEN, metric="top1", load=_hmdb,
+    splits=("1", "2", "3"), layout="hmdb51"))
+
+TASKS.add("kinetics", Task(
+    name="kinetics",
+    summary="Kinetics-style CSV layout (400/600/700 or Mini-Kinetics): train on train, test on val",
+    data=("train.csv / validate.csv with clips <ytid>_<start:06d>_<end:06d>.mp4, as written by "
+          "the Kinetics downloaders (github.com/cvdfoundation/kinetics-dataset)"),
+    kind="classification", version="1", protocols=FROZEN, metric="top1", load=_kinetics,
+    splits=("val",), layout="kinetics"))
+
+TASKS.add("vggsound", Task(
+    name="vggsound",
+    summary="VGGSound sound classification, 309 classes (Chen et al. 2020), audio features",
+    data=("vggsound.csv (ytid,start_seconds,label,split) and <ytid>_<start:06d>.mp4 clips from "
+          "robots.ox.ac.uk/~vgg/data/vggsound"),
+    kind="classification", version="1", protocols=FROZEN, metric="top1", load=_vggsound,
+    splits=("test",), modality="audio", layout="vggsound"))

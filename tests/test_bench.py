@@ -1,0 +1,221 @@
+"""The benchmark harness end to end on tiny synthetic data: classification protocols, the
+feature cache, checkpoints vs random init, av-sync / av-retrieval, leaderboard rows, helpful
+errors, and one vs two processes."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avssl.bench import features as F
+from avssl.bench.run import BenchArgs, run_bench
+from avssl.checkpoints import save_checkpoint
+from avssl.data.synthetic import WorldConfig, write_layout
+from avssl.encoders import build_encoder
+from avssl.errors import ConfigError, DataError, UnknownNameError
+from avssl.leaderboard import read_task
+from avssl.towers import AVTowers
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(fps=4.0, size=32, crop=32, num_workers=0, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def ucf(tmp_path_factory):
+    """A UCF101-format tree: 14 classes x 4 clips (split 1: 3 train / 1 test per class)."""
+    root = tmp_path_factory.mktemp("ucf")
+    write_layout("ucf101", root, clips_per_class=4, seed=3,
+                 cfg=WorldConfig(size=32, duration_s=2.0), workers=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """28 unlabeled 4-s clips with sound (every 7th has none) for the audio-visual tasks."""
+    root = tmp_path_factory.mktemp("folder")
+    write_layout("folder", root, clips_per_class=2, seed=4,
+                 cfg=WorldConfig(size=32, duration_s=4.0), workers=2)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A pretrain_sync-style checkpoint of the default towers with non-default input settings."""
+    torch.manual_seed(5)
+    kw = {"time_strides": {"conv1": 1, "maxpool": 1}}
+    towers = AVTowers(build_encoder("i3d_r18_tiny", **kw), build_encoder("audio_resnet18_tiny"),
+                      16, 4)
+    path = tmp_path_factory.mktemp("run") / "step_0000001"
+    config = {"data": {"fps": 4.0, "size": 32, "crop": 32, "clip_s": 1.0, "n_mels": 64},
+              "model": {"proj_dim": 16, "temporal_bins": 4}}
+    save_checkpoint(path, {"video": towers.video, "audio": towers.audio,
+                           "video_proj": towers.video_proj, "audio_proj": towers.audio_proj},
+                    config=config, step=1,
+                    specs={"video": {"encoder": "i3d_r18_tiny", "kwargs": kw},
+                           "audio": {"encoder": "audio_resnet18_tiny", "kwargs": {}}},
+                    extra_meta={"recipe": "pretrain_sync", "config_hash": "ab12"})
+    return path
+
+
+def bench(tmp_path, **kw) -> dict:
+    opts = {**SMALL, "views": "1x1", "leaderboard": str(tmp_path / "lb"), **kw}
+    return run_bench(BenchArgs(**opts))
+
+
+def test_linear_probe_appends_a_complete_row(tmp_path, ucf):
+    out = bench(tmp_path, task="synthetic", data_root=str(ucf), views="2x1")
+    rows = read_task(tmp_path / "lb" / "synthetic.csv")
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.task, row.protocol, row.split, row.metric) == ("synthetic", "linear", "1", "top1")
+    assert row.encoder == "i3d_r18_tiny" and row.recipe == "random-init" and row.modality == "video"
+    assert row.checkpoint == "" and row.checkpoint_sha256 == ""
+    assert row.value == pytest.approx(out["value"]) and 0 <= row.value <= 100
+    assert row.videos_used == row.videos_expected == 56 and row.views == "2x1"
+    assert row.params_m > 0 and row.gmacs_per_clip > 0 and len(row.data_manifest_hash) == 64
+    assert "top5" in row.secondary and "weight_decay" in row.secondary
+
+
+def test_features_are_cached_and_reused(tmp_path, ucf, monkeypatch, cache):
+    first = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="knn")
+    files = sorted((cache / "features" / "synthetic").glob("*.npz"))
+    assert len(files) == 2  # train and test
+
+    def boom(*a, **k):
+        raise AssertionError("features recomputed despite the cache")
+
+    monkeypatch.setattr(F, "clip_features", boom)
+    again = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="fewshot")
+    assert again["metrics"]["num_samples"] == first["metrics"]["num_samples"]
+    with pytest.raises(AssertionError, match="recomputed"):  # another view count: new features
+        bench(tmp_path, task="synthetic", data_root=str(ucf), views="3x1")
+
+
+def test_checkpoint_changes_features_and_provenance(tmp_path, ucf, checkpoint, cache):
+    bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="knn", fps=None, size=None,
+          crop=None)
+    first = {p.name for p in (cache / "features" / "synthetic").glob("*.npz")}
+    bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="knn",
+          checkpoint=str(checkpoint), fps=None, size=None, crop=None)
+    rows = read_task(tmp_path / "lb" / "synthetic.csv")
+    assert [r.recipe for r in rows] == ["random-init", "pretrain_sync"]
+    assert len(rows[1].checkpoint_sha256) == 64 and rows[1].config_hash == "ab12"
+    # the checkpoint's input settings (32 px, 4 fps) were used: fewer MACs than 56 px / 8 fps
+    assert rows[1].gmacs_per_clip < rows[0].gmacs_per_clip
+    new = {p.name for p in (cache / "features" / "synthetic").glob("*.npz")} - first
+    assert len(new) == 2  # the checkpoint's own train and test features
+
+
+@pytest.mark.parametrize("protocol,metric", [("retrieval", "R@1"), ("fewshot", "top1")])
+def test_other_protocols(tmp_path, ucf, protocol, metric):
+    out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol=protocol, shots=(1, 2))
+    assert out["metric"] == metric and 0 <= out["value"] <= 100
+    if protocol == "fewshot":
+        assert set(out["metrics"]["shots"]) == {"1", "2"}
+
+
+def test_finetune_trains_and_tests_multi_view(tmp_path, ucf):
+    out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="finetune", epochs=1,
+                views="2x3")
+    assert out["metrics"]["steps"] == 42 // 8 and out["metrics"]["num_samples"] == 14
+    assert out["row"].views == "2x3" and out["row"].encoder == "i3d_r18_tiny"
+
+
+def test_av_sync_and_retrieval(tmp_path, folder, checkpoint):
+    sync = bench(tmp_path, task="av-sync", data_root=str(folder), checkpoint=str(checkpoint),
+                 fps=None, size=None, crop=None)
+    m = sync["metrics"]
+    assert sync["metric"] == "acc_hard" and 0 <= m["acc_hard"] <= 100
+    assert m["num_hard"] == m["num_easy"] == m["num_offset"] == 24  # 28 clips, 4 without sound
+    assert m["grid"] == [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0]
+    assert m["offset_acc"] <= m["offset_acc_1"]
+    ret = bench(tmp_path, task="av-retrieval", data_root=str(folder), checkpoint=str(checkpoint),
+                fps=None, size=None, crop=None)
+    assert ret["metric"] == "v2a_R@1" and 1 <= ret["metrics"]["a2v_median_rank"] <= 24
+    assert ret["videos_used"] == ret["videos_expected"] == 24
+
+
+def test_av_tasks_need_two_towers(tmp_path, folder):
+    with pytest.raises(ConfigError, match="projection heads"):
+        bench(tmp_path, task="av-sync", data_root=str(folder), encoder="i3d_r18_tiny")
+
+
+def test_helpful_errors(tmp_path):
+    with pytest.raises(UnknownNameError, match="did you mean: ucf101"):
+        bench(tmp_path, task="ucf10")
+    with pytest.raises(DataError, match=r"--layout hmdb51 --out DIR.*--data-root"):
+        bench(tmp_path, task="hmdb51", data_root=str(tmp_path / "nothing"))
+    with pytest.raises(ConfigError, match="did you mean: linear"):
+        bench(tmp_path, task="synthetic", protocol="linaer", data_root=str(tmp_path))
+    with pytest.raises(ConfigError, match="CLIPSxCROPS"):
+        bench(tmp_path, task="synthetic", views="10x2", data_root=str(tmp_path))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "avssl.bench", "--task", "ucf10"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: unknown task 'ucf10' (did you mean: ucf101")
+    proc = subprocess.run([sys.executable, "-m", "avssl.bench", "--task", "ucf101"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "python -m avssl.data.synthetic --layout ucf101 --out DIR" in proc.stderr
+    listing = subprocess.run([sys.executable, "-m", "avssl.bench", "--list"],
+                             capture_output=True, text=True, check=True).stdout
+    from avssl.bench.tasks import TASKS
+
+    for name in TASKS.names():
+        assert f"\n{name} " in "\n" + listing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_numbers_of_one(tmp_path, ucf, cache):
+    """Feature extraction sharded over 2 gloo processes: identical metrics, one row."""
+    args = ["-m", "avssl.bench", "--task", "synthetic", "--data-root", str(ucf), "--views", "2x1",
+            "--fps", "4", "--size", "32", "--crop", "32", "--num-workers", "0",
+            "--batch-size", "5", "--no-cache", "--json", "--protocol", "linear"]
+    env = {**os.environ, "AVSSL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    outs = []
+    for n, launch in ((1, [sys.executable]),
+                      (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                           "2", "--master_port", str(_free_port())])):
+        proc = subprocess.run([*launch, *args, "--leaderboard", str(tmp_path / f"lb{n}")],
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                              env={**env, "ACCELERATE_USE_CPU": "true"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        assert len(line) == 1, proc.stdout  # only the main process prints
+        outs.append(json.loads(line[0]))
+        assert len(read_task(tmp_path / f"lb{n}" / "synthetic.csv")) == 1
+    assert outs[0]["metrics"] == outs[1]["metrics"]
+
+
+def test_map_items_keeps_order_and_batches():
+    data = [{"x": torch.tensor([float(i)])} for i in range(11)]
+    seen = []
+
+    def fn(batch):
+        seen.append(len(batch["x"]))
+        return batch["x"] * 2
+
+    out = F.map_items(data, fn, batch_size=4)
+    np.testing.assert_array_equal(out[:, 0], np.arange(11) * 2.0)
+    assert seen == [4, 4, 3]
