@@ -219,3 +219,26 @@ def test_map_items_keeps_order_and_batches():
     out = F.map_items(data, fn, batch_size=4)
     np.testing.assert_array_equal(out[:, 0], np.arange(11) * 2.0)
     assert seen == [4, 4, 3]
+
+
+def test_saved_predictions_give_the_same_numbers_through_the_evaluators(tmp_path, ucf, folder,
+                                                                       checkpoint):
+    from avssl.eval.classification import evaluate_classification_files
+    from avssl.eval.retrieval import evaluate_retrieval_files
+    from avssl.eval.sync import evaluate_sync_file
+
+    cls = bench(tmp_path, task="synthetic", data_root=str(ucf), save_predictions=str(tmp_path / "c"))
+    files = evaluate_classification_files(tmp_path / "c" / "predictions.csv",
+                                          tmp_path / "c" / "labels.csv")
+    for k in ("top1", "top5", "mean_class_acc", "num_samples"):
+        assert files[k] == pytest.approx(cls["metrics"][k], abs=1e-9), k
+    common = dict(data_root=str(folder), checkpoint=str(checkpoint), fps=None, size=None,
+                  crop=None)
+    sync = bench(tmp_path, task="av-sync", save_predictions=str(tmp_path / "s"), **common)
+    files = evaluate_sync_file(tmp_path / "s" / "scores.csv")
+    for k in ("acc_hard", "acc_easy", "offset_acc", "offset_acc_1"):
+        assert files[k] == pytest.approx(sync["metrics"][k], abs=1e-9), k
+    ret = bench(tmp_path, task="av-retrieval", save_predictions=str(tmp_path / "r"), **common)
+    files = evaluate_retrieval_files(tmp_path / "r" / "queries.npy", tmp_path / "r" / "gallery.npy")
+    assert files["R@1"] == pytest.approx(ret["metrics"]["v2a_R@1"])
+    assert files["median_rank"] == ret["metrics"]["v2a_median_rank"]

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--no-cache", action="store_true", help="recompute features")
+    p.add_argument("--save-predictions", metavar="DIR",
+                   help="write the test scores in python -m avssl.eval's file formats")
     g = p.add_argument_group("input (default: what the checkpoint was trained with)")
     g.add_argument("--clip-s", type=float)
     g.add_argument("--fps", type=float)
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             protocol=args.protocol, split=args.split, data_root=args.data_root, views=args.views,
             modality=args.modality, leaderboard=args.leaderboard or None, skip_bad=args.skip_bad,
             seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers,
-            cache=not args.no_cache, clip_s=args.clip_s, fps=args.fps, size=args.size,
+            cache=not args.no_cache, save_predictions=args.save_predictions, clip_s=args.clip_s, fps=args.fps, size=args.size,
             crop=args.crop, shots=args.shots, k=args.k, epochs=args.epochs, lr=args.lr)
         result = run_bench(bench)
     except AvsslError as err:

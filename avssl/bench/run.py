@@ -42,6 +42,7 @@ class BenchArgs:
     batch_size: int = 16
     num_workers: int = 2
     cache: bool = True
+    save_predictions: str | None = None      # folder for the evaluators' input files
     # input overrides (default: the checkpoint's training config)
     clip_s: float | None = None
     fps: float | None = None
@@ -176,7 +177,12 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
             opts["shots"] = tuple(args.shots)
         with _threads_for(train_x.size):
             metrics = fn(train_x, train_y, test_x, test_y, num_classes, **opts)
-    metrics.pop("scores", None)
+    scores = metrics.pop("scores", None)
+    if args.save_predictions and scores is not None and F.state().is_main_process:
+        from avssl.bench.predictions import write_classification
+
+        write_classification(args.save_predictions, test_ds.video_ids, scores, test_y,
+                             names or [str(c) for c in range(num_classes)])
     used = train_ds.num_used + test_ds.num_used
     expected = train_ds.num_listed + test_ds.num_listed
     return {"metrics": metrics, "used": used, "expected": expected,
@@ -248,10 +254,19 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
         g = len(ds.grid)
         metrics = sync_metrics_from_arrays(scores[:, zero], scores[:, g:], easy, scores[:, :g],
                                            np.asarray(ds.grid, np.float64))
+        if args.save_predictions and F.state().is_main_process:
+            from avssl.bench.predictions import write_sync
+
+            write_sync(args.save_predictions, [it[0].video_id for it in ds.items], scores,
+                       easy[:, 0], ds.grid, [it[2] for it in ds.items])
     else:
         from avssl.eval.retrieval import cross_modal_retrieval
 
         nested = cross_modal_retrieval(video, audio[:, zero])
+        if args.save_predictions and F.state().is_main_process:
+            from avssl.bench.predictions import write_retrieval
+
+            write_retrieval(args.save_predictions, video, audio[:, zero])
         metrics = {f"{d}_{m}": v for d, ms in nested.items() for m, v in ms.items()}
     return {"metrics": metrics, "used": len(ds), "expected": ds.num_listed,
             "manifest": F.manifest_hash([it[0] for it in ds.items])}
