@@ -1,0 +1,49 @@
+"""Learning claims of the benchmark harness (slow: each pretrains the default sync run)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avssl.bench.run import BenchArgs, run_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sync_checkpoint(tmp_path_factory):
+    """The README's default pretrain_sync run (about 13 minutes on a 2-core CPU)."""
+    out = tmp_path_factory.mktemp("runs")
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain_sync.py"),
+                           f"--run.out={out}", "--run.name=default"],
+                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "pretrain_sync" / "latest"
+
+
+def _bench(task: str, checkpoint=None, **kw) -> dict:
+    return run_bench(BenchArgs(task=task, checkpoint=checkpoint and str(checkpoint),
+                               leaderboard=None, **kw))
+
+
+@pytest.mark.slow
+def test_sync_pretraining_transfers_to_av_sync(sync_checkpoint):
+    """The pretrained towers tell in-sync from shifted audio far above the random towers."""
+    rnd = _bench("av-sync")["metrics"]
+    pre = _bench("av-sync", sync_checkpoint)["metrics"]
+    assert pre["acc_hard"] >= rnd["acc_hard"] + 20, (rnd, pre)
+    assert pre["offset_acc"] >= rnd["offset_acc"] + 10, (rnd, pre)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 7: measured 2026-11-26, sync features do not classify the synthetic world's actions "
+    "better than random ones (linear top-1 near chance for both with 1 s clips); see the issue "
+    "note"))
+def test_sync_features_beat_random_on_synthetic_actions(sync_checkpoint):
+    """DESIGN.md's smoke test: linear-probe top-1 of sync features >= random-init + 15 points."""
+    rnd = _bench("synthetic")["value"]
+    pre = _bench("synthetic", sync_checkpoint)["value"]
+    assert pre >= rnd + 15, (rnd, pre)
