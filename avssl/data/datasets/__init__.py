@@ -10,12 +10,14 @@ import functools
 import os
 from typing import Any
 
+from avssl.data.datasets.activitynet import activitynet
 from avssl.data.datasets.audioset import audioset
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.folder import folder_dataset
 from avssl.data.datasets.hmdb51 import hmdb51
 from avssl.data.datasets.kinetics import kinetics
 from avssl.data.datasets.synthetic import SyntheticClips, synthetic
+from avssl.data.datasets.thumos14 import thumos14
 from avssl.data.datasets.ucf101 import ucf101
 from avssl.data.datasets.vggsound import vggsound
 from avssl.registry import Registry
@@ -29,6 +31,8 @@ DATASETS.add("kinetics", kinetics)
 DATASETS.add("vggsound", vggsound)
 DATASETS.add("audioset", audioset)
 DATASETS.add("synthetic", synthetic)
+DATASETS.add("thumos14", thumos14)
+DATASETS.add("activitynet", activitynet)
 
 
 def build_dataset(name: str, root: str | os.PathLike | None,
@@ -40,3 +44,4 @@ def build_dataset(name: str, root: str | os.PathLike | None,
 __all__ = ["DATASETS", "ClipDataset", "SyntheticClips", "VideoRecord", "audioset",
            "build_dataset", "folder_dataset", "hmdb51", "kinetics", "synthetic", "ucf101",
            "vggsound"]
+__all__ += ["activitynet", "thumos14"]

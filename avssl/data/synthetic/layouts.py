@@ -411,3 +411,193 @@ def write_layout(layout: str, out: str | os.PathLike, *, clips_per_class: int = 
     root.mkdir(parents=True, exist_ok=True)
     return writer(root, clips_per_class=clips_per_class, seed=seed, cfg=cfg,
                   workers=max(1, int(workers)), **options)
+
+
+# ---------------------------------------------------------------- untrimmed videos (localization)
+
+# THUMOS14 class of each synthetic action (same order as ACTIONS): 14 of the 20 THUMOS14 classes,
+# chosen by motion (orbits -> throws that spin, slides -> run-ups, grow/shrink -> lift/dive, ...).
+# BaseballPitch, CricketBowling, CricketShot, FrisbeeCatch, TennisSwing and VolleyballSpiking have
+# no synthetic action: their annotation files are written empty, as the real format has all 20.
+THUMOS14_ACTION_CLASSES: list[str] = [
+    "HammerThrow", "ThrowDiscus", "LongJump", "JavelinThrow", "HighJump", "CliffDiving",
+    "CleanAndJerk", "Diving", "BasketballDunk", "SoccerPenalty", "Billiards", "GolfSwing",
+    "PoleVault", "Shotput",
+]
+THUMOS14_ALL_CLASSES: list[str] = [  # the 20 classes in UCF101-id order (DATASETS.md)
+    "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving",
+    "CricketBowling", "CricketShot", "Diving", "FrisbeeCatch", "GolfSwing", "HammerThrow",
+    "HighJump", "JavelinThrow", "LongJump", "PoleVault", "Shotput", "SoccerPenalty",
+    "TennisSwing", "ThrowDiscus", "VolleyballSpiking",
+]
+# ActivityNet labels are readable names: the synthetic action names title-cased.
+ACTIVITYNET_CLASSES: list[str] = [a.replace("_", " ").title() for a in ACTIONS]
+assert len(THUMOS14_ACTION_CLASSES) == len(ACTIONS)
+assert set(THUMOS14_ACTION_CLASSES) <= set(THUMOS14_ALL_CLASSES)
+
+
+@dataclass
+class LongJob:
+    """One untrimmed video to render with :func:`render_long` and write; ``info`` is copied into
+    ground_truth.json (and overrides the rendered keys)."""
+
+    path: str
+    seed: int
+    index: int
+    duration_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _write_long(args: tuple[LongJob, str, WorldConfig]) -> dict[str, Any]:
+    """Render and encode one untrimmed video (runs in a worker process); returns its truth with
+    ``segments`` [{"start", "end", "action_index", "action"}] in seconds on frame times."""
+    from avssl.data.decoding import write_av
+    from avssl.data.synthetic.world import render_long
+
+    job, root, cfg = args
+    s = render_long(job.seed, job.index, duration_s=job.duration_s, cfg=cfg)
+    path = os.path.join(root, job.path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_av(path, s["video"], s["fps"], s["audio"], s["sample_rate"])
+    n = int(s["video"].shape[0])
+    return {
+        "path": job.path, "video_id": s["video_id"], "seed": job.seed, "index": job.index,
+        "fps": s["fps"], "has_audio": True, "num_frames": n, "duration_s": n / s["fps"],
+        "segments": [{"start": float(a), "end": float(b), "action_index": int(lab),
+                      "action": ACTIONS[lab]} for a, b, lab in s["segments"]],
+        **job.info,
+    }
+
+
+def _run_long(jobs: list[LongJob], root: Path, cfg: WorldConfig, workers: int,
+              desc: str) -> list[dict[str, Any]]:
+    """Write every long video, in parallel when workers > 1; results come back in job order."""
+    from tqdm.auto import tqdm
+
+    args = [(job, str(root), cfg) for job in jobs]
+    bar = dict(total=len(jobs), desc=desc, unit="video", disable=len(jobs) == 0)
+    if workers <= 1:
+        return [_write_long(a) for a in tqdm(args, **bar)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(_write_long, args, chunksize=1), **bar))
+
+
+def _long_durations(seed: int, first: int, n: int, lo: float, hi: float) -> list[float]:
+    """Durations (s, 0.1 s steps) of videos ``first .. first + n - 1``: a function of (seed,
+    index), so the THUMOS14 and ActivityNet writers render the same videos for one seed."""
+    if not 4.0 <= lo <= hi:
+        raise ConfigError(f"need 4 <= min_duration_s <= max_duration_s, got {lo}, {hi}")
+    return [round(float(np.random.default_rng([seed, i, 8]).uniform(lo, hi)), 1)
+            for i in range(first, first + n)]
+
+
+def _ambiguous(clip: dict[str, Any], position: int) -> list[dict[str, float]]:
+    """For every third video, the background just after its first one or two segments (up to
+    1 s, never into the next segment): what annotators could not decide about."""
+    if position % 3:
+        return []
+    out = []
+    segs = clip["segments"]
+    for k, seg in enumerate(segs[:1 + (position // 3) % 2]):
+        nxt = segs[k + 1]["start"] if k + 1 < len(segs) else clip["duration_s"]
+        gap = nxt - seg["end"]
+        if gap >= 0.4:
+            out.append({"start": seg["end"], "end": seg["end"] + min(1.0, 0.5 * gap)})
+    return out
+
+
+_LONG_README = """
+Untrimmed videos (H.264 + AAC, {fps:g} fps) of {lo:g}-{hi:g} s: one sounding performer does a
+sequence of action segments (2-8 s) with idle, quiet background (1-5 s) between them; silent
+distractors move throughout. ``clips_per_class`` is the number of videos per annotated subset
+divided by 2 (each video holds about one segment per 7 s, so every class gets roughly
+clips_per_class * duration / 50 s segments per subset). Segment times in ground_truth.json are
+exact (frame times); the seed and index of each video are there too."""
+
+
+@LAYOUTS.register("thumos14")
+def write_thumos14(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                   cfg: WorldConfig = WorldConfig(), workers: int = 1,
+                   min_duration_s: float = 30.0, max_duration_s: float = 120.0) -> Path:
+    """``out/videos/video_{validation,test}_NNNNNNN.mp4`` and
+    ``out/annotations/{validation,test}/<Class>_{val,test}.txt`` + ``Ambiguous_*.txt``:
+    ``2 * clips_per_class`` videos per subset, lines ``video_name  start end`` (1 decimal)."""
+    _check(clips_per_class)
+    n = 2 * clips_per_class
+    jobs = []
+    for sub, first in (("validation", 0), ("test", n)):
+        for j, d in enumerate(_long_durations(seed, first, n, min_duration_s, max_duration_s)):
+            name = f"video_{sub}_{j + 1:07d}"
+            jobs.append(LongJob(f"videos/{name}.mp4", seed, first + j, d,
+                                {"video_id": name, "subset": sub, "position": j}))
+    clips = _run_long(jobs, out, cfg, workers, "thumos14")
+    for c in clips:
+        for seg in c["segments"]:
+            seg["label"] = THUMOS14_ACTION_CLASSES[seg["action_index"]]
+        c["ambiguous"] = _ambiguous(c, c["position"])
+    for sub, suffix in (("validation", "val"), ("test", "test")):
+        mine = [c for c in clips if c["subset"] == sub]
+        folder = out / "annotations" / sub
+        for cls in THUMOS14_ALL_CLASSES:
+            _write_text(folder / f"{cls}_{suffix}.txt", [
+                f"{c['video_id']}  {s['start']:.1f} {s['end']:.1f}"
+                for c in mine for s in c["segments"] if s["label"] == cls])
+        _write_text(folder / f"Ambiguous_{suffix}.txt", [
+            f"{c['video_id']}  {a['start']:.1f} {a['end']:.1f}" for c in mine
+            for a in c["ambiguous"]])
+    return _finish(out, "thumos14", seed, cfg, clips_per_class, THUMOS14_ACTION_CLASSES, clips,
+                   _LONG_README.format(fps=cfg.fps, lo=min_duration_s, hi=max_duration_s) + """
+
+videos/video_validation_NNNNNNN.mp4 (train on these) and videos/video_test_NNNNNNN.mp4 (test);
+annotations/validation/<Class>_val.txt and annotations/test/<Class>_test.txt for all 20 THUMOS14
+classes: lines "video_name  start end" (two spaces, 1 decimal). Synthetic action k has the class
+THUMOS14_ACTION_CLASSES[k] ("classes" in ground_truth.json; "thumos14_classes" lists all 20);
+six classes have empty files. Ambiguous_{val,test}.txt: the background just after 1-2 segments of every third video.""",
+                   thumos14_classes=THUMOS14_ALL_CLASSES,
+                   min_duration_s=min_duration_s, max_duration_s=max_duration_s)
+
+
+@LAYOUTS.register("activitynet")
+def write_activitynet(out: Path, *, clips_per_class: int = 4, seed: int = 0,
+                      cfg: WorldConfig = WorldConfig(), workers: int = 1,
+                      min_duration_s: float = 30.0, max_duration_s: float = 120.0) -> Path:
+    """``out/activity_net.v1-3.min.json`` and ``out/videos/v_<id>.mp4``: ``2 * clips_per_class``
+    training and validation videos (the same renders as THUMOS14's validation and test for one
+    seed) and ``max(1, clips_per_class // 2)`` testing videos without annotations."""
+    _check(clips_per_class)
+    n, n_test = 2 * clips_per_class, max(1, clips_per_class // 2)
+    ids = iter(_ytids(np.random.default_rng([seed, 13]), 2 * n + n_test))
+    jobs = []
+    for sub, first, count in (("training", 0, n), ("validation", n, n), ("testing", 2 * n, n_test)):
+        for d, index in zip(_long_durations(seed, first, count, min_duration_s, max_duration_s),
+                            range(first, first + count)):
+            yid = next(ids)
+            jobs.append(LongJob(f"videos/v_{yid}.mp4", seed, index, d,
+                                {"video_id": yid, "youtube_id": yid, "subset": sub}))
+    clips = _run_long(jobs, out, cfg, workers, "activitynet")
+    database = {}
+    for c in clips:
+        for seg in c["segments"]:
+            seg["label"] = ACTIVITYNET_CLASSES[seg["action_index"]]
+        anns = [] if c["subset"] == "testing" else [
+            {"segment": [s["start"], s["end"]], "label": s["label"]} for s in c["segments"]]
+        database[c["video_id"]] = {
+            "subset": c["subset"], "duration": c["duration_s"], "resolution": f"{cfg.size}x"
+            f"{cfg.size}", "url": f"https://www.youtube.com/watch?v={c['video_id']}",
+            "annotations": anns}
+    taxonomy = [{"nodeId": 0, "nodeName": "Root", "parentId": None, "parentName": None},
+                {"nodeId": 1, "nodeName": "Synthetic motion", "parentId": 0,
+                 "parentName": "Root"}] + [
+        {"nodeId": 2 + k, "nodeName": name, "parentId": 1, "parentName": "Synthetic motion"}
+        for k, name in enumerate(ACTIVITYNET_CLASSES)]
+    (out / "activity_net.v1-3.min.json").write_text(json.dumps(
+        {"version": "VERSION 1.3", "taxonomy": taxonomy, "database": database},
+        separators=(",", ":")))
+    return _finish(out, "activitynet", seed, cfg, clips_per_class, ACTIVITYNET_CLASSES, clips,
+                   _LONG_README.format(fps=cfg.fps, lo=min_duration_s, hi=max_duration_s) + """
+
+activity_net.v1-3.min.json: {"version": "VERSION 1.3", "taxonomy", "database": {ytid:
+{"subset": training|validation|testing, "duration", "resolution", "url", "annotations":
+[{"segment": [s, e], "label"}]}}}; labels are the synthetic action names title-cased; testing
+entries have no annotations. Files videos/v_<ytid>.mp4 (11-character YouTube-style ids).""",
+                   min_duration_s=min_duration_s, max_duration_s=max_duration_s)
