@@ -160,6 +160,8 @@ def test_helpful_errors(tmp_path):
         bench(tmp_path, task="hmdb51", data_root=str(tmp_path / "nothing"))
     with pytest.raises(ConfigError, match="did you mean: linear"):
         bench(tmp_path, task="synthetic", protocol="linaer", data_root=str(tmp_path))
+    with pytest.raises(UnknownNameError, match="did you mean: r3d18"):
+        bench(tmp_path, task="synthetic", encoder="r3d19", data_root=str(tmp_path))
     with pytest.raises(ConfigError, match="CLIPSxCROPS"):
         bench(tmp_path, task="synthetic", views="10x2", data_root=str(tmp_path))
 
@@ -242,3 +244,29 @@ def test_saved_predictions_give_the_same_numbers_through_the_evaluators(tmp_path
     files = evaluate_retrieval_files(tmp_path / "r" / "queries.npy", tmp_path / "r" / "gallery.npy")
     assert files["R@1"] == pytest.approx(ret["metrics"]["v2a_R@1"])
     assert files["median_rank"] == ret["metrics"]["v2a_median_rank"]
+
+
+@pytest.fixture(scope="module")
+def thumos(tmp_path_factory):
+    """A THUMOS14-format tree: 2 validation + 2 test untrimmed videos of 8-10 s."""
+    root = tmp_path_factory.mktemp("thumos")
+    write_layout("thumos14", root, clips_per_class=1, seed=6, cfg=WorldConfig(size=32),
+                 workers=2, min_duration_s=8, max_duration_s=10)
+    return root
+
+
+def test_thumos14_localization_end_to_end(tmp_path, thumos):
+    from avssl.eval.localization import evaluate_localization_files
+
+    out = bench(tmp_path, task="thumos14", data_root=str(thumos), epochs=2,
+                save_predictions=str(tmp_path / "p"))
+    m = out["metrics"]
+    assert out["metric"] == "average_mAP" and 0 <= m["average_mAP"] <= 100
+    assert [k for k in m if k.startswith("mAP@")] == [f"mAP@{t}" for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    assert out["videos_used"] == out["videos_expected"] == 4
+    # the official-format predictions it wrote give the same numbers through the evaluator
+    files = evaluate_localization_files(thumos / "annotations" / "test",
+                                        tmp_path / "p" / "predictions.json")
+    assert 100 * files["average_mAP"] == pytest.approx(m["average_mAP"], abs=1e-9)
+    row = read_task(tmp_path / "lb" / "thumos14.csv")[0]
+    assert row.protocol == "actionformer" and row.split == "test"

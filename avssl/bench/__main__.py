@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shots", type=lambda s: tuple(int(x) for x in s.split(",")), default=(1, 5),
                    help="few-shot n per class, comma-separated")
     g.add_argument("--k", type=int, default=20, help="kNN neighbours")
-    g.add_argument("--epochs", type=int, default=10, help="finetune epochs")
+    g.add_argument("--epochs", type=int, help="finetune epochs (10) / localization head (30)")
+    g.add_argument("--stride-s", type=float, help="localization: window stride in seconds "
+                   "(default: half the clip length)")
     g.add_argument("--lr", type=float, default=1e-3, help="finetune learning rate")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON too")
     return p
@@ -100,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             protocol=args.protocol, split=args.split, data_root=args.data_root, views=args.views,
             modality=args.modality, leaderboard=args.leaderboard or None, skip_bad=args.skip_bad,
             seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers,
-            cache=not args.no_cache, save_predictions=args.save_predictions, clip_s=args.clip_s, fps=args.fps, size=args.size,
-            crop=args.crop, shots=args.shots, k=args.k, epochs=args.epochs, lr=args.lr)
+            cache=not args.no_cache, save_predictions=args.save_predictions, clip_s=args.clip_s,
+            fps=args.fps, size=args.size,
+            crop=args.crop, shots=args.shots, k=args.k, epochs=args.epochs,
+            stride_s=args.stride_s, lr=args.lr)
         result = run_bench(bench)
     except AvsslError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -108,7 +108,8 @@ def manifest_hash(records) -> str:
     h = hashlib.sha256()
     for r in records:
         size = os.path.getsize(r.path) if os.path.exists(r.path) else -1
-        h.update(f"{os.path.basename(r.path)}\t{size}\t{json.dumps(r.label)}\n".encode())
+        label = r.label if hasattr(r, "label") else getattr(r, "segments", None)
+        h.update(f"{os.path.basename(r.path)}\t{size}\t{json.dumps(label)}\n".encode())
     return h.hexdigest()
 
 
@@ -121,7 +122,8 @@ class FeatureCache:
 
     @staticmethod
     def key(**parts: Any) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        text = json.dumps(parts, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npz"

@@ -59,11 +59,12 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     net = Classifier({m: copy.deepcopy(model.encoder_for(m)) for m in mods}, num_classes)
 
     accelerator = Accelerator()
+    epochs = args.epochs or 10
     bs = min(args.batch_size, len(train_ds))
     loader = torch.utils.data.DataLoader(
         train_ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.num_workers,
         generator=torch.Generator().manual_seed(args.seed))
-    steps = max(1, args.epochs * (len(loader) // accelerator.num_processes))
+    steps = max(1, epochs * (len(loader) // accelerator.num_processes))
     warmup = max(1, steps // 10)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -73,7 +74,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     net.train()
     bar = tqdm(total=steps, desc=f"{task.name} finetune", disable=not accelerator.is_main_process)
     step = 0
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         train_ds.set_epoch(epoch)
         loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
         for batch in loader:
@@ -111,7 +112,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     scores = per_item.reshape(len(test_ds) // test_ds.num_clips, test_ds.num_clips, -1).mean(1)
     labels = np.asarray(test_ds.labels, np.int64)
     metrics = classification_metrics(scores, labels, test_ds.class_names)
-    metrics.update(epochs=args.epochs, lr=args.lr, steps=step)
+    metrics.update(epochs=epochs, lr=args.lr, steps=step)
     return {"metrics": metrics, "used": train_ds.num_used + test_ds.num_used,
             "expected": train_ds.num_listed + test_ds.num_listed,
             "manifest": F.manifest_hash(train_ds.records + test_ds.records)}

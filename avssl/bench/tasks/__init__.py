@@ -8,6 +8,8 @@ harness (:mod:`avssl.bench.run`) does the work. ``kind`` picks the pipeline:
   ``linear``, ``knn``, ``fewshot``, ``retrieval`` (class-match video retrieval) or ``finetune``.
 - ``sync`` / ``retrieval``: ``load(root, split, **kw)`` returns videos with sound; the model's
   video and audio embeddings are compared (:mod:`avssl.bench.tasks.av`).
+- ``localization``: ``load(root, subset)`` returns untrimmed videos with segments; sliding-window
+  features train a temporal localization head (:mod:`avssl.bench.tasks.localization`).
 
 ``version`` goes into every leaderboard row and the feature cache key: bump it whenever a change
 alters the numbers (data selection, views, metric definition).
@@ -51,6 +53,6 @@ class Task:
 TASKS: Registry = Registry("task")
 
 # Task modules register themselves on import (like the encoder zoo).
-from avssl.bench.tasks import av, classification  # noqa: E402,F401
+from avssl.bench.tasks import av, classification, localization  # noqa: E402,F401
 
 __all__ = ["TASKS", "Task"]
