@@ -22,8 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--labelled-test-lists", action="store_true",
                    help="ucf101: append labels to testlist lines, as derived copies do")
+    p.add_argument("--min-duration", type=float,
+                   help="thumos14 / activitynet: shortest untrimmed video in seconds (30)")
+    p.add_argument("--max-duration", type=float,
+                   help="thumos14 / activitynet: longest untrimmed video in seconds (120)")
     args = p.parse_args(argv)
     options = {"labelled_test_lists": True} if args.labelled_test_lists else {}
+    if args.min_duration is not None:
+        options["min_duration_s"] = args.min_duration
+    if args.max_duration is not None:
+        options["max_duration_s"] = args.max_duration
     try:
         cfg = WorldConfig(size=args.size, duration_s=args.duration)
         root = write_layout(args.layout, args.out, clips_per_class=args.clips_per_class,
