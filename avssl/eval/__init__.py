@@ -5,7 +5,9 @@ registers one ``add_parser(subparsers)`` function in :data:`EVALUATORS`; the fun
 subcommand and sets ``run(args) -> dict`` as the subcommand's handler. A new evaluator is one
 module plus one import line below.
 
-Conventions: every accuracy, recall and mAP is in percent (0-100); ranks are 1-based; results
+Conventions: every accuracy, recall and mAP is in percent (0-100), except localization, which
+prints fractions (0-1) like the official ActivityNet evaluator (the bench's leaderboard rows
+store it in percent); ranks are 1-based; results
 are plain JSON-serialisable dicts; whenever a score tie decides correctness it counts against
 the model.
 """
