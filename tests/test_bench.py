@@ -270,3 +270,20 @@ def test_thumos14_localization_end_to_end(tmp_path, thumos):
     assert 100 * files["average_mAP"] == pytest.approx(m["average_mAP"], abs=1e-9)
     row = read_task(tmp_path / "lb" / "thumos14.csv")[0]
     assert row.protocol == "actionformer" and row.split == "test"
+
+
+def test_activitynet_localization_with_audio_visual_features(tmp_path, tmp_path_factory):
+    from avssl.eval.localization import evaluate_localization_files
+
+    root = tmp_path_factory.mktemp("anet")
+    write_layout("activitynet", root, clips_per_class=1, seed=6, cfg=WorldConfig(size=32),
+                 workers=2, min_duration_s=8, max_duration_s=10)
+    out = bench(tmp_path, task="activitynet", data_root=str(root), epochs=2, modality="av",
+                stride_s=1.0, save_predictions=str(tmp_path / "p"))
+    m = out["metrics"]
+    assert m["stride_s"] == 1.0 and len([k for k in m if k.startswith("mAP@")]) == 10
+    files = evaluate_localization_files(root / "activity_net.v1-3.min.json",
+                                        tmp_path / "p" / "predictions.json")
+    assert 100 * files["average_mAP"] == pytest.approx(m["average_mAP"], abs=1e-9)
+    row = read_task(tmp_path / "lb" / "activitynet.csv")[0]
+    assert row.modality == "av" and row.encoder == "i3d_r18_tiny+audio_resnet18_tiny"
