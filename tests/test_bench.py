@@ -146,6 +146,11 @@ def test_av_sync_and_retrieval(tmp_path, folder, checkpoint):
                 fps=None, size=None, crop=None)
     assert ret["metric"] == "v2a_R@1" and 1 <= ret["metrics"]["a2v_median_rank"] <= 24
     assert ret["videos_used"] == ret["videos_expected"] == 24
+    with pytest.warns(UserWarning):  # IVF-PQ shrinks its lists and codes for 24 vectors
+        approx = bench(tmp_path, task="av-retrieval", index="ivfpq", data_root=str(folder),
+                       checkpoint=str(checkpoint), fps=None, size=None, crop=None)
+    assert approx["row"].protocol == "retrieval-ivfpq"
+    assert 0 <= approx["metrics"]["v2a_R@10"] <= 100
 
 
 def test_av_tasks_need_two_towers(tmp_path, folder):

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shots", type=lambda s: tuple(int(x) for x in s.split(",")), default=(1, 5),
                    help="few-shot n per class, comma-separated")
     g.add_argument("--k", type=int, default=20, help="kNN neighbours")
+    g.add_argument("--index", choices=["flat", "ivfpq"], default="flat",
+                   help="retrieval: exact ranks, or a FAISS IVF-PQ index for large galleries")
     g.add_argument("--epochs", type=int, help="finetune epochs (10) / localization head (30)")
     g.add_argument("--stride-s", type=float, help="localization: window stride in seconds "
                    "(default: half the clip length)")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             cache=not args.no_cache, save_predictions=args.save_predictions, clip_s=args.clip_s,
             fps=args.fps, size=args.size,
             crop=args.crop, shots=args.shots, k=args.k, epochs=args.epochs,
-            stride_s=args.stride_s, lr=args.lr)
+            stride_s=args.stride_s, lr=args.lr, index=args.index)
         result = run_bench(bench)
     except AvsslError as err:
         print(f"error: {err}", file=sys.stderr)

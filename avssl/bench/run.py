@@ -43,6 +43,7 @@ class BenchArgs:
     num_workers: int = 2
     cache: bool = True
     save_predictions: str | None = None      # folder for the evaluators' input files
+    index: str = "flat"                      # retrieval: exact, or FAISS IVF-PQ (large galleries)
     # input overrides (default: the checkpoint's training config)
     clip_s: float | None = None
     fps: float | None = None
@@ -168,7 +169,7 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
     if protocol == "retrieval":
         from avssl.eval.retrieval import class_retrieval
 
-        metrics = class_retrieval(test_x, test_y, train_x, train_y)
+        metrics = class_retrieval(test_x, test_y, train_x, train_y, kind=args.index)
     else:
         fn = PROTOCOLS.get(protocol)
         opts: dict[str, Any] = {"class_names": names}
@@ -265,7 +266,7 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
     else:
         from avssl.eval.retrieval import cross_modal_retrieval
 
-        nested = cross_modal_retrieval(video, audio[:, zero])
+        nested = cross_modal_retrieval(video, audio[:, zero], kind=args.index)
         if args.save_predictions and F.state().is_main_process:
             from avssl.bench.predictions import write_retrieval
 
@@ -351,6 +352,8 @@ def _append(task, model: BenchModel, args, split, protocol, modality, views, met
         gmacs = None if (g is None or gmacs is None) else gmacs + g
     secondary = {k: v for k, v in metrics.items()
                  if k != metric and k not in ("per_class",) and _jsonable(v)}
+    if protocol == "retrieval" and args.index != "flat":  # approximate: never ranked with exact
+        protocol = f"{protocol}-{args.index}"
     row = make_row(task=task.name, task_version=task.version, split=str(split),
                    protocol=protocol, encoder=model.encoder_name(modality), modality=modality,
                    checkpoint=model.checkpoint, checkpoint_sha256=model.checkpoint_sha256,
