@@ -235,9 +235,9 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
         return torch.cat([v[:, None], a], dim=1)  # (B, 1 + K, D)
 
     cache = F.FeatureCache(task.name, enabled=args.cache)
+    manifest = F.manifest_hash([it[0] for it in ds.items])
     key = cache.key(model=model.identity(), task=task.name, version=task.version, split=split,
-                    spec=vars(model.spec), offsets=ds.offsets, seed=args.seed,
-                    data=F.manifest_hash([it[0] for it in ds.items]))
+                    spec=vars(model.spec), offsets=ds.offsets, seed=args.seed, data=manifest)
     hit = cache.get(key)
     if hit is None:
         emb = F.map_items(ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -273,7 +273,7 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
             write_retrieval(args.save_predictions, video, audio[:, zero])
         metrics = {f"{d}_{m}": v for d, ms in nested.items() for m, v in ms.items()}
     return {"metrics": metrics, "used": len(ds), "expected": ds.num_listed,
-            "manifest": F.manifest_hash([it[0] for it in ds.items])}
+            "manifest": manifest}
 
 
 # --------------------------------------------------------------------------- localization
@@ -319,12 +319,7 @@ def _localization(task, model: BenchModel, args, root, modality) -> dict:
     gt = {"segments": [{"video": r.video_id, "start": float(s), "end": float(e),
                         "label": names[int(c)]} for r in test_v.records for s, e, c in r.segments],
           "ambiguous": [], "classes": names, "videos": [r.video_id for r in test_v.records]}
-    # classes without ground truth in the test subset do not enter the mean; leaving their
-    # predictions out keeps the numbers and spares the evaluator's unknown-label warning
-    present = {g["label"] for g in gt["segments"]}
-    res = evaluate_localization(gt, {**preds, "results": {
-        v: [p for p in ps if p["label"] in present] for v, ps in preds["results"].items()}},
-        tiou=tiou)
+    res = evaluate_localization(gt, preds, tiou=tiou)
     if args.save_predictions and F.state().is_main_process:
         import json
 

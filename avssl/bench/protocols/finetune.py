@@ -92,20 +92,15 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     net = accelerator.unwrap_model(net).eval()
 
     def fn(batch):
-        logits = []
-        for m, t in net.towers.items():
-            x = batch[m].to(accelerator.device)
-            if x.ndim == 6:  # crops: classify each view, average the probabilities below
-                logits.append(x)
-            else:
-                logits.append(x[:, None])
-        n_views = max(v.shape[1] for v in logits)
+        # three-crop video is (B, crops, C, T, H, W): classify each crop, average the softmax;
+        # other inputs (one crop, audio) are the same for every view
+        inputs = {m: batch[m].to(accelerator.device) for m in net.towers}
+        crops = max(x.shape[1] if x.ndim == 6 else 1 for x in inputs.values())
         probs = 0
-        for c in range(n_views):
-            view = {m: (v[:, c] if v.shape[1] > 1 else v[:, 0])
-                    for m, v in zip(net.towers, logits)}
+        for c in range(crops):
+            view = {m: x[:, c] if x.ndim == 6 else x for m, x in inputs.items()}
             probs = probs + net(view).softmax(-1)
-        return probs / n_views
+        return probs / crops
 
     per_item = F.map_items(test_ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
                            desc=f"{task.name} finetune test")

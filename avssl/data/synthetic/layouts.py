@@ -110,17 +110,19 @@ def _write_one(args: tuple[Job, str, WorldConfig]) -> dict[str, Any]:
     }
 
 
-def _run(jobs: list[Job], root: Path, cfg: WorldConfig, workers: int,
-         desc: str) -> list[dict[str, Any]]:
-    """Write every job, in parallel when workers > 1; results come back in job order."""
+def _run(jobs: list, root: Path, cfg: WorldConfig, workers: int, desc: str, *,
+         write=None, unit: str = "clip", chunksize: int = 2) -> list[dict[str, Any]]:
+    """Write every job with ``write`` (default :func:`_write_one`), in parallel when workers > 1;
+    results come back in job order."""
     from tqdm.auto import tqdm
 
+    write = write or _write_one
     args = [(job, str(root), cfg) for job in jobs]
-    bar = dict(total=len(jobs), desc=desc, unit="clip", disable=len(jobs) == 0)
+    bar = dict(total=len(jobs), desc=desc, unit=unit, disable=len(jobs) == 0)
     if workers <= 1:
-        return [_write_one(a) for a in tqdm(args, **bar)]
+        return [write(a) for a in tqdm(args, **bar)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_write_one, args, chunksize=2), **bar))
+        return list(tqdm(pool.map(write, args, chunksize=chunksize), **bar))
 
 
 def _write_text(path: Path, lines: list[str], newline: str = "\n") -> None:
@@ -471,15 +473,8 @@ def _write_long(args: tuple[LongJob, str, WorldConfig]) -> dict[str, Any]:
 
 def _run_long(jobs: list[LongJob], root: Path, cfg: WorldConfig, workers: int,
               desc: str) -> list[dict[str, Any]]:
-    """Write every long video, in parallel when workers > 1; results come back in job order."""
-    from tqdm.auto import tqdm
-
-    args = [(job, str(root), cfg) for job in jobs]
-    bar = dict(total=len(jobs), desc=desc, unit="video", disable=len(jobs) == 0)
-    if workers <= 1:
-        return [_write_long(a) for a in tqdm(args, **bar)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(_write_long, args, chunksize=1), **bar))
+    """:func:`_run` for untrimmed videos (one per task: each is long)."""
+    return _run(jobs, root, cfg, workers, desc, write=_write_long, unit="video", chunksize=1)
 
 
 def _long_durations(seed: int, first: int, n: int, lo: float, hi: float) -> list[float]:
