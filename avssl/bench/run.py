@@ -55,6 +55,7 @@ class BenchArgs:
     epochs: int | None = None               # finetune: 10, localization head: 30
     stride_s: float | None = None            # localization windows (default: half a clip)
     lr: float = 1e-3
+    separation: dict = field(default_factory=dict)  # music: SeparationConfig fields (JSON)
 
 
 def parse_views(text: str) -> tuple[int, int]:
@@ -108,7 +109,9 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                           spec_overrides={"clip_s": args.clip_s, "fps": args.fps,
                                           "size": args.size, "crop": args.crop})
     root = data_root(task, args.data_root)
-    if task.kind == "classification":
+    if task.run is not None:
+        out = task.run(task, model, args, root, modality)
+    elif task.kind == "classification":
         out = _classification(task, model, args, root, split, protocol, modality, clips, crops)
     elif task.kind == "localization":
         out = _localization(task, model, args, root, modality)

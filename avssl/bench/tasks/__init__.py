@@ -10,6 +10,10 @@ harness (:mod:`avssl.bench.run`) does the work. ``kind`` picks the pipeline:
   video and audio embeddings are compared (:mod:`avssl.bench.tasks.av`).
 - ``localization``: ``load(root, subset)`` returns untrimmed videos with segments; sliding-window
   features train a temporal localization head (:mod:`avssl.bench.tasks.localization`).
+- anything else (``detection``, ``separation``): the task brings its own pipeline in ``run``:
+  ``run(task, model, args, root, modality) -> {"metrics": {...}, "used": int, "expected": int,
+  "manifest": str}`` (metrics in percent / dB, ``task.metric`` among them; ``args`` is the
+  :class:`~avssl.bench.run.BenchArgs`).
 
 ``version`` goes into every leaderboard row and the feature cache key: bump it whenever a change
 alters the numbers (data selection, views, metric definition).
@@ -38,6 +42,7 @@ class Task:
     layout: str | None = None           # synthetic stand-in layout
     default_root: Callable[[], str] | None = None   # data when --data-root is not given
     higher_is_better: bool = True
+    run: Callable | None = None         # own pipeline for kinds the harness has no branch for
 
     @property
     def default_protocol(self) -> str:
@@ -54,5 +59,6 @@ TASKS: Registry = Registry("task")
 
 # Task modules register themselves on import (like the encoder zoo).
 from avssl.bench.tasks import av, classification, localization  # noqa: E402,F401
+from avssl.bench.tasks import ava  # noqa: E402,F401
 
 __all__ = ["TASKS", "Task"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from avssl.data.datasets.activitynet import activitynet
 from avssl.data.datasets.audioset import audioset
+from avssl.data.datasets.ava import ava
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.folder import folder_dataset
 from avssl.data.datasets.hmdb51 import hmdb51
@@ -33,6 +34,7 @@ DATASETS.add("audioset", audioset)
 DATASETS.add("synthetic", synthetic)
 DATASETS.add("thumos14", thumos14)
 DATASETS.add("activitynet", activitynet)
+DATASETS.add("ava", ava)  # returns an AVASplit of keyframes, not a ClipDataset
 
 
 def build_dataset(name: str, root: str | os.PathLike | None,
@@ -44,4 +46,4 @@ def build_dataset(name: str, root: str | os.PathLike | None,
 __all__ = ["DATASETS", "ClipDataset", "SyntheticClips", "VideoRecord", "audioset",
            "build_dataset", "folder_dataset", "hmdb51", "kinetics", "synthetic", "ucf101",
            "vggsound"]
-__all__ += ["activitynet", "thumos14"]
+__all__ += ["activitynet", "ava", "thumos14"]

@@ -1,0 +1,110 @@
+"""Temporally pooled feature maps of clips centred on keyframes: what the RoI head pools from.
+
+Keyframe ``i`` gives the clip ``[time_s - clip_s / 2, time_s + clip_s / 2)`` at ``spec.fps``,
+resized to a ``size x size`` square (the whole frame: boxes are normalised to it, so no crop may
+cut a person off) and normalised like ``spec.video_transform``; the encoder's
+``forward_features`` map ``(C, T', H', W')`` is averaged over ``T'`` -> float32 ``(C, H', W')``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from avssl.bench import features as F
+from avssl.data import decoding
+from avssl.errors import ConfigError, DataError, DecodeError
+
+
+def detection_size(spec) -> int:
+    """Side of the square clips the detector sees: twice the model's crop, so that stride-32
+    encoders (ResNets, I3D) still give maps of >= 4x4 cells to align boxes on (a 56 px crop
+    alone gives 2x2, where every person covers most of the map)."""
+    return 2 * int(spec.crop)
+
+
+def feature_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``encoder.forward_features(x)`` as a spatio-temporal map ``(B, C, T', H', W')``.
+
+    Accepted outputs: a tensor ``(B, C, T', H', W')`` (3D CNNs), per-frame maps
+    ``(B, T, C, H', W')`` (recognised by ``T`` = the clip's frame count), a 2D map
+    ``(B, C, H', W')`` (T' = 1), or a dict with ``"map"`` (token encoders that expose their grid)
+    or with several 4D/5D stream maps of one size (concatenated over channels). Anything else
+    (pooled vectors, tokens without a grid) raises :class:`ConfigError`.
+    """
+    out = encoder.forward_features(x)
+    name = type(encoder).__name__
+    if isinstance(out, dict):
+        if "map" in out:
+            out = out["map"]
+        else:
+            maps = [v if v.ndim == 5 else v[:, :, None] for v in out.values()
+                    if isinstance(v, torch.Tensor) and v.ndim in (4, 5)]
+            if not maps or len(maps) != len(out) or len({m.shape[2:] for m in maps}) != 1:
+                raise ConfigError(
+                    f"the AVA detector needs a spatial feature map, but {name}.forward_features "
+                    f"returns {sorted(out)} without a 'map' entry; use an encoder whose "
+                    f"forward_features gives (B, C, T', H', W') or {{'map': ...}}")
+            out = torch.cat(maps, dim=1)
+    if not isinstance(out, torch.Tensor) or out.ndim not in (4, 5):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(
+            f"the AVA detector needs a spatial feature map, but {name}.forward_features returns "
+            f"{shape} (tokens or pooled features without their grid); use a CNN video encoder "
+            f"(i3d_*, r3d18, c3d, ...) or a token encoder that exposes its grid as 'map'")
+    if out.ndim == 4:
+        return out[:, :, None]
+    frames = x.shape[2]
+    if out.shape[1] == frames and out.shape[2] != frames:  # per-frame trunks: (B, T, C, h, w)
+        out = out.transpose(1, 2)
+    return out
+
+
+class KeyframeClips(Dataset):
+    """Item ``i``: ``{"video": (C, T, size, size)}`` float, the clip centred on keyframe ``i``.
+
+    ``keyframes``: objects with ``path`` and ``time_s``; ``spec``: the bench's
+    :class:`~avssl.bench.model.InputSpec` (clip length, fps, normalisation).
+    """
+
+    def __init__(self, keyframes: Sequence[Any], spec, size: int, timeout_s: float = 60.0):
+        self.keyframes, self.spec, self.size = list(keyframes), spec, int(size)
+        self.timeout_s = timeout_s
+        # spec.video_transform at this size: the clip is already size x size, so its resize and
+        # centre crop keep the whole frame and only the normalisation and layout remain
+        self.transform = dataclasses.replace(spec.video_transform(1), size=self.size,
+                                             short_side=self.size)
+
+    def __len__(self) -> int:
+        return len(self.keyframes)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        kf, spec = self.keyframes[index], self.spec
+        start = float(kf.time_s) - spec.clip_s / 2
+        try:
+            frames = decoding.decode_video(kf.path, start, start + spec.clip_s, fps=spec.fps,
+                                           size=(self.size, self.size), timeout_s=self.timeout_s)
+        except DecodeError as err:
+            raise DataError(f"cannot decode {kf.path} at {kf.time_s:g} s ({err.reason}); pass "
+                            f"--skip-bad to leave undecodable videos out") from err
+        return {"video": self.transform(frames)}
+
+
+def keyframe_maps(model, keyframes: Sequence[Any], *, size: int, batch_size: int = 8,
+                  num_workers: int = 0, desc: str = "keyframe maps") -> np.ndarray:
+    """float32 ``(N, C, H', W')``: the time-averaged feature map of every keyframe's clip,
+    extracted with :func:`~avssl.bench.features.map_items` (sharded exactly over processes)."""
+    device = F.state().device
+    encoder = model.encoder_for("video").to(device).eval()
+    ds = KeyframeClips(keyframes, model.spec, size)
+    if len(ds) == 0:
+        raise DataError("no keyframes to extract features from")
+
+    def fn(batch):
+        return feature_map(encoder, batch["video"].to(device)).mean(dim=2)
+
+    return F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)

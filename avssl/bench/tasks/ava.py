@@ -1,0 +1,147 @@
+"""AVA v2.2 spatio-temporal action detection: task ``ava`` (protocol ``roi-linear``).
+
+The frozen video encoder's map of a clip centred on each keyframe, averaged over time
+(:mod:`avssl.bench.detection`, cached), feeds the SlowFast-style RoI head: trained on the
+``train`` split's ground-truth person boxes with per-class BCE, it scores every ``val`` person
+proposal (score >= 0.8) for each of the label map's classes. Those rows, the official detections
+CSV, are scored by :func:`avssl.eval.ava.evaluate_ava` (frame-mAP@0.5 IoU as the ActivityNet
+evaluator computes it); metrics are in percent. ``--save-predictions DIR`` keeps the CSV as
+``DIR/detections.csv``, so ``python -m avssl.eval ava`` gives the same mAP back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avssl.bench.tasks import TASKS, Task
+from avssl.errors import ConfigError
+
+PROPOSAL_THRESHOLD = 0.8  # the score cut of the person detector's boxes, as SlowFast uses
+DEFAULT_EPOCHS = 40       # ~300 AdamW steps on the synthetic stand-in's default size
+# AVA's three action types by id range (label_type in ava_action_list_v2.2.pbtxt)
+ACTION_TYPES = {"movement": range(1, 15), "object": range(15, 64), "interaction": range(64, 81)}
+
+
+def _load(root, split, **kw):
+    from avssl.data.datasets.ava import ava
+
+    return ava(root, split, **kw)
+
+
+def _keyframes_hash(keyframes) -> str:
+    h = hashlib.sha256()
+    for kf in keyframes:
+        h.update(f"{kf.video_id}\t{kf.timestamp}\t{kf.time_s}\n".encode())
+    return h.hexdigest()
+
+
+def _maps(task, model, args, split, part: str, size: int):
+    from avssl.bench import features as F
+    from avssl.bench.detection import keyframe_maps
+
+    cache = F.FeatureCache(task.name, enabled=args.cache)
+    key = cache.key(model=model.identity(), task=task.name, version=task.version, part=part,
+                    spec=vars(model.spec), size=size, data=F.manifest_hash(split.records),
+                    keyframes=_keyframes_hash(split.keyframes))
+    hit = cache.get(key)
+    if hit is not None:
+        return hit["maps"]
+    maps = keyframe_maps(model, split.keyframes, size=size, batch_size=args.batch_size,
+                         num_workers=args.num_workers, desc=f"{task.name} {part} keyframes")
+    cache.put(key, maps=maps)
+    return maps
+
+
+def detection_rows(keyframes, scores: list[np.ndarray], class_ids: list[int]) -> list[str]:
+    """Official detections CSV lines ``video_id,timestamp,x1,y1,x2,y2,action_id,score``: one per
+    (proposal, class) of every keyframe, in keyframe, box and label-map order."""
+    lines = []
+    for kf, sc in zip(keyframes, scores):
+        ts = f"{kf.timestamp:04d}"
+        for box, row in zip(kf.boxes, sc):
+            b = ",".join(format(float(v), ".6g") for v in box)
+            lines += [f"{kf.video_id},{ts},{b},{cid},{format(float(s), '.8g')}"
+                      for cid, s in zip(class_ids, row)]
+    return lines
+
+
+def _summary(per_class: dict[str, Any], names: list[str], ids: list[int]) -> dict[str, float]:
+    """Mean of ``per_class`` (percent) over the classes of each AVA action type that have
+    ground truth."""
+    out = {}
+    by_name = dict(zip(names, ids))
+    for kind, id_range in ACTION_TYPES.items():
+        aps = [v for n, v in per_class.items()
+               if by_name.get(n) in id_range and v is not None and math.isfinite(v)]
+        if aps:
+            out[f"mAP_{kind}"] = float(np.mean(aps))
+    return out
+
+
+def run(task: Task, model, args, root: str, modality: str) -> dict[str, Any]:
+    """The ``ava`` pipeline (module docstring); see :mod:`avssl.bench.tasks` for the contract."""
+    from avssl.bench import features as F
+    from avssl.bench.detection import detection_size, predict, train_head
+    from avssl.bench.run import _load as load_for
+    from avssl.bench.run import _threads_for
+    from avssl.eval.ava import evaluate_ava
+
+    if modality != "video":
+        raise ConfigError(f"task ava detects actions in person boxes of video frames: it needs "
+                          f"--modality video, got {modality!r}")
+    model.encoder_for("video")  # fail early: a model without a video tower
+    train = load_for(task, _load, root, "train", boxes="groundtruth", skip_bad=args.skip_bad)
+    test = load_for(task, _load, root, "val", boxes="proposals",
+                    score_threshold=PROPOSAL_THRESHOLD, skip_bad=args.skip_bad)
+    if train.class_ids != test.class_ids:
+        raise ConfigError("ava: the train and val splits read different label maps")
+    size = detection_size(model.spec)
+    train_maps = _maps(task, model, args, train, "train", size)
+    test_maps = _maps(task, model, args, test, "val", size)
+
+    st = F.state()
+    with _threads_for(train_maps.size):  # a small head trains far faster on one thread
+        head = train_head(train_maps, [kf.boxes for kf in train.keyframes],
+                          [kf.labels for kf in train.keyframes],
+                          epochs=args.epochs or DEFAULT_EPOCHS, batch_size=args.batch_size,
+                          lr=args.lr, seed=args.seed, device=st.device,
+                          progress=st.is_main_process)
+        scores = predict(head, test_maps, [kf.boxes for kf in test.keyframes])
+    lines = detection_rows(test.keyframes, scores, test.class_ids)
+
+    with tempfile.TemporaryDirectory(prefix="avssl-ava-") as tmp:
+        # score exactly the file a user gets: the bench's mAP is the CLI's on detections.csv
+        path = Path(tmp) / "detections.csv"
+        path.write_text("".join(line + "\n" for line in lines))
+        res = evaluate_ava(test.groundtruth_csv, str(path), test.labelmap, test.exclusions_csv)
+        if args.save_predictions and st.is_main_process:
+            out = Path(args.save_predictions)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "detections.csv").write_bytes(path.read_bytes())
+    per_class = {n: (None if v is None or not math.isfinite(v) else 100.0 * v)
+                 for n, v in res["per_class"].items()}
+    metrics: dict[str, Any] = {"mAP": 100.0 * float(res["mAP"])}
+    metrics.update(_summary(per_class, test.class_names, test.class_ids))
+    metrics.update({"train_keyframes": len(train.keyframes), "val_keyframes": len(test.keyframes),
+                    "proposals": int(sum(len(kf.boxes) for kf in test.keyframes)),
+                    "train_loss": float(head.epoch_losses[-1]), "per_class": per_class})
+    return {"metrics": metrics, "used": train.num_used + test.num_used,
+            "expected": train.num_listed + test.num_listed,
+            "manifest": F.manifest_hash(train.records + test.records)}
+
+
+TASKS.add("ava", Task(
+    name="ava",
+    summary="AVA v2.2 spatio-temporal action detection, 60 classes: RoI head on frozen "
+            "features, train on train, frame-mAP@0.5 on val proposals",
+    data=("annotations/ (ava_{train,val}_v2.2.csv, both label maps, excluded timestamps, "
+          "ava_{train,val}_predicted_boxes.csv) and videos_15min/<video_id>.mp4 (cut at 900 s) "
+          "from research.google.com/ava"),
+    kind="detection", version="1", protocols=("roi-linear",), metric="mAP", load=_load,
+    splits=("val",), views="1x1", layout="ava", run=run))

@@ -1,0 +1,116 @@
+"""Task ``ava`` end to end on a tiny synthetic AVA tree: bench mAP == the standalone evaluator's."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avssl.bench.run import BenchArgs, run_bench
+from avssl.bench.tasks import TASKS
+from avssl.data.synthetic import WorldConfig
+from avssl.data.synthetic.layouts import write_layout
+from avssl.errors import ConfigError, DataError
+from avssl.eval.__main__ import main as eval_main
+
+# crop 32 -> 64 px detection clips: 2x2 maps from the stride-32 default encoder, fast enough
+FAST = dict(crop=32, epochs=3, num_workers=0, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return write_layout("ava", tmp_path_factory.mktemp("ava") / "ava", clips_per_class=1, seed=4,
+                        cfg=WorldConfig(size=32), keyframes_per_video=1)
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ava-cache")  # shared: the second run must hit it
+
+
+@pytest.fixture(autouse=True)
+def cache(cache_root, monkeypatch):
+    monkeypatch.setenv("AVSSL_CACHE", str(cache_root))
+
+
+@pytest.fixture(scope="module")
+def first(tree, cache_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AVSSL_CACHE", str(cache_root))
+        res = run_bench(BenchArgs(task="ava", data_root=str(tree), leaderboard=str(out / "lb"),
+                                  save_predictions=str(out / "pred"), **FAST))
+    return res, out
+
+
+def test_task_spec():
+    t = TASKS.get("ava")
+    assert (t.kind, t.metric, t.protocols, t.splits, t.views, t.layout) == (
+        "detection", "mAP", ("roi-linear",), ("val",), "1x1", "ava")
+    assert t.run is not None
+
+
+def test_bench_writes_official_detections_and_eval_agrees(first, tree, capsys):
+    res, out = first
+    m = res["metrics"]
+    assert res["metric"] == "mAP" and 0.0 <= res["value"] <= 100.0
+    truth = json.loads((tree / "ground_truth.json").read_text())
+    assert res["videos_used"] == res["videos_expected"] == len(truth["clips"])
+    with open(out / "pred" / "detections.csv", newline="") as fh:
+        det = [r for r in csv.reader(fh) if r]
+    assert all(len(r) == 8 for r in det)
+    # one row per (proposal >= 0.8, evaluated class) of every val keyframe
+    assert len(det) == 60 * m["proposals"] and m["proposals"] > 0
+    assert all(0.0 <= float(r[7]) <= 1.0 for r in det)
+    props = [r for r in csv.reader(open(tree / "annotations" / "ava_val_predicted_boxes.csv"))
+             if r and float(r[7]) >= 0.8]
+    assert {tuple(r[:2]) for r in det} <= {tuple(r[:2]) for r in props}
+    ann = tree / "annotations"
+    capsys.readouterr()
+    rc = eval_main(["ava", "--groundtruth", str(ann / "ava_val_v2.2.csv"),
+                    "--detections", str(out / "pred" / "detections.csv"),
+                    "--labelmap", str(ann / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
+                    "--exclusions", str(ann / "ava_val_excluded_timestamps_v2.2.csv")])
+    assert rc == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert 100.0 * cli["mAP"] == pytest.approx(res["value"], abs=1e-9)
+    rows = list(csv.DictReader(open(out / "lb" / "ava.csv")))
+    assert len(rows) == 1 and rows[0]["metric"] == "mAP"
+    assert float(rows[0]["value"]) == pytest.approx(res["value"], abs=1e-6)
+
+
+def test_second_run_reuses_cache_and_repeats_numbers(first, tree, monkeypatch):
+    from avssl.bench import detection
+
+    def boom(*a, **k):
+        raise AssertionError("features were recomputed despite the cache")
+
+    monkeypatch.setattr(detection, "keyframe_maps", boom)
+    again = run_bench(BenchArgs(task="ava", data_root=str(tree), leaderboard=None, **FAST))
+    assert again["value"] == first[0]["value"]
+    pc1, pc2 = first[0]["metrics"]["per_class"], again["metrics"]["per_class"]
+    assert pc1 == pc2 and any(v is not None for v in pc1.values())
+
+
+def test_missing_data_names_the_stand_in(tmp_path):
+    with pytest.raises(DataError, match="--layout ava"):
+        run_bench(BenchArgs(task="ava", data_root=str(tmp_path / "nothing"), leaderboard=None))
+
+
+def test_audio_modality_is_refused(tree):
+    with pytest.raises(ConfigError, match="modality video"):
+        run_bench(BenchArgs(task="ava", data_root=str(tree), leaderboard=None, modality="audio",
+                            **FAST))
+
+
+def test_detections_csv_helper_orders_rows():
+    from avssl.bench.tasks.ava import detection_rows
+
+    class KF:
+        video_id, timestamp = "vid", 902
+        boxes = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)
+
+    lines = detection_rows([KF()], [np.array([[0.25, 0.75]], np.float32)], [12, 80])
+    assert lines == ["vid,0902,0.1,0.2,0.3,0.4,12,0.25", "vid,0902,0.1,0.2,0.3,0.4,80,0.75"]
