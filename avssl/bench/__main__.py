@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stride-s", type=float, help="localization: window stride in seconds "
                    "(default: half the clip length)")
     g.add_argument("--lr", type=float, default=1e-3, help="finetune learning rate")
+    g.add_argument("--separation", type=json.loads, default={}, metavar="JSON",
+                   help='music: separator options, e.g. \'{"mask": "ratio", "width": 16}\'')
     p.add_argument("--json", action="store_true", help="print the metrics as JSON too")
     return p
 
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             cache=not args.no_cache, save_predictions=args.save_predictions, clip_s=args.clip_s,
             fps=args.fps, size=args.size,
             crop=args.crop, shots=args.shots, k=args.k, epochs=args.epochs,
-            stride_s=args.stride_s, lr=args.lr, index=args.index)
+            stride_s=args.stride_s, lr=args.lr, index=args.index,
+            separation=args.separation)
         result = run_bench(bench)
     except AvsslError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,4 +20,4 @@ EVALUATORS: Registry = Registry("evaluator")
 # Evaluator modules register their subcommand on import.
 from avssl.eval import classification, retrieval, sync  # noqa: E402,F401
 from avssl.eval import localization  # noqa: E402,F401
-from avssl.eval import ava  # noqa: E402,F401
+from avssl.eval import ava, separation  # noqa: E402,F401

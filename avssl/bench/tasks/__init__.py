@@ -59,6 +59,6 @@ TASKS: Registry = Registry("task")
 
 # Task modules register themselves on import (like the encoder zoo).
 from avssl.bench.tasks import av, classification, localization  # noqa: E402,F401
-from avssl.bench.tasks import ava  # noqa: E402,F401
+from avssl.bench.tasks import ava, music  # noqa: E402,F401
 
 __all__ = ["TASKS", "Task"]

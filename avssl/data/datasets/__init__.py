@@ -17,6 +17,7 @@ from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.folder import folder_dataset
 from avssl.data.datasets.hmdb51 import hmdb51
 from avssl.data.datasets.kinetics import kinetics
+from avssl.data.datasets.music import music
 from avssl.data.datasets.synthetic import SyntheticClips, synthetic
 from avssl.data.datasets.thumos14 import thumos14
 from avssl.data.datasets.ucf101 import ucf101
@@ -35,6 +36,7 @@ DATASETS.add("synthetic", synthetic)
 DATASETS.add("thumos14", thumos14)
 DATASETS.add("activitynet", activitynet)
 DATASETS.add("ava", ava)  # returns an AVASplit of keyframes, not a ClipDataset
+DATASETS.add("music", music)  # returns a MusicSplit of solo videos
 
 
 def build_dataset(name: str, root: str | os.PathLike | None,
@@ -46,4 +48,4 @@ def build_dataset(name: str, root: str | os.PathLike | None,
 __all__ = ["DATASETS", "ClipDataset", "SyntheticClips", "VideoRecord", "audioset",
            "build_dataset", "folder_dataset", "hmdb51", "kinetics", "synthetic", "ucf101",
            "vggsound"]
-__all__ += ["activitynet", "ava", "thumos14"]
+__all__ += ["activitynet", "ava", "music", "thumos14"]

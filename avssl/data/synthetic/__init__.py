@@ -12,7 +12,7 @@ from avssl.data.synthetic.world import WorldConfig, render_clip, render_long
 from avssl.data.synthetic.layouts import (AUDIOSET_CLASSES, HMDB51_CLASSES, KINETICS_CLASSES,
                                           LAYOUTS, UCF101_CLASSES, UCF101_FILE_NAMES,
                                           VGGSOUND_CLASSES, write_layout)
-from avssl.data.synthetic import ava_layout  # noqa: F401  (register layouts)
+from avssl.data.synthetic import ava_layout, music_layout  # noqa: F401  (register layouts)
 
 __all__ = ["ACTIONS", "AUDIOSET_CLASSES", "COLOURS", "EVENT_KIND", "HMDB51_CLASSES",
            "KINETICS_CLASSES", "LAYOUTS", "PERIODIC", "PITCHES", "SHAPES", "TIMBRES",

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips-per-class", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="frame height = width (even)")
-    p.add_argument("--duration", type=float, default=2.0, help="clip length in seconds")
+    p.add_argument("--duration", type=float,
+                   help="clip length in seconds (2; music: length of each solo video, 8)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--labelled-test-lists", action="store_true",
                    help="ucf101: append labels to testlist lines, as derived copies do")
@@ -32,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         options["min_duration_s"] = args.min_duration
     if args.max_duration is not None:
         options["max_duration_s"] = args.max_duration
+    if args.duration is not None and args.layout == "music":
+        options["duration_s"] = args.duration
     try:
-        cfg = WorldConfig(size=args.size, duration_s=args.duration)
+        cfg = WorldConfig(size=args.size, duration_s=args.duration or 2.0)
         root = write_layout(args.layout, args.out, clips_per_class=args.clips_per_class,
                             seed=args.seed, cfg=cfg, workers=args.workers, **options)
     except AvsslError as exc:
