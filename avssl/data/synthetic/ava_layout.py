@@ -296,7 +296,9 @@ visible. clips_per_class videos per synthetic action; (class + clip) % 4 == 3 go
 split has one extra video with nobody in it: its keyframe is a 2-column row. Proposals
 (predicted_boxes): every person jittered with score 0.85-1.0, every silent distractor as a false
 positive with 0.8-0.9, and 1-2 junk boxes below 0.8. One keyframe in every fifth video is listed
-in the excluded timestamps (and still annotated). "classes" lists the 60 evaluated names.""",
+in the excluded timestamps (and still annotated).""",
+                   class_meaning=("the k-th of the 60 evaluated AVA classes (\"classes\"); a clip's "
+                                  "label is its synthetic action ACTIONS[label]"),
                    keyframes_per_video=keyframes_per_video, pose_of_action=POSE_OF_ACTION,
                    class_ids=AVA_EVAL_IDS,
                    exclusions={k: [list(x) for x in v] for k, v in exclusions.items()})

@@ -133,7 +133,7 @@ def _write_text(path: Path, lines: list[str], newline: str = "\n") -> None:
 
 def _finish(root: Path, layout: str, seed: int, cfg: WorldConfig, clips_per_class: int,
             classes: list[str], clips: list[dict[str, Any]], readme: str,
-            **extra: Any) -> Path:
+            class_meaning: str = "the synthetic action ACTIONS[k]", **extra: Any) -> Path:
     truth = {"layout": layout, "seed": seed, "clips_per_class": clips_per_class,
              "world": cfg.to_dict(), "actions": ACTIONS, "classes": classes,
              "clips": clips, **extra}
@@ -141,7 +141,7 @@ def _finish(root: Path, layout: str, seed: int, cfg: WorldConfig, clips_per_clas
     (root / "README.txt").write_text(
         f"Synthetic {layout} stand-in written by avssl (python -m avssl.data.synthetic "
         f"--layout {layout}), seed {seed}, {clips_per_class} clips per class.\n"
-        f"Class k is the synthetic action ACTIONS[k]; ground_truth.json has every clip's label, "
+        f"Class k is {class_meaning}; ground_truth.json has every clip's label, "
         f"seed, index, fps and has_audio.\n\n{readme.strip()}\n")
     return root
 

@@ -96,8 +96,8 @@ solo/<instrument>/<id>.mp4 (H.264 + AAC, {cfg.sample_rate} Hz, {duration_s:g} s)
 shows one sounding instrument playing throughout (its own fixed look: "shape" and "colour" in
 ground_truth.json; its own voice: "timbre", "pitch_hz") among silent distractors whose looks no
 instrument has. MUSIC_duet_videos.json lists {NUM_DUETS} duet pairs ("<a> <b>": ids) for the
-format only: no duet file is written. Class k is instrument k ("classes"); "actions" is the world's
-motion list, "action" of a clip its performer's motion.""",
+format only: no duet file is written. "actions" is the world's motion list, "action" of a clip
+its performer's motion.""", class_meaning='instrument k ("classes")',
                    instruments=[{"name": s.name, "shape": s.shape,
                                  "colour": COLOUR_NAMES[s.colour], "timbre": s.timbre,
                                  "pitch_hz": s.pitch} for s in INSTRUMENT_SPECS],
