@@ -3,9 +3,11 @@
     python benchmarks/bench_decoding.py            # full run (numbers in benchmarks/README.md)
     python benchmarks/bench_decoding.py --quick    # a short smoke run
     python benchmarks/bench_decoding.py --data DIR # your own videos instead of generated ones
+    python benchmarks/bench_decoding.py --source 1080p --workers 1 2  # 16x224^2 from 1080p
 
 Without ``--data`` it writes 8 videos of 10 s, 320x240, 25 fps (H.264 + AAC, ``write_av``'s
-defaults) into a temporary folder. For every backend (decord, PyAV) and DataLoader worker count
+defaults) into a temporary folder and crops 112^2; ``--source 1080p`` writes 4 videos of 4 s at
+1920x1080 instead and crops 224^2 (``--size`` overrides the crop). For every backend (decord, PyAV) and DataLoader worker count
 (1, 2) it measures, on the same random 16-frame windows at native fps:
 
 * ``raw``:  ``decode_video`` only (uint8 ``(16, 3, 240, 320)``), batches of 8 left as lists;
@@ -115,13 +117,18 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def build(mode: str, backend: str, workers: int, records: list[VideoRecord], clip_s: float) -> DataLoader:
+# --source: (videos, seconds, height, width, crop size)
+SOURCES = {"320x240": (8, 10.0, 240, 320, 112), "1080p": (4, 4.0, 1080, 1920, 224)}
+
+
+def build(mode: str, backend: str, workers: int, records: list[VideoRecord], clip_s: float,
+          size: int = 112) -> DataLoader:
     if mode == "raw":
         ds = RawClips(records, clip_s, backend)
         return DataLoader(ds, batch_size=BATCH, num_workers=workers, collate_fn=_as_list)
     ds = ClipDataset(
         records, mode="train", clip_s=clip_s, audio=False, backend=backend, seed=SEED,
-        video_transform=VideoPipeline(mode="train", size=112), progress=False, name="bench",
+        video_transform=VideoPipeline(mode="train", size=size), progress=False, name="bench",
     )
     return DataLoader(ds, batch_size=BATCH, num_workers=workers)
 
@@ -143,9 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short run: 3 batches, 1 repeat")
     ap.add_argument("--batches", type=int, help="timed batches per measurement (default 20, quick 3)")
     ap.add_argument("--repeats", type=int, help="repeats per setting, median reported (default 3, quick 1)")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="DataLoader worker counts to measure, e.g. --workers 1 2 4")
+    ap.add_argument("--source", choices=sorted(SOURCES), default="320x240",
+                    help="generated videos: 8 x 10 s 320x240 (crop 112) or 4 x 4 s 1080p (crop 224)")
+    ap.add_argument("--size", type=int, default=None, help="crop size (default: the source's)")
     ap.add_argument("--backends", nargs="+", default=["decord", "pyav"], choices=["decord", "pyav"])
     args = ap.parse_args(argv)
+    if min(args.workers) < 1:
+        ap.error("--workers must all be >= 1")
+    n_videos, seconds, height, width, default_size = SOURCES[args.source]
+    size = args.size or default_size
     batches = args.batches or (3 if args.quick else 20)
     repeats = args.repeats or (1 if args.quick else 3)
 
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="avssl-bench-")
         t0 = time.perf_counter()
-        paths = make_videos(Path(tmp.name), n=8, seconds=10.0)
+        paths = make_videos(Path(tmp.name), n=n_videos, seconds=seconds, h=height, w=width)
         print(f"generated {len(paths)} videos in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if not paths:
         print(f"error: no videos found under {args.data}", file=sys.stderr)
@@ -177,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[tuple[float, float]]] = {"raw": [], "full": []}
             for _ in range(repeats):  # alternate raw/full so machine-load drift hits both
                 for mode in ("raw", "full"):
-                    runs[mode].append(measure(build(mode, backend, workers, records, clip_s), warmup, batches))
+                    runs[mode].append(measure(build(mode, backend, workers, records, clip_s, size),
+                                              warmup, batches))
             for mode, values in runs.items():
                 results.append({
                     "backend": backend, "workers": workers, "mode": mode,
@@ -203,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{craw:>10.1f} {cfull:>11.1f} {craw / cfull:>12.2f}")
     target = [v >= 0.8 for k, v in ratios.items() if k.startswith("decord/")]
     summary = {
-        "bench": "decoding", "clip": f"{CLIP_FRAMES}x112x112", "batch": BATCH,
-        "videos": len(paths), "source": args.data or "generated 8 x 10 s 320x240 25 fps h264+aac",
+        "bench": "decoding", "clip": f"{CLIP_FRAMES}x{size}x{size}", "batch": BATCH,
+        "videos": len(paths), "source": args.data or
+        f"generated {n_videos} x {seconds:g} s {width}x{height} 25 fps h264+aac",
         "batches": batches, "repeats": repeats, "cpu": cpu_model(), "cores": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
         "results": results, "full_over_raw_decord": ratios, "cpu_raw_over_full": cpu_ratios,

@@ -1,0 +1,112 @@
+"""The benchmark scripts' --quick modes run and print a table plus a JSON line that makes sense.
+
+Scripts that fork measurement children (training, attention) run in a fresh interpreter, whose
+parent process has run no torch op (a forked OpenMP pool would hang); the others run in-process.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _json_line(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def _run(script: str, *args: str, timeout: int = 120) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.lstrip().startswith("|"), proc.stdout[:500]  # the markdown table
+    return _json_line(proc.stdout)
+
+
+def _main(script: str, argv: list[str], capsys) -> dict:
+    sys.path.insert(0, str(BENCH))
+    try:
+        mod = __import__(script)
+        assert mod.main(argv) == 0
+    finally:
+        sys.path.remove(str(BENCH))
+    return _json_line(capsys.readouterr().out)
+
+
+def test_training_quick_rows_and_reference():
+    out = _run("bench_training.py", "--quick", "--names", "r3d18,torchvision.r3d_18,vivit_fe_tiny,mbt_tiny",
+               "--variants", "fp32,bf16,channels_last", "--steps", "2")
+    rows = {(r["name"], r["variant"]): r for r in out["results"]}
+    assert len(rows) == 12
+    for key in [("r3d18", "fp32"), ("r3d18", "bf16"), ("r3d18", "channels_last"),
+                ("vivit_fe_tiny", "bf16"), ("mbt_tiny", "fp32")]:
+        r = rows[key]
+        assert r["clips_per_s"] > 0 and r["gflop_per_step"] > 0 and r["peak_mem_mb"] >= 0, r
+    assert "skipped" in rows["vivit_fe_tiny", "channels_last"]
+    assert rows["r3d18", "fp32"]["params_m"] == pytest.approx(33.166, abs=0.01)
+    assert set(out["ours_over_reference"]) == {"r3d18/fp32", "r3d18/bf16", "r3d18/channels_last"}
+
+
+def test_training_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_training.py"), "--variants", "fp16"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "expected a comma-separated subset" in proc.stderr
+
+
+@pytest.mark.slow
+def test_training_compile_reports_compile_time():  # inductor on CPU: 1-2 min per model
+    out = _run("bench_training.py", "--quick", "--names", "vivit_fe_tiny", "--variants",
+               "fp32,compile", timeout=600)
+    row = next(r for r in out["results"] if r["variant"] == "compile")
+    assert row["clips_per_s"] > 0 and row["compile_s"] > 0
+
+
+def test_attention_sdpa_matches_naive_and_uses_less_memory():
+    out = _run("bench_attention.py", "--quick", "--tokens", "64,392")
+    assert out["agree"] and out["max_abs_diff"] < 1e-4
+    rows = {(r["impl"], r["tokens"]): r for r in out["results"]}
+    assert all(r["step_ms"] > 0 for r in rows.values())
+    # the naive path holds (heads, N, N) scores and softmax for backward: 2 x 12 x 392^2 x 4 B
+    assert rows["naive", 392]["peak_mem_mb"] > rows["sdpa", 392]["peak_mem_mb"]
+
+
+def test_retrieval_exact_methods_agree(capsys):
+    out = _main("bench_retrieval", ["--quick", "--gallery", "5000", "--queries", "200"], capsys)
+    rows = {r["method"]: r for r in out["results"]}
+    assert rows["faiss_flat"]["recall_at_10"] == 1.0
+    assert rows["torch_topk"]["recall_at_10"] == 1.0
+    assert 0.0 < rows["faiss_ivfpq"]["recall_at_10"] <= 1.0
+    assert all(r["queries_per_s"] > 0 for r in rows.values())
+
+
+def test_bench_cached_run_is_faster(capsys, monkeypatch):
+    monkeypatch.setenv("AVSSL_CACHE", "unused")  # the script sets its own; restored afterwards
+    out = _main("bench_bench", ["--quick"], capsys)
+    first, cached = out["runs"]
+    assert out["cached_feature_files"] == 2 and out["same_metric"]
+    assert cached["wall_s"] < first["wall_s"]
+
+
+@pytest.mark.slow
+def test_decoding_1080p_quick(capsys):  # writing and decoding 1080p video: minutes on 2 cores
+    out = _main("bench_decoding", ["--quick", "--source", "1080p", "--workers", "1",
+                                   "--backends", "pyav", "--batches", "2"], capsys)
+    assert out["clip"] == "16x224x224"
+    assert all(r["clips_per_s"] > 0 for r in out["results"])
+
+
+def test_decoding_rejects_bad_workers(capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_decoding
+
+        with pytest.raises(SystemExit) as e:
+            bench_decoding.main(["--workers", "0"])
+        assert e.value.code == 2
+    finally:
+        sys.path.remove(str(BENCH))
+    assert "--workers must all be >= 1" in capsys.readouterr().err
