@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -33,6 +31,8 @@ from datetime import datetime, timezone
 import torch
 
 from avssl.encoders.layers import Attention
+
+from common import cpu_name, in_child  # benchmarks/common.py
 
 DIM, HEADS = 768, 12
 
@@ -97,36 +97,6 @@ def measure(impl: str, n: int, batch: int, warmup: int, steps: int, device: str,
             "peak_mem_mb": round(peak_mb, 1)}
 
 
-def _child(queue, *args) -> None:
-    try:
-        queue.put(measure(*args))
-    except Exception as e:  # e.g. out of memory at large N: report and go on
-        queue.put({"impl": args[0], "tokens": args[1],
-                   "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]})
-
-
-def measure_forked(*args) -> dict:
-    """:func:`measure` in a forked child (its own peak RSS); the parent runs no torch op first."""
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *args))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _tokens(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
@@ -172,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in tokens:
         for impl in ("sdpa", "naive"):
             job = (impl, n, batch, args.warmup, steps, args.device, args.dtype, threads)
-            rows.append(measure(*job) if cuda else measure_forked(*job))
+            rows.append(measure(*job) if cuda else in_child(measure, *job, label={"impl": job[0], "tokens": job[1]}))
             print(f"{rows[-1]}", file=sys.stderr, flush=True)
     # after the forked measurements: the parent's first torch op may start its thread pool
     if threads:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import platform
 import resource
 import statistics
 import sys
@@ -29,6 +27,8 @@ import time
 from datetime import datetime, timezone
 
 import torch
+
+from common import cpu_name, in_child  # benchmarks/common.py
 
 REFERENCE = "torchvision.r3d_18"  # torchvision's builder itself, not our wrapper
 GPU_DEFAULT = [("r3d18", (3, 16, 112, 112)), (REFERENCE, (3, 16, 112, 112)),
@@ -99,35 +99,6 @@ def measure(name: str, shape: tuple[int, ...] | None, batch: int, warmup: int, i
     }
 
 
-def _child(queue, *args) -> None:
-    try:
-        queue.put(measure(*args))
-    except Exception as e:  # report, keep benchmarking the others
-        queue.put({"name": args[0], "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]})
-
-
-def measure_isolated(*args) -> dict:
-    """:func:`measure` in a fresh process, so CPU peak RSS is this encoder's alone."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *args))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def format_table(rows: list[dict]) -> str:
     lines = ["| encoder | input (C x T x H x W) | batch | params (M) | clips/s | step (ms) | "
              "peak mem (MB) |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -181,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, shape in plan:
         job = (name, shape, batch, warmup, iters, args.device, args.dtype, args.attn_impl,
                args.threads)
-        rows.append(measure_isolated(*job) if args.device == "cpu" else measure(*job))
+        rows.append(in_child(measure, *job, label={"name": job[0]}, start="spawn") if args.device == "cpu" else measure(*job))
         print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
 
-    hw = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    hw = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": args.device,
             "hardware": hw, "threads": args.threads or torch.get_num_threads(), "dtype": args.dtype,

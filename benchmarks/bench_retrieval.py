@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -30,6 +29,8 @@ import numpy as np
 import torch
 
 from avssl.retrieval import Index, l2_normalize
+
+from common import cpu_name  # benchmarks/common.py
 
 K = 10
 
@@ -58,17 +59,6 @@ def faiss_search(index: Index, queries: np.ndarray, k: int, block: int) -> np.nd
 
 def recall(ids: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / exact.shape[1] for a, b in zip(ids, exact)]))
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -49,6 +47,8 @@ from datetime import datetime, timezone
 
 import torch
 from torch import nn
+
+from common import cpu_name, in_child  # benchmarks/common.py
 
 VARIANTS = ("fp32", "bf16", "channels_last", "compile")
 TV_R3D, TV_RESNET = "torchvision.r3d_18", "torchvision.resnet18"
@@ -171,29 +171,6 @@ def measure(name: str, variant: str, batch: int, warmup: int, steps: int, device
     return row
 
 
-def _child(queue, *args) -> None:
-    try:
-        queue.put(measure(*args))
-    except Exception as e:  # report it and go on with the other rows
-        queue.put({"name": args[0], "variant": args[1],
-                   "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]})
-
-
-def measure_forked(*args) -> dict:
-    """:func:`measure` in a forked child, so its peak RSS is this (model, variant)'s alone.
-
-    Fork, not spawn: the child inherits the imports (spawn re-imports torch, ~5 s a row). Safe
-    because this parent never runs a torch op, so no OpenMP pool exists to be forked.
-    """
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *args))
-    proc.start()
-    row = queue.get()
-    proc.join()
-    return row
-
-
 def matmul_peak_tflops(n: int = 8192, iters: int = 20) -> float:
     """Measured bf16 matmul throughput on the current CUDA device (median of ``iters``)."""
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -215,17 +192,6 @@ def skip_reason(name: str, variant: str) -> str | None:
     if variant == "channels_last" and not name.startswith(CNNS):
         return "transformer: no conv layers to reorder"
     return None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_table(rows: list[dict], cuda: bool) -> str:
@@ -321,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             job = (name, variant, batch, warmup, steps, args.device, vin, args.audio_input,
                    threads)
-            rows.append(measure_forked(*job) if args.device == "cpu" else measure(*job))
+            rows.append(in_child(measure, *job, label={"name": job[0], "variant": job[1]}) if args.device == "cpu" else measure(*job))
             if args.device == "cuda":
                 torch.cuda.empty_cache()
                 torch._dynamo.reset()
