@@ -21,6 +21,7 @@ from avssl.data.synthetic import WorldConfig
 from avssl.data.synthetic.cache import synthetic_folder
 from avssl.data.transforms import VideoPipeline, log_mel
 from avssl.errors import AvsslError
+from avssl.speed import SpeedSettings, pick
 
 
 @dataclass
@@ -69,7 +70,26 @@ class RunConfig:
     stop_after: int = field(default=0, metadata={"help": "end this invocation after this many "
                             "steps in total (a preemptible job's slice; --run.resume continues)"})
     on_nonfinite: Literal["skip", "stop"] = "skip"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(default="auto", metadata={
+        "help": "auto: bf16 on a bf16 GPU, fp32 on CPU (measured; avssl/speed.py), unless "
+                "accelerate launch --mixed_precision set one"})
+    channels_last: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "channels-last-3d video convolutions (auto: off, measured slower on CPU)"})
+    compile: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "torch.compile the towers (auto: off, 88-124 s to compile for no measured gain)"})
+
+
+def speed_settings(run: RunConfig, num_workers: int) -> SpeedSettings:
+    """The measured-fastest settings for the device this process will use (avssl/speed.py).
+
+    Called before the Accelerator is built, so its mixed precision can come from here; the
+    device is the one accelerate will pick (``accelerate launch --cpu`` included)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    return pick(device, mixed_precision=run.mixed_precision, channels_last=run.channels_last,
+                compile=run.compile, num_workers=num_workers)
 
 
 def build_pair_datasets(d: PairDataConfig, accelerator: Accelerator, run_dir: Path, seed: int):
@@ -98,10 +118,15 @@ def build_pair_datasets(d: PairDataConfig, accelerator: Accelerator, run_dir: Pa
     return train, val
 
 
-def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True):
+def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True,
+                speed: SpeedSettings | None = None):
+    """Shuffled training (or ordered validation) batches; ``speed`` sets pinned memory and
+    persistent workers (default: pin only with a GPU; persistent workers when training)."""
+    pin = speed.pin_memory if speed is not None else torch.cuda.is_available()
+    persistent = speed.persistent_workers if speed is not None else d.num_workers > 0
     return torch.utils.data.DataLoader(
         ds, batch_size=d.batch_size, shuffle=train, drop_last=train, num_workers=d.num_workers,
-        persistent_workers=train and d.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        persistent_workers=train and persistent, pin_memory=pin,
         generator=torch.Generator().manual_seed(seed))
 
 

@@ -46,7 +46,9 @@ from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, mel,
-                               nonfinite_action, pair_loader, run_location)
+                               nonfinite_action, pair_loader, run_location,
+                               speed_settings)
+from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_mbt"
@@ -131,8 +133,9 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(Config, argv, prog="pretrain_mbt.py", description=__doc__.split("\n\n")[1])
     run_dir, resume_from, step = run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume)
+    speed = speed_settings(cfg.run, cfg.data.num_workers)
     accelerator = Accelerator(
-        mixed_precision=cfg.run.mixed_precision,
+        mixed_precision=speed.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
@@ -151,22 +154,25 @@ def main(argv: list[str] | None = None) -> dict:
         fusion_kw["fusion_layer"] = m.fusion_layer
     model = build_fusion(m.fusion, video_encoder=m.video, audio_encoder=m.audio,
                          num_classes=3, recon=cfg.loss.recon_weight > 0, **fusion_kw)
+    prepare_module(model, speed)
     objective = FusionObjective(num_classes=3, recon_weight=cfg.loss.recon_weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, cfg.optim.warmup_steps, cfg.optim.steps))
     model, optimizer, scheduler, loader = accelerator.prepare(
-        model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed))
+        model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed, speed=speed))
     val_loader = None
     if val_ds is not None:
-        val_loader = accelerator.prepare(pair_loader(val_ds, cfg.data, cfg.run.seed, train=False))
+        val_loader = accelerator.prepare(pair_loader(val_ds, cfg.data, cfg.run.seed, train=False,
+                                                     speed=speed))
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "state"))
         accelerator.print(f"resumed from {resume_from} at step {step}")
     accelerator.init_trackers(RECIPE, config=flat_hparams(cfg))
     accelerator.print(f"{train_ds.report()}; {accelerator.num_processes} process(es) on "
                       f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
+    accelerator.print(speed.describe())
 
     steps_per_epoch = len(loader) // cfg.optim.grad_accum
     if steps_per_epoch == 0:

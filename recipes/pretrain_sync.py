@@ -42,10 +42,12 @@ from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder
 from avssl.errors import AvsslError
 from avssl.objectives.sync import SyncObjective
+from avssl.speed import prepare_module
 from avssl.towers import AVTowers
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, mel,
-                               nonfinite_action, pair_loader, run_location)
+                               nonfinite_action, pair_loader, run_location,
+                               speed_settings)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -111,8 +113,9 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(Config, argv, prog="pretrain_sync.py", description=__doc__.split("\n\n")[1])
     run_dir, resume_from, step = run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume)
+    speed = speed_settings(cfg.run, cfg.data.num_workers)
     accelerator = Accelerator(
-        mixed_precision=cfg.run.mixed_precision,
+        mixed_precision=speed.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = AVTowers(build_encoder(cfg.model.video, **cfg.model.video_kwargs),
                       build_encoder(cfg.model.audio, **cfg.model.audio_kwargs), cfg.model.proj_dim,
                       cfg.model.temporal_bins)
+    prepare_module(model, speed)
     objective = SyncObjective(cfg.loss.kind, cfg.loss.temperature, cfg.loss.margin,
                               cfg.loss.hard_weight, cfg.loss.hard_start_step,
                               embed_dim=cfg.model.proj_dim, gather=cfg.loss.gather)
@@ -136,19 +140,21 @@ def main(argv: list[str] | None = None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, cfg.optim.warmup_steps, cfg.optim.steps))
     model, optimizer, scheduler, loader = accelerator.prepare(
-        model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed))
+        model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed, speed=speed))
     # DDP refuses modules without trainable parameters (infonce/margin have none; binary has a head)
     objective = (accelerator.prepare(objective) if any(p.requires_grad for p in objective.parameters())
                  else objective.to(accelerator.device))
     val_loader = None
     if val_ds is not None:
-        val_loader = accelerator.prepare(pair_loader(val_ds, cfg.data, cfg.run.seed, train=False))
+        val_loader = accelerator.prepare(pair_loader(val_ds, cfg.data, cfg.run.seed, train=False,
+                                                     speed=speed))
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "state"))
         accelerator.print(f"resumed from {resume_from} at step {step}")
     accelerator.init_trackers(RECIPE, config=flat_hparams(cfg))
     accelerator.print(f"{train_ds.report()}; {accelerator.num_processes} process(es) on "
                       f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
+    accelerator.print(speed.describe())
 
     steps_per_epoch = len(loader) // cfg.optim.grad_accum
     if steps_per_epoch == 0:

@@ -53,7 +53,10 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     ("pretrain_mbt.py", ["--loss.recon_weight=1.0"]),
 ])
 def test_recipe_runs_and_leaves_a_loadable_checkpoint(tmp_path, cache, recipe, extra):
-    run(recipe, tmp_path, cache, "--optim.steps=3", "--run.save_every=2", "--run.name=r", *extra)
+    proc = run(recipe, tmp_path, cache, "--optim.steps=3", "--run.save_every=2", "--run.name=r",
+               *extra)
+    # the log says which speed settings the run picked for this CPU, and why
+    assert "speed settings on cpu: precision fp32 (bf16 autocast measured no faster" in proc.stdout
     name = recipe.removesuffix(".py")
     run_dir = tmp_path / name / "r"
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_0000002", "step_0000003"]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from avssl.cache import cache_dir
+from avssl.speed import SpeedSettings, pick
 
 
 def state() -> PartialState:
@@ -41,6 +43,21 @@ def state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+_announced = False
+
+
+def speed(num_workers: int = 0) -> SpeedSettings:
+    """The bench's speed settings for this process's device (avssl/speed.py): bf16 autocast for
+    extraction on a bf16 GPU, fp32 on CPU; pinned memory only for a GPU. The first call that
+    starts work prints them (stderr, main process), so a log says what the numbers ran with."""
+    global _announced
+    settings = pick(state().device, num_workers=num_workers)
+    if not _announced and state().is_main_process:
+        print(settings.describe(), file=sys.stderr)
+        _announced = True
+    return settings
+
+
 def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
               num_workers: int = 0, desc: str = "features") -> np.ndarray:
     """``fn(batch) -> (B, ...)`` over all items -> float32 array (len(dataset), ...) in order."""
@@ -51,11 +68,13 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
     mine = [i for b in blocks for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
     outs: list[np.ndarray] = []
     if mine:
+        fast = speed(num_workers)
         loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                            num_workers=num_workers, pin_memory=fast.pin_memory)
+        bf16 = fast.mixed_precision == "bf16"
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not st.is_main_process,
                           leave=False):
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(st.device.type, torch.bfloat16, enabled=bf16):
                 outs.append(fn(batch).float().cpu().numpy())
     local = np.concatenate(outs) if outs else None
     if world == 1:
@@ -122,6 +141,9 @@ class FeatureCache:
 
     @staticmethod
     def key(**parts: Any) -> str:
+        precision = speed().mixed_precision  # bf16 features differ from fp32 ones
+        if precision != "no":  # (fp32 keys stay as they were before precision was picked)
+            parts = {**parts, "precision": precision}
         text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 

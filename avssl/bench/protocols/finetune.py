@@ -58,11 +58,13 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     torch.manual_seed(args.seed)
     net = Classifier({m: copy.deepcopy(model.encoder_for(m)) for m in mods}, num_classes)
 
-    accelerator = Accelerator()
+    fast = F.speed(args.num_workers)
+    accelerator = Accelerator(mixed_precision=fast.mixed_precision)
     epochs = args.epochs or 10
     bs = min(args.batch_size, len(train_ds))
     loader = torch.utils.data.DataLoader(
         train_ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.num_workers,
+        pin_memory=fast.pin_memory, persistent_workers=fast.persistent_workers,
         generator=torch.Generator().manual_seed(args.seed))
     steps = max(1, epochs * (len(loader) // accelerator.num_processes))
     warmup = max(1, steps // 10)

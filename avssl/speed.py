@@ -1,0 +1,125 @@
+"""Pick the fastest *measured* settings for the hardware a run finds, and say what was picked.
+
+The recipes and ``python -m avssl.bench`` call :func:`pick` once and print
+:meth:`SpeedSettings.describe`, so every log states its precision, memory format, compilation
+and loader settings, and why. Each rule below cites a measurement in ``benchmarks/README.md``:
+
+- **mixed precision**: bf16 autocast on a CUDA GPU that supports it (H100, r3d18 3x16x112^2
+  forward+backward: 492 clips/s bf16 vs 338 fp32, 1.45x); fp32 on CPU (2-core Xeon, batch 2:
+  bf16 autocast is 0.97-1.0x for the 3D CNNs and 2x *slower* for the transformers).
+  ``accelerate launch --mixed_precision bf16|fp16`` (``ACCELERATE_MIXED_PRECISION``) wins over
+  the rule; its ``no`` does not, because ``accelerate launch`` writes ``no`` also when nothing was
+  asked for: force fp32 with the recipes' ``--run.mixed_precision=no``.
+- **channels-last-3d**: off. On CPU it is 1.0-1.7x *slower* per step (r3d18, i3d_r50_tiny,
+  audio_resnet18_tiny); not measured on a GPU yet, so not switched on there either.
+- **torch.compile**: off. On CPU compiling took 88-124 s for steady steps within 1% (r3d18) or
+  13% (vivit_fe_tiny) of eager; not measured on a GPU yet.
+- **loaders**: persistent workers whenever there are workers (no re-fork per epoch), pinned
+  memory only when batches go to a GPU (pinning costs CPU time for nothing otherwise).
+
+Every "off" can be forced on (``"on"``), e.g. to measure it on new hardware.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from avssl.errors import ConfigError
+
+Choice = Literal["auto", "on", "off"]
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """What a run uses. ``mixed_precision`` is accelerate's value (``no``, ``bf16``, ``fp16``)."""
+
+    device: str
+    mixed_precision: str
+    channels_last: bool
+    compile: bool
+    pin_memory: bool
+    persistent_workers: bool
+    why: dict = field(default_factory=dict)  # setting -> reason, for the log
+
+    def describe(self) -> str:
+        """One log line: ``speed settings on cuda: bf16 (reason); ...``."""
+        parts = [f"precision {self.mixed_precision if self.mixed_precision != 'no' else 'fp32'}",
+                 f"channels-last {'on' if self.channels_last else 'off'}",
+                 f"torch.compile {'on' if self.compile else 'off'}",
+                 f"pinned memory {'on' if self.pin_memory else 'off'}",
+                 f"persistent workers {'on' if self.persistent_workers else 'off'}"]
+        reasons = [f"{p} ({self.why[k]})" if k in self.why else p
+                   for p, k in zip(parts, ("precision", "channels_last", "compile", "pin_memory",
+                                           "persistent_workers"))]
+        return f"speed settings on {self.device}: " + "; ".join(reasons)
+
+
+def _device_type(device) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type
+
+
+def _choice(name: str, value: str, default: bool, why_default: str,
+            why: dict) -> bool:
+    if value not in ("auto", "on", "off"):
+        raise ConfigError(f"{name} must be auto, on or off, got {value!r}")
+    if value == "auto":
+        why[name] = why_default
+        return default
+    why[name] = "asked for"
+    return value == "on"
+
+
+def pick(device=None, *, mixed_precision: str = "auto", channels_last: Choice = "auto",
+         compile: Choice = "auto", num_workers: int = 0) -> SpeedSettings:
+    """The settings for ``device`` (a torch device or its name; None: CUDA if present).
+
+    ``mixed_precision``: ``auto`` (the measured rule, unless ``accelerate launch
+    --mixed_precision`` set one), or ``no`` / ``bf16`` / ``fp16`` to force it."""
+    kind = _device_type(device)
+    why: dict[str, str] = {}
+    if mixed_precision not in PRECISIONS:
+        raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got "
+                          f"{mixed_precision!r}")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "")
+    if mixed_precision != "auto":
+        precision, why["precision"] = mixed_precision, "asked for"
+    elif launched in ("bf16", "fp16"):
+        precision, why["precision"] = launched, "from accelerate launch"
+    elif kind == "cuda" and torch.cuda.is_bf16_supported():
+        precision, why["precision"] = "bf16", "measured 1.45x fp32 on an H100"
+    elif kind == "cuda":
+        precision, why["precision"] = "no", "this GPU has no bf16"
+    else:
+        precision, why["precision"] = "no", f"bf16 autocast measured no faster on {kind}"
+    if precision == "fp16" and kind == "cpu":
+        raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on a CPU")
+    last = _choice("channels_last", channels_last, False,
+                   "measured slower on CPU, unmeasured on GPU", why)
+    comp = _choice("compile", compile, False,
+                   "88-124 s of compiling for no measured gain", why)
+    pin = kind == "cuda"
+    why["pin_memory"] = "batches go to a GPU" if pin else "no GPU"
+    persistent = num_workers > 0
+    why["persistent_workers"] = (f"{num_workers} worker(s)" if persistent else "no workers")
+    return SpeedSettings(str(kind), precision, last, comp, pin, persistent, why)
+
+
+def prepare_module(module: torch.nn.Module, settings: SpeedSettings) -> torch.nn.Module:
+    """Apply the memory format and compilation of ``settings`` to ``module`` (returned).
+
+    channels-last-3d converts only the 5-D parameters (video convolutions): a convolution whose
+    weight is channels-last runs and returns channels-last, so the inputs need no conversion."""
+    if settings.channels_last:
+        for p in module.parameters():
+            if p.dim() == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    if settings.compile:
+        module.compile()  # in place: state_dict keys (and so checkpoints) stay the same
+    return module
+

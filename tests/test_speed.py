@@ -1,0 +1,69 @@
+"""avssl.speed: the measured rules pick the settings per device, accelerate's flag wins, and
+channels-last / compile keep results and checkpoints unchanged."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avssl.errors import ConfigError
+from avssl.speed import pick, prepare_module
+
+
+@pytest.fixture(autouse=True)
+def no_launch_env(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+
+
+def test_cpu_keeps_fp32_eager_and_says_why():
+    s = pick("cpu", num_workers=2)
+    assert (s.mixed_precision, s.channels_last, s.compile, s.pin_memory) == ("no", False, False,
+                                                                           False)
+    assert s.persistent_workers and not pick("cpu", num_workers=0).persistent_workers
+    line = s.describe()
+    assert line.startswith("speed settings on cpu: precision fp32 (bf16 autocast measured")
+    assert "pinned memory off (no GPU)" in line and "persistent workers on (2 worker(s))" in line
+
+
+def test_bf16_gpu_gets_bf16_and_pinned_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    s = pick("cuda")
+    assert s.mixed_precision == "bf16" and s.pin_memory and "1.45x" in s.describe()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick("cuda").mixed_precision == "no"
+
+
+def test_accelerate_flag_and_explicit_choice_win(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert pick("cpu").mixed_precision == "bf16"
+    assert "from accelerate launch" in pick("cpu").describe()
+    # accelerate launch writes "no" when nothing was asked: the rule still applies
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert pick("cuda").mixed_precision == "bf16"
+    assert pick("cuda", mixed_precision="no").mixed_precision == "no"
+    s = pick("cpu", channels_last="on", compile="on")
+    assert s.channels_last and s.compile and "channels-last on (asked for)" in s.describe()
+
+
+def test_bad_choices_are_one_line_errors():
+    with pytest.raises(ConfigError, match="mixed_precision must be one of auto, no, bf16, fp16"):
+        pick("cpu", mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        pick("cpu", mixed_precision="fp16")
+    with pytest.raises(ConfigError, match="channels_last must be auto, on or off"):
+        pick("cpu", channels_last="yes")
+
+
+def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1),
+                              torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    x = torch.randn(2, 3, 4, 8, 8)
+    ref = net(x).detach()
+    keys = list(net.state_dict())
+    prepare_module(net, pick("cpu", channels_last="on"))
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not net[0].weight.is_contiguous()
+    torch.testing.assert_close(net(x), ref, atol=1e-5, rtol=1e-5)
+    prepare_module(net, pick("cpu", compile="on"))  # lazy: nothing compiles until a forward
+    assert list(net.state_dict()) == keys
