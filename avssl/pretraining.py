@@ -51,7 +51,7 @@ class PairDataConfig:
 
 @dataclass
 class OptimConfig:
-    steps: int = 300
+    steps: int = 240
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 30
