@@ -163,6 +163,25 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool):
     return recipe_dir / (name or time.strftime("%Y%m%d-%H%M%S")), None, 0
 
 
+def lone_cpu_launch(num_processes: int, env=None) -> str | None:
+    """A one-line warning when ``accelerate launch --cpu --num_processes N`` (N > 1) started only
+    this process, else None.
+
+    accelerate's simple launcher sends ``--cpu`` runs to a single process unless ``mpirun`` is
+    configured (``--mpirun_hostfile``); it still exports MASTER_ADDR for N > 1, but no rank or
+    world size, which is how the case is recognised."""
+    import os
+
+    env = os.environ if env is None else env
+    cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    ranked = any(k in env for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    if cpu and num_processes == 1 and "MASTER_ADDR" in env and not ranked:
+        return ("warning: accelerate launch --cpu started one process (its CPU multi-process "
+                "launch needs mpirun: --mpirun_hostfile); for N CPU processes run "
+                "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N <recipe>")
+    return None
+
+
 def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
     """Whether the loss and gradient norm are finite on EVERY process (one shared decision, or
     DDP would deadlock when one rank skips the step)."""

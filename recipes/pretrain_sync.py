@@ -47,7 +47,7 @@ from avssl.towers import AVTowers
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, mel,
                                nonfinite_action, pair_loader, run_location,
-                               speed_settings)
+                               lone_cpu_launch, speed_settings)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.print(f"{train_ds.report()}; {accelerator.num_processes} process(es) on "
                       f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
     accelerator.print(speed.describe())
+    if (lone := lone_cpu_launch(accelerator.num_processes)) is not None:
+        accelerator.print(lone)
 
     steps_per_epoch = len(loader) // cfg.optim.grad_accum
     if steps_per_epoch == 0:

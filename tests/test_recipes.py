@@ -187,3 +187,22 @@ def test_default_sync_run_learns_synchronisation(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads((tmp_path / "pretrain_sync" / "default" / "final_metrics.json").read_text())
     assert final["val_acc_hard"] >= 0.8, final
+
+
+def test_a_lone_process_from_accelerates_cpu_launcher_is_called_out():
+    """accelerate 1.15's `launch --cpu --num_processes 2` starts one process (no mpirun): the
+    recipes say so and name torchrun; real multi-process launches and plain runs stay quiet."""
+    from avssl.pretraining import lone_cpu_launch
+
+    simple = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert "torchrun --nproc_per_node N" in lone_cpu_launch(1, simple)
+    assert lone_cpu_launch(2, {**simple, "WORLD_SIZE": "2"}) is None  # torchrun / mpirun
+    assert lone_cpu_launch(1, {"ACCELERATE_USE_CPU": "True"}) is None  # --num_processes 1
+    assert lone_cpu_launch(1, {}) is None  # python recipes/...
+
+
+def test_accelerate_cpu_launch_prints_the_warning(tmp_path, cache):
+    proc = run("pretrain_sync.py", tmp_path, cache, "--optim.steps=1", "--run.name=r",
+               launch=[sys.executable, "-m", "accelerate.commands.launch", "--cpu",
+                       "--num_processes", "2"])
+    assert "warning: accelerate launch --cpu started one process" in proc.stdout
