@@ -87,7 +87,7 @@ def test_second_run_reuses_cache_and_repeats_numbers(first, tree, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("features were recomputed despite the cache")
 
-    monkeypatch.setattr(detection, "keyframe_maps", boom)
+    monkeypatch.setattr(detection, "keyframe_roi_features", boom)
     again = run_bench(BenchArgs(task="ava", data_root=str(tree), leaderboard=None, **FAST))
     assert again["value"] == first[0]["value"]
     pc1, pc2 = first[0]["metrics"]["per_class"], again["metrics"]["per_class"]
@@ -114,3 +114,42 @@ def test_detections_csv_helper_orders_rows():
 
     lines = detection_rows([KF()], [np.array([[0.25, 0.75]], np.float32)], [12, 80])
     assert lines == ["vid,0902,0.1,0.2,0.3,0.4,12,0.25", "vid,0902,0.1,0.2,0.3,0.4,80,0.75"]
+
+
+def test_cached_roi_features_train_the_head_that_whole_maps_train(tree):
+    """The bench caches RoI features and channel sums instead of maps (issue 9: a real AVA
+    split's maps are tens of GB); the head trained on them scores proposals like the head trained
+    on the maps themselves, and the statistics match the maps'."""
+    import torch
+
+    from avssl.bench.detection import (detection_size, fit_head, keyframe_maps,
+                                       keyframe_roi_features, map_stats, predict,
+                                       predict_features, roi_max, rois_from_boxes,
+                                       stats_from_sums, train_head)
+    from avssl.bench.model import resolve_model
+    from avssl.data.datasets.ava import ava
+
+    model = resolve_model(None, None, None, encoder_kwargs={}, seed=0,
+                          spec_overrides={"clip_s": None, "fps": None, "size": None, "crop": 32})
+    split = ava(str(tree), "train", boxes="groundtruth")
+    size = detection_size(model.spec)
+    maps = keyframe_maps(model, split.keyframes, size=size)
+    roi = keyframe_roi_features(model, split.keyframes, size=size, batch_size=3)
+    assert roi["counts"].tolist() == [len(kf.boxes) for kf in split.keyframes]
+    manual = torch.cat([roi_max(torch.from_numpy(maps[i:i + 1]), rois_from_boxes([kf.boxes]))
+                        for i, kf in enumerate(split.keyframes)])
+    np.testing.assert_allclose(roi["features"], manual.numpy(), rtol=1e-5, atol=1e-5)
+    mean, std = stats_from_sums(roi["sums"], float(roi["cells"]))
+    ref_mean, ref_std = map_stats(maps)
+    np.testing.assert_allclose(mean, ref_mean.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(std, ref_std.numpy(), rtol=1e-4, atol=1e-5)
+    assert roi["features"].nbytes < maps.nbytes
+
+    labels = [kf.labels for kf in split.keyframes]
+    by_maps = train_head(maps, [kf.boxes for kf in split.keyframes], labels, epochs=3, seed=1)
+    rows = np.split(roi["features"], np.cumsum(roi["counts"])[:-1])
+    by_feats = fit_head(rows, labels, torch.from_numpy(mean), torch.from_numpy(std), epochs=3,
+                        seed=1)
+    a = np.concatenate(predict(by_maps, maps, [kf.boxes for kf in split.keyframes]))
+    b = np.concatenate(predict_features(by_feats, rows))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

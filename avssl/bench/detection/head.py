@@ -27,6 +27,20 @@ def rois_from_boxes(boxes: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.zeros(0, 5)
 
 
+def roi_max(maps: torch.Tensor, rois: torch.Tensor, resolution: int = 7) -> torch.Tensor:
+    """(B, C, H', W') maps, (R, 5) rois -> (R, C): RoIAlign (``resolution`` x ``resolution``,
+    boxes normalised to the frame, ``aligned=True``) then the max over its cells, on raw maps.
+
+    Standardising a channel (x - m) / s with s > 0 commutes with both steps (RoIAlign averages
+    bilinear samples inside the map; the max is monotone), so these raw features, standardised
+    afterwards, equal pooling a standardised map: the bench caches them instead of whole maps."""
+    h, w = maps.shape[-2:]
+    scale = rois.new_tensor([1.0, w, h, w, h])
+    pooled = roi_align(maps, rois * scale, output_size=int(resolution), spatial_scale=1.0,
+                       sampling_ratio=0, aligned=True)
+    return pooled.amax(dim=(2, 3))
+
+
 class RoIActionHead(nn.Module):
     """``forward(maps, rois) -> logits``: maps ``(B, C, H', W')``, rois ``(R, 5)`` from
     :func:`rois_from_boxes` (boxes normalised to the frame) -> ``(R, num_classes)`` logits
@@ -52,14 +66,19 @@ class RoIActionHead(nn.Module):
         self.mean.copy_(x.mean(1).float())
         self.std.copy_(x.std(1).clamp_min(1e-6).float())
 
+    @torch.no_grad()
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel statistics of the training maps, given directly (C,) each."""
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
     def pool(self, maps: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        """(B, C, H', W'), (R, 5) -> (R, C): RoIAlign then the max over its cells."""
-        maps = (maps - self.mean[:, None, None]) / self.std[:, None, None]
-        h, w = maps.shape[-2:]
-        scale = rois.new_tensor([1.0, w, h, w, h])
-        pooled = roi_align(maps, rois * scale, output_size=self.resolution, spatial_scale=1.0,
-                           sampling_ratio=0, aligned=True)
-        return pooled.amax(dim=(2, 3))
+        """(B, C, H', W'), (R, 5) -> (R, C) standardised RoI features."""
+        return (roi_max(maps, rois, self.resolution) - self.mean) / self.std
+
+    def classify(self, raw: torch.Tensor) -> torch.Tensor:
+        """(R, C) raw :func:`roi_max` features -> (R, num_classes) logits."""
+        return self.proj(self.dropout((raw - self.mean) / self.std))
 
     def forward(self, maps: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.dropout(self.pool(maps, rois)))
+        return self.classify(roi_max(maps, rois, self.resolution))

@@ -91,7 +91,7 @@ class KeyframeClips(Dataset):
         except DecodeError as err:
             raise DataError(f"cannot decode {kf.path} at {kf.time_s:g} s ({err.reason}); pass "
                             f"--skip-bad to leave undecodable videos out") from err
-        return {"video": self.transform(frames)}
+        return {"video": self.transform(frames), "index": index}
 
 
 def keyframe_maps(model, keyframes: Sequence[Any], *, size: int, batch_size: int = 8,
@@ -108,3 +108,52 @@ def keyframe_maps(model, keyframes: Sequence[Any], *, size: int, batch_size: int
         return feature_map(encoder, batch["video"].to(device)).mean(dim=2)
 
     return F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)
+
+
+def keyframe_roi_features(model, keyframes: Sequence[Any], *, size: int, resolution: int = 7,
+                          batch_size: int = 8, num_workers: int = 0,
+                          desc: str = "keyframe RoI features") -> dict[str, np.ndarray]:
+    """RoI features of every keyframe's boxes instead of whole maps (a real AVA split's maps are
+    tens of GB; these are ~10x smaller). Returns float32 arrays:
+
+    - ``features`` (sum P_i, C): :func:`~avssl.bench.detection.head.roi_max` of ``kf.boxes`` on
+      the time-averaged map of each keyframe's clip, keyframe after keyframe;
+    - ``counts`` (N,) int64: P_i per keyframe;
+    - ``sums`` (2, C) float64: per-channel sum and sum of squares over every map cell, and
+      ``cells`` () the number of cells, for the training maps' mean and std.
+    """
+    from avssl.bench.detection.head import roi_max, rois_from_boxes
+
+    device = F.state().device
+    encoder = model.encoder_for("video").to(device).eval()
+    ds = KeyframeClips(keyframes, model.spec, size)
+    if len(ds) == 0:
+        raise DataError("no keyframes to extract features from")
+    boxes = [np.asarray(kf.boxes, np.float32).reshape(-1, 4) for kf in ds.keyframes]
+    width = max(1, max(len(b) for b in boxes))  # map_items needs one shape per item: pad
+
+    def fn(batch):
+        maps = feature_map(encoder, batch["video"].to(device)).mean(dim=2)  # (B, C, H', W')
+        b, c = maps.shape[:2]
+        out = maps.new_full((b, width + 3, c), float("nan"))
+        for j, i in enumerate(batch["index"].tolist()):
+            feats = roi_max(maps[j:j + 1], rois_from_boxes([boxes[i]]).to(device), resolution)
+            out[j, :len(feats)] = feats
+        out[:, width] = maps.sum(dim=(2, 3))
+        out[:, width + 1] = maps.square().sum(dim=(2, 3))
+        out[:, width + 2] = float(maps.shape[2] * maps.shape[3])
+        return out
+
+    items = F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)
+    counts = np.array([len(b) for b in boxes], np.int64)
+    feats = np.concatenate([items[i, :n] for i, n in enumerate(counts)])
+    sums = items[:, width:width + 2].astype(np.float64).sum(axis=0)
+    return {"features": feats.astype(np.float32), "counts": counts, "sums": sums,
+            "cells": np.float64(items[:, width + 2, 0].astype(np.float64).sum())}
+
+
+def stats_from_sums(sums: np.ndarray, cells: float) -> tuple[np.ndarray, np.ndarray]:
+    """(C,) mean and unbiased std from :func:`keyframe_roi_features`' ``sums`` and ``cells``."""
+    mean = sums[0] / cells
+    var = (sums[1] - cells * mean ** 2) / max(cells - 1.0, 1.0)
+    return mean.astype(np.float32), np.sqrt(np.clip(var, 0.0, None)).astype(np.float32)

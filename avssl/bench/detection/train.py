@@ -13,41 +13,63 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from avssl.bench.detection.head import RoIActionHead, rois_from_boxes
+from avssl.bench.detection.head import RoIActionHead, roi_max, rois_from_boxes
 from avssl.errors import ConfigError, DataError
 
 
-def train_head(maps: np.ndarray, boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
-               epochs: int = 40, batch_size: int = 16, lr: float = 1e-3,
-               weight_decay: float = 1e-4, dropout: float = 0.5, resolution: int = 7,
-               seed: int = 0, device: str | torch.device = "cpu",
-               progress: bool = False) -> RoIActionHead:
-    """Fit a :class:`RoIActionHead` with AdamW (cosine decay) and per-class BCE.
+def map_stats(maps: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std over every cell of (N, C, H', W') maps."""
+    x = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
+    x = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+    return x.mean(1).float(), x.std(1).float()
 
-    maps: float32 (N, C, H', W') per keyframe; boxes[i]: (P_i, 4) normalised ground-truth boxes
-    of keyframe i; labels[i]: (P_i, K) multi-hot. Each step takes ``batch_size`` keyframes and
-    all of their boxes; ``epochs`` passes over the keyframes. Returns the head in eval mode, with
-    ``epoch_losses`` (mean training BCE of each epoch).
+
+def train_head(maps: np.ndarray, boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+               resolution: int = 7, **kw) -> RoIActionHead:
+    """Fit a :class:`RoIActionHead` on whole maps: float32 (N, C, H', W') per keyframe, with
+    boxes[i] (P_i, 4) normalised ground-truth boxes of keyframe i and labels[i] (P_i, K) multi-hot
+    (``kw``: :func:`fit_head`'s options). Same result as :func:`fit_head` on their
+    :func:`roi_max` features."""
+    if len(maps) == 0 or len(maps) != len(boxes) or len(boxes) != len(labels):
+        raise DataError(f"train_head needs one map, box set and label set per keyframe, got "
+                        f"{len(maps)}, {len(boxes)}, {len(labels)}")
+    mean, std = map_stats(maps)
+    feats = [roi_max(torch.as_tensor(np.asarray(maps[i:i + 1]), dtype=torch.float32),
+                     rois_from_boxes([boxes[i]]), resolution) for i in range(len(maps))]
+    return fit_head(feats, labels, mean, std, resolution=resolution, **kw)
+
+
+def fit_head(features: Sequence[np.ndarray | torch.Tensor], labels: Sequence[np.ndarray],
+             mean: torch.Tensor, std: torch.Tensor, *, epochs: int = 40, batch_size: int = 16,
+             lr: float = 1e-3, weight_decay: float = 1e-4, dropout: float = 0.5,
+             resolution: int = 7, seed: int = 0, device: str | torch.device = "cpu",
+             progress: bool = False) -> RoIActionHead:
+    """Fit a :class:`RoIActionHead` with AdamW (cosine decay) and per-class BCE on RoI features.
+
+    features[i]: (P_i, C) raw :func:`roi_max` features of keyframe i's ground-truth boxes;
+    labels[i]: (P_i, K) multi-hot; mean, std: (C,) statistics of the training maps (inputs are
+    standardised with them). Each step takes ``batch_size`` keyframes and all of their boxes;
+    ``epochs`` passes over the keyframes. Returns the head in eval mode, with ``epoch_losses``
+    (mean training BCE of each epoch).
     """
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"train_head needs epochs >= 1 and batch_size >= 1, got {epochs}, "
                           f"{batch_size}")
-    if len(maps) == 0 or len(maps) != len(boxes) or len(boxes) != len(labels):
-        raise DataError(f"train_head needs one map, box set and label set per keyframe, got "
-                        f"{len(maps)}, {len(boxes)}, {len(labels)}")
-    keep = [i for i in range(len(maps)) if len(boxes[i])]
+    if len(features) == 0 or len(features) != len(labels):
+        raise DataError(f"train_head needs one feature set and label set per keyframe, got "
+                        f"{len(features)}, {len(labels)}")
+    keep = [i for i in range(len(features)) if len(features[i])]
     if not keep:
         raise DataError("train_head: no ground-truth person boxes to train on")
     num_classes = int(labels[keep[0]].shape[1])
-    x = torch.as_tensor(np.asarray(maps)[keep], dtype=torch.float32)
-    rois = [torch.as_tensor(np.asarray(boxes[i], np.float32)) for i in keep]
+    xs = [torch.as_tensor(np.asarray(features[i]), dtype=torch.float32) for i in keep]
     ys = [torch.as_tensor(np.asarray(labels[i], np.float32)) for i in keep]
     device = torch.device(device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        head = RoIActionHead(x.shape[1], num_classes, resolution=resolution, dropout=dropout)
-        head.set_input_stats(x)
+        head = RoIActionHead(xs[0].shape[1], num_classes, resolution=resolution, dropout=dropout)
+        head.set_stats(mean, std)
         head.to(device).train()
         opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
         per_epoch = math.ceil(len(keep) / batch_size)
@@ -63,10 +85,8 @@ def train_head(maps: np.ndarray, boxes: Sequence[np.ndarray], labels: Sequence[n
             total = 0.0
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
-                batch_rois = rois_from_boxes([rois[i] for i in idx]).to(device)
-                target = torch.cat([ys[i] for i in idx]).to(device)
-                logits = head(x[idx].to(device), batch_rois)
-                loss = loss_fn(logits, target)
+                logits = head.classify(torch.cat([xs[i] for i in idx]).to(device))
+                loss = loss_fn(logits, torch.cat([ys[i] for i in idx]).to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -77,6 +97,18 @@ def train_head(maps: np.ndarray, boxes: Sequence[np.ndarray], labels: Sequence[n
         bar.close()
     head.epoch_losses = epoch_losses  # type: ignore[attr-defined]  (mean BCE per epoch)
     return head.eval()
+
+
+@torch.no_grad()
+def predict_features(head: RoIActionHead, features: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Sigmoid scores per keyframe ``[(P_i, K)]`` from raw :func:`roi_max` features (P_i, C)."""
+    head = head.eval()
+    device = head.mean.device
+    k = head.proj.out_features
+    return [np.zeros((0, k), np.float32) if len(f) == 0 else
+            torch.sigmoid(head.classify(torch.as_tensor(np.asarray(f), dtype=torch.float32)
+                                        .to(device))).float().cpu().numpy()
+            for f in features]
 
 
 @torch.no_grad()

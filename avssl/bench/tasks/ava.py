@@ -1,7 +1,8 @@
 """AVA v2.2 spatio-temporal action detection: task ``ava`` (protocol ``roi-linear``).
 
 The frozen video encoder's map of a clip centred on each keyframe, averaged over time
-(:mod:`avssl.bench.detection`, cached), feeds the SlowFast-style RoI head: trained on the
+(:mod:`avssl.bench.detection`), is pooled on each box (RoIAlign + max; these RoI features and the
+maps' channel statistics are what is cached, not the maps) for the SlowFast-style RoI head: trained on the
 ``train`` split's ground-truth person boxes with per-class BCE, it scores every ``val`` person
 proposal (score >= 0.8) for each of the label map's classes. Those rows, the official detections
 CSV, are scored by :func:`avssl.eval.ava.evaluate_ava` (frame-mAP@0.5 IoU as the ActivityNet
@@ -41,21 +42,35 @@ def _keyframes_hash(keyframes) -> str:
     return h.hexdigest()
 
 
-def _maps(task, model, args, split, part: str, size: int):
+def _boxes_hash(keyframes) -> str:
+    h = hashlib.sha256()
+    for kf in keyframes:
+        h.update(np.ascontiguousarray(np.asarray(kf.boxes, np.float32)).tobytes() + b"|")
+    return h.hexdigest()
+
+
+def _roi_features(task, model, args, split, part: str, size: int) -> dict[str, np.ndarray]:
+    """Cached :func:`~avssl.bench.detection.keyframe_roi_features` of a split's boxes."""
     from avssl.bench import features as F
-    from avssl.bench.detection import keyframe_maps
+    from avssl.bench.detection import keyframe_roi_features
 
     cache = F.FeatureCache(task.name, enabled=args.cache)
     key = cache.key(model=model.identity(), task=task.name, version=task.version, part=part,
                     spec=vars(model.spec), size=size, data=F.manifest_hash(split.records),
-                    keyframes=_keyframes_hash(split.keyframes))
+                    keyframes=_keyframes_hash(split.keyframes), rois=_boxes_hash(split.keyframes),
+                    kind="roi-max-7")
     hit = cache.get(key)
     if hit is not None:
-        return hit["maps"]
-    maps = keyframe_maps(model, split.keyframes, size=size, batch_size=args.batch_size,
-                         num_workers=args.num_workers, desc=f"{task.name} {part} keyframes")
-    cache.put(key, maps=maps)
-    return maps
+        return hit
+    out = keyframe_roi_features(model, split.keyframes, size=size, batch_size=args.batch_size,
+                                num_workers=args.num_workers,
+                                desc=f"{task.name} {part} keyframes")
+    cache.put(key, **out)
+    return out
+
+
+def _split_rows(features: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    return np.split(features, np.cumsum(counts)[:-1]) if len(counts) else []
 
 
 def detection_rows(keyframes, scores: list[np.ndarray], class_ids: list[int]) -> list[str]:
@@ -87,7 +102,10 @@ def _summary(per_class: dict[str, Any], names: list[str], ids: list[int]) -> dic
 def run(task: Task, model, args, root: str, modality: str) -> dict[str, Any]:
     """The ``ava`` pipeline (module docstring); see :mod:`avssl.bench.tasks` for the contract."""
     from avssl.bench import features as F
-    from avssl.bench.detection import detection_size, predict, train_head
+    import torch
+
+    from avssl.bench.detection import (detection_size, fit_head, predict_features,
+                                       stats_from_sums)
     from avssl.bench.run import _load as load_for
     from avssl.bench.run import _threads_for
     from avssl.eval.ava import evaluate_ava
@@ -102,17 +120,18 @@ def run(task: Task, model, args, root: str, modality: str) -> dict[str, Any]:
     if train.class_ids != test.class_ids:
         raise ConfigError("ava: the train and val splits read different label maps")
     size = detection_size(model.spec)
-    train_maps = _maps(task, model, args, train, "train", size)
-    test_maps = _maps(task, model, args, test, "val", size)
+    tr = _roi_features(task, model, args, train, "train", size)
+    te = _roi_features(task, model, args, test, "val", size)
+    mean, std = stats_from_sums(tr["sums"], float(tr["cells"]))
 
     st = F.state()
-    with _threads_for(train_maps.size):  # a small head trains far faster on one thread
-        head = train_head(train_maps, [kf.boxes for kf in train.keyframes],
-                          [kf.labels for kf in train.keyframes],
-                          epochs=args.epochs or DEFAULT_EPOCHS, batch_size=args.batch_size,
-                          lr=args.lr, seed=args.seed, device=st.device,
-                          progress=st.is_main_process)
-        scores = predict(head, test_maps, [kf.boxes for kf in test.keyframes])
+    with _threads_for(tr["features"].size):  # a small head trains far faster on one thread
+        head = fit_head(_split_rows(tr["features"], tr["counts"]),
+                        [kf.labels for kf in train.keyframes], torch.from_numpy(mean),
+                        torch.from_numpy(std), epochs=args.epochs or DEFAULT_EPOCHS,
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        device=st.device, progress=st.is_main_process)
+        scores = predict_features(head, _split_rows(te["features"], te["counts"]))
     lines = detection_rows(test.keyframes, scores, test.class_ids)
 
     with tempfile.TemporaryDirectory(prefix="avssl-ava-") as tmp:
