@@ -49,14 +49,19 @@ def test_sync_features_beat_random_on_synthetic_actions(sync_checkpoint):
     assert pre >= rnd + 15, (rnd, pre)
 
 
-@pytest.fixture(scope="module")
-def thumos_tree(tmp_path_factory):
+def _written(tmp_path_factory, layout: str, **kw) -> Path:
+    """A synthetic tree of ``layout`` (default world, seed 0, 2 writer processes)."""
     from avssl.data.synthetic import WorldConfig, write_layout
 
-    root = tmp_path_factory.mktemp("thumos")
-    write_layout("thumos14", root, clips_per_class=6, seed=0, cfg=WorldConfig(), workers=2,
-                 min_duration_s=30, max_duration_s=60)
+    root = tmp_path_factory.mktemp(layout)
+    write_layout(layout, root, seed=0, cfg=WorldConfig(), workers=2, **kw)
     return root
+
+
+@pytest.fixture(scope="module")
+def thumos_tree(tmp_path_factory):
+    return _written(tmp_path_factory, "thumos14", clips_per_class=6, min_duration_s=30,
+                    max_duration_s=60)
 
 
 @pytest.mark.slow
@@ -70,11 +75,7 @@ def test_sync_features_localize_better_than_random(sync_checkpoint, thumos_tree)
 
 @pytest.fixture(scope="module")
 def ava_tree(tmp_path_factory):
-    from avssl.data.synthetic import WorldConfig, write_layout
-
-    root = tmp_path_factory.mktemp("ava")
-    write_layout("ava", root, clips_per_class=4, seed=0, cfg=WorldConfig(), workers=2)
-    return root
+    return _written(tmp_path_factory, "ava", clips_per_class=4)
 
 
 @pytest.mark.slow
@@ -92,11 +93,7 @@ def test_sync_features_detect_actions_better_than_random(sync_checkpoint, ava_tr
 
 @pytest.fixture(scope="module")
 def music_tree(tmp_path_factory):
-    from avssl.data.synthetic import WorldConfig, write_layout
-
-    root = tmp_path_factory.mktemp("music")
-    write_layout("music", root, clips_per_class=8, seed=0, cfg=WorldConfig(), workers=2)
-    return root
+    return _written(tmp_path_factory, "music", clips_per_class=8)
 
 
 @pytest.mark.slow

@@ -141,7 +141,7 @@ class FeatureCache:
 
     @staticmethod
     def key(**parts: Any) -> str:
-        precision = speed().mixed_precision  # bf16 features differ from fp32 ones
+        precision = pick(state().device).mixed_precision  # bf16 features differ from fp32 ones
         if precision != "no":  # (fp32 keys stay as they were before precision was picked)
             parts = {**parts, "precision": precision}
         text = json.dumps(parts, sort_keys=True, default=str)

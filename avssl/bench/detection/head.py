@@ -27,6 +27,13 @@ def rois_from_boxes(boxes: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.zeros(0, 5)
 
 
+def map_stats(maps: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std over every cell of (N, C, H', W') maps."""
+    x = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
+    x = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+    return x.mean(1).float(), x.std(1).float()
+
+
 def roi_max(maps: torch.Tensor, rois: torch.Tensor, resolution: int = 7) -> torch.Tensor:
     """(B, C, H', W') maps, (R, 5) rois -> (R, C): RoIAlign (``resolution`` x ``resolution``,
     boxes normalised to the frame, ``aligned=True``) then the max over its cells, on raw maps.
@@ -59,12 +66,9 @@ class RoIActionHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(in_channels, num_classes)
 
-    @torch.no_grad()
     def set_input_stats(self, maps: torch.Tensor) -> None:
         """Standardise inputs with the per-channel mean / std of ``maps`` (B, C, H', W')."""
-        x = maps.transpose(0, 1).reshape(maps.shape[1], -1).double()
-        self.mean.copy_(x.mean(1).float())
-        self.std.copy_(x.std(1).clamp_min(1e-6).float())
+        self.set_stats(*map_stats(maps))
 
     @torch.no_grad()
     def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from avssl.bench import features as F
+from avssl.bench.detection.head import roi_max, rois_from_boxes
 from avssl.data import decoding
 from avssl.errors import ConfigError, DataError, DecodeError
 
@@ -122,8 +123,6 @@ def keyframe_roi_features(model, keyframes: Sequence[Any], *, size: int, resolut
     - ``sums`` (2, C) float64: per-channel sum and sum of squares over every map cell, and
       ``cells`` () the number of cells, for the training maps' mean and std.
     """
-    from avssl.bench.detection.head import roi_max, rois_from_boxes
-
     device = F.state().device
     encoder = model.encoder_for("video").to(device).eval()
     ds = KeyframeClips(keyframes, model.spec, size)

@@ -13,15 +13,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from avssl.bench.detection.head import RoIActionHead, roi_max, rois_from_boxes
+from avssl.bench.detection.head import RoIActionHead, map_stats, roi_max, rois_from_boxes
 from avssl.errors import ConfigError, DataError
-
-
-def map_stats(maps: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (unbiased) std over every cell of (N, C, H', W') maps."""
-    x = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
-    x = x.transpose(0, 1).reshape(x.shape[1], -1).double()
-    return x.mean(1).float(), x.std(1).float()
 
 
 def train_head(maps: np.ndarray, boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
