@@ -266,10 +266,17 @@ def _flat(d: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
             yield f"{prefix}{k}", v
 
 
+def format_number(v: float) -> str:
+    """Two decimals, except for small non-zero values (a learning rate of 0.001 must not read
+    0.00): those keep three significant digits."""
+    v = float(v)
+    return f"{v:.3g}" if v != 0 and abs(v) < 0.01 else f"{v:.2f}"
+
+
 def _highlights(secondary: dict, n: int = 3) -> str:
     """The first ``n`` numbers of ``secondary``, top-level keys (e.g. top5) before nested ones."""
     items = sorted(_flat(secondary), key=lambda kv: (kv[0].count("."), kv[0]))
-    shown = ", ".join(f"{k} {float(v):.2f}" for k, v in items[:n])  # type: ignore[arg-type]
+    shown = ", ".join(f"{k} {format_number(v)}" for k, v in items[:n])  # type: ignore[arg-type]
     return shown + (f" (+{len(items) - n})" if len(items) > n else "")
 
 

@@ -274,3 +274,10 @@ def test_cli_on_empty_dir_says_how_to_make_rows(tmp_path):
     r = _cli("--dir", str(tmp_path / "none"))
     assert r.returncode != 0 and "python -m avssl.bench --task synthetic" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_small_secondary_numbers_keep_their_digits():
+    from avssl.leaderboard import _highlights, format_number
+    assert [format_number(v) for v in (27.380952, 0.0, 0.001, -0.0042, 0.016)] == \
+        ["27.38", "0.00", "0.001", "-0.0042", "0.02"]
+    assert _highlights({"epochs": 15, "lr": 0.001}) == "epochs 15.00, lr 0.001"

@@ -22,7 +22,9 @@ def _table(result: dict, args) -> str:
     m = result["metrics"]
     lines = [f"| task | protocol | split | videos | {result['metric']} | other |",
              "|---|---|---|---|---:|---|"]
-    other = ", ".join(f"{k} {v:.2f}" for k, v in m.items()
+    from avssl.leaderboard import format_number
+
+    other = ", ".join(f"{k} {format_number(v)}" for k, v in m.items()
                       if k != result["metric"] and isinstance(v, (int, float))
                       and not isinstance(v, bool))
     lines.append(f"| {result['task']} | {result['protocol']} | {result['split']} | "
