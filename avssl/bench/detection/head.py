@@ -78,11 +78,15 @@ class RoIActionHead(nn.Module):
 
     def pool(self, maps: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """(B, C, H', W'), (R, 5) -> (R, C) standardised RoI features."""
-        return (roi_max(maps, rois, self.resolution) - self.mean) / self.std
+        return self.standardise(roi_max(maps, rois, self.resolution))
+
+    def standardise(self, raw: torch.Tensor) -> torch.Tensor:
+        """(R, C) raw :func:`roi_max` features -> (R, C) with the training maps' statistics."""
+        return (raw - self.mean) / self.std
 
     def classify(self, raw: torch.Tensor) -> torch.Tensor:
         """(R, C) raw :func:`roi_max` features -> (R, num_classes) logits."""
-        return self.proj(self.dropout((raw - self.mean) / self.std))
+        return self.proj(self.dropout(self.standardise(raw)))
 
     def forward(self, maps: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         return self.classify(roi_max(maps, rois, self.resolution))
