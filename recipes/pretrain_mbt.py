@@ -18,6 +18,14 @@ video's audio shifted by |Δ| in [min_shift_s, max_shift_s] (1) or another video
 (:class:`avssl.objectives.fusion.FusionObjective`), plus an optional CAV-MAE-style masked-token
 reconstruction term (``loss.recon_weight`` > 0).
 
+Three defaults make the tiny streams learn this from scratch on a CPU budget (without them the
+pair loss stays at ln 3 for the whole run): a convolutional stem in both tokenizers
+(``model.stem=conv``), a pair classifier that sees the product of the two CLS outputs
+(``model.head=product``: a linear map of [v; a] cannot compute their agreement), and CAV-MAE's
+contrastive half, an InfoNCE between each clip's and each in-sync audio's CLS token at the fusion
+layer, i.e. before any exchange (``loss.contrast_weight=1``, ``model.contrast_dim=128``).
+``--model.stem=patch --model.head=linear --loss.contrast_weight=0`` is plain MBT.
+
 The pair type of each row is drawn from a generator seeded by (run seed, step), so a resumed run
 sees the same pairs. Without ``--data.path`` the synthetic world is used (see pretrain_sync.py).
 Measured time and accuracy of the default run: README.md ("Pretraining").
@@ -62,11 +70,20 @@ class ModelConfig:
                                                              "stream's width and depth"})
     num_bottlenecks: int = 4
     fusion_layer: int = 2
+    stem: Literal["conv", "patch"] = field(default="conv", metadata={
+        "help": "both streams' tokenizer: conv stem (learns from scratch) or patchify conv"})
+    head: Literal["product", "linear"] = field(default="product", metadata={
+        "help": "pair classifier: MLP on [v, a, v*a] of the CLS outputs, or linear on [v, a]"})
+    contrast_dim: int = field(default=128, metadata={"help": "pre-fusion embedding size "
+                                                              "(0: no contrastive term)"})
 
 
 @dataclass
 class LossConfig:
     recon_weight: float = field(default=0.0, metadata={"help": "masked-token reconstruction"})
+    contrast_weight: float = field(default=1.0, metadata={
+        "help": "InfoNCE on the pre-fusion embeddings (needs model.contrast_dim > 0)"})
+    temperature: float = 0.07
     mask_ratio: float = 0.5
     shifted_fraction: float = field(default=0.34, metadata={"help": "pairs of type 1"})
     mismatched_fraction: float = field(default=0.33, metadata={"help": "pairs of type 2"})
@@ -103,31 +120,41 @@ def make_pairs(batch: dict, cfg: Config, step: int) -> tuple[torch.Tensor, torch
 def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
     pair_audio, label = make_pairs(batch, cfg, step)
     logmel = mel(pair_audio, cfg.data)
-    masks = {}
+    kwargs = {}
     if cfg.loss.recon_weight > 0:
         m = model.module if hasattr(model, "module") else model
         g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)
         nv = math.prod(m.video.tokenizer.grid_for(batch["video"].shape[2:]))
         na = math.prod(m.audio.tokenizer.grid_for(logmel.shape[2:]))
         B = len(label)
-        masks = {"video_mask": random_token_mask(B, nv, cfg.loss.mask_ratio, g).to(label.device),
-                 "audio_mask": random_token_mask(B, na, cfg.loss.mask_ratio, g).to(label.device)}
-    out = model(batch["video"], logmel, **masks)
-    return objective(out, {"pair_label": label})
+        kwargs = {"video_mask": random_token_mask(B, nv, cfg.loss.mask_ratio, g).to(label.device),
+                  "audio_mask": random_token_mask(B, na, cfg.loss.mask_ratio, g).to(label.device)}
+    if cfg.loss.contrast_weight > 0:
+        # the contrastive term compares every clip with every row's in-sync audio (B x B), so
+        # it does not shrink to the third of the batch whose pair happens to be in sync
+        kwargs["embed_logmel"] = mel(batch["audio"], cfg.data)
+    out = model(batch["video"], logmel, **kwargs)
+    return objective(out, {"pair_label": label, "embed_label": torch.zeros_like(label)}
+                     if cfg.loss.contrast_weight > 0 else {"pair_label": label})
 
 
 @torch.no_grad()
 def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) -> dict:
-    """Pair-type accuracy (3-way) and in-sync vs shifted accuracy on held-out clips."""
+    """Pair-type accuracy (3-way, chance 1/3) and in-sync vs shifted accuracy (binary, on the
+    rows of those two types) on held-out clips."""
     model.eval()
-    sums = torch.zeros(2, device=accelerator.device)
+    sums = torch.zeros(4, device=accelerator.device)  # acc * n, n, acc_sync * m, m
     for i, batch in enumerate(loader):
         out = forward_loss(model, objective, batch, cfg, step=-(i + 1))
         n = torch.tensor(float(len(batch["video"])), device=accelerator.device)
-        sums += torch.stack([out["acc"] * n, n])
+        _, label = make_pairs(batch, cfg, step=-(i + 1))
+        m = (label <= 1).sum().float()
+        sync = torch.nan_to_num(out["acc_sync"]) * m
+        sums += torch.stack([out["acc"] * n, n, sync, m])
     sums = accelerator.reduce(sums, "sum")
     model.train()
-    return {"val_acc": float(sums[0] / sums[1].clamp(min=1)), "val_clips": int(sums[1])}
+    return {"val_acc": float(sums[0] / sums[1].clamp(min=1)),
+            "val_acc_sync": float(sums[2] / sums[3].clamp(min=1)), "val_clips": int(sums[1])}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -152,10 +179,19 @@ def main(argv: list[str] | None = None) -> dict:
     fusion_kw = {"num_bottlenecks": m.num_bottlenecks} if m.fusion == "bottleneck" else {}
     if m.fusion != "late":
         fusion_kw["fusion_layer"] = m.fusion_layer
+    if cfg.loss.contrast_weight > 0 and m.contrast_dim <= 0:
+        raise AvsslError("loss.contrast_weight > 0 needs model.contrast_dim > 0 (or set "
+                         "--loss.contrast_weight=0)")
+    stem_kw = {"stem": m.stem}
     model = build_fusion(m.fusion, video_encoder=m.video, audio_encoder=m.audio,
-                         num_classes=3, recon=cfg.loss.recon_weight > 0, **fusion_kw)
+                         video_kwargs=stem_kw, audio_kwargs=stem_kw, num_classes=3,
+                         recon=cfg.loss.recon_weight > 0, head=m.head,
+                         contrast_dim=m.contrast_dim if cfg.loss.contrast_weight > 0 else 0,
+                         **fusion_kw)
     prepare_module(model, speed)
-    objective = FusionObjective(num_classes=3, recon_weight=cfg.loss.recon_weight)
+    objective = FusionObjective(num_classes=3, recon_weight=cfg.loss.recon_weight,
+                                contrast_weight=cfg.loss.contrast_weight,
+                                temperature=cfg.loss.temperature)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -183,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     unwrapped = accelerator.unwrap_model(model)
     stream = {"dim": unwrapped.embed_dim, "depth": unwrapped.depth,
               "num_heads": unwrapped.video.transformer.blocks[0].attn.num_heads}
-    specs = {"video": {"encoder": m.video, "kwargs": {}},
-             "audio": {"encoder": m.audio, "kwargs": stream}}
+    specs = {"video": {"encoder": m.video, "kwargs": dict(stem_kw)},
+             "audio": {"encoder": m.audio, "kwargs": {**stream, **stem_kw}}}
 
     def save(at: int):
         net = accelerator.unwrap_model(model)
@@ -225,8 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             scheduler.step()
             step += 1
-            logs = {k: out[k].item() for k in ("loss", "loss_cls", "loss_recon", "acc",
-                                               "acc_sync")}
+            logs = {k: out[k].item() for k in ("loss", "loss_cls", "loss_recon",
+                                               "loss_contrast", "acc", "acc_sync")}
             logs.update(lr=scheduler.get_last_lr()[0], skipped=float(not finite),
                         clips_per_s=clips / (time.perf_counter() - tic))
             history.append(logs)

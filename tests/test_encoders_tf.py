@@ -92,6 +92,33 @@ def test_audio_tokenizer_overlapping_grid_and_errors():
         tok(torch.randn(64, 96))
 
 
+def test_conv_stem_keeps_the_patch_grid_and_is_per_sample():
+    tok = VideoTokenizer(dim=16, clip_size=(4, 32, 32), tubelet=(2, 16, 16), stem="conv")
+    assert isinstance(tok.proj, torch.nn.Sequential)
+    for size in [(4, 32, 32), (5, 35, 47), (6, 64, 48)]:   # remainders are cropped, as by patch
+        tokens, grid = tok(torch.randn(1, 3, *size))
+        patch_grid = VideoTokenizer(16, (4, 32, 32), (2, 16, 16)).grid_for(size)
+        assert grid == patch_grid and tokens.shape == (1, grid[0] * grid[1] * grid[2], 16)
+    # per-sample normalisation (GroupNorm): a clip's tokens do not depend on the rest of the
+    # batch, so several processes compute what one does
+    x = torch.randn(3, 3, 4, 32, 32)
+    torch.testing.assert_close(tok(x)[0][:1], tok(x[:1])[0])
+    atok = AudioTokenizer(dim=16, spec_size=(64, 96), patch=16, stride=16, stem="conv")
+    tokens, grid = atok(torch.randn(2, 1, 64, 101))
+    assert grid == (4, 6) and tokens.shape == (2, 24, 16)
+    with pytest.raises(ConfigError, match="stem must be one of"):
+        VideoTokenizer(16, (4, 32, 32), stem="convs")
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        VideoTokenizer(16, (4, 30, 30), tubelet=(2, 10, 10), stem="conv")
+    with pytest.raises(ConfigError, match="patch_stride must equal patch"):
+        AudioTokenizer(16, (64, 96), patch=16, stride=10, stem="conv")
+    # the registered encoders take it as a keyword, and still load into the same shape
+    v = build_encoder("vit_video_tiny", stem="conv")
+    a = build_encoder("audio_vit_tiny", stem="conv")
+    assert v(torch.randn(2, 3, 8, 64, 64)).shape == (2, 96)
+    assert a(torch.randn(2, 1, 64, 96)).shape == (2, 64)
+
+
 @pytest.mark.parametrize("name", ["vivit_fe_tiny", "vivit_fsa_tiny"])
 def test_vivit_accepts_other_clip_sizes(name):
     model = build_encoder(name).eval()

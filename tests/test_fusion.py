@@ -79,6 +79,43 @@ def test_without_exchange_each_stream_equals_its_plain_encoder(name, kw):
     assert out["video_tokens"].shape == (2, 8, D) and out["audio_tokens"].shape == (2, 6, D)
 
 
+@pytest.mark.parametrize("name,kw", CASES)
+def test_contrast_embeddings_come_from_before_any_exchange(name, kw):
+    fl = {} if name == "late" else {"fusion_layer": 1}
+    model = _model(name, **kw, **fl, contrast_dim=5, head="product")
+    video, logmel = _inputs(requires_grad=True)
+    out = model(video, logmel)
+    assert out["video_embed"].shape == (2, 5) and out["audio_embed"].shape == (2, 5)
+    assert out["logits"].shape == (2, 3)
+    # each embedding sees only its own modality, even where the CLS outputs are fused
+    assert torch.equal(_grad(out["video_embed"], logmel), torch.zeros_like(logmel))
+    assert torch.equal(_grad(model(video, logmel)["audio_embed"], video),
+                       torch.zeros_like(video))
+    assert _grad(model(video, logmel)["video_embed"], video).abs().sum() > 0
+    # = the projected CLS token of the stream's first fusion_layer blocks, run alone
+    with torch.no_grad():
+        tokens, _ = model.video.tokenizer(video)
+        x = torch.cat([model.video.cls_token.expand(2, -1, -1), tokens], 1)
+        for block in model.video.transformer.blocks[: model.fusion_layer]:
+            x = block(x)
+        torch.testing.assert_close(model(video, logmel)["video_embed"],
+                                   model.contrast_video(x[:, 0]))
+    # embed_logmel: the audio embedding of another spectrogram (each row's in-sync audio),
+    # while the pair itself is still classified from logmel
+    other = torch.randn_like(logmel)
+    with torch.no_grad():
+        both = model(video, logmel, embed_logmel=other)
+        torch.testing.assert_close(both["audio_embed"], model(video, other)["audio_embed"])
+        torch.testing.assert_close(both["logits"], model(video, logmel)["logits"])
+    with pytest.raises(ConfigError, match="contrast_dim"):
+        _model(name, **kw, **fl)(video, logmel, embed_logmel=other)
+    # no projection parameters without contrast_dim (an unused parameter breaks DDP)
+    assert "video_embed" not in _model(name, **kw, **fl)(video, logmel)
+    assert not hasattr(_model(name, **kw, **fl), "contrast_video")
+    with pytest.raises(ConfigError, match="head"):
+        _model(name, **kw, **fl, head="bilinear")
+
+
 def test_bottleneck_exchanges_only_through_its_tokens():
     # The streams share nothing but z: MBT's update equals running each stream's block on
     # [x; z] and averaging the two copies of z, written out here layer by layer.

@@ -380,6 +380,46 @@ def test_fusion_objective_recon_term_over_modalities():
         FusionObjective(recon_weight=0.5)({"logits": logits}, {"pair_label": label})
 
 
+def test_fusion_contrast_term_matches_brute_force():
+    # rows: 0 in-sync, 1 shifted, 2 mismatched, 3 in-sync, 4 in-sync, 5 shifted
+    label = torch.tensor([0, 1, 2, 0, 0, 1])
+    v, a, logits = _emb(6, 4), _emb(6, 4), _emb(6, 3)
+    t = 0.2
+    out = FusionObjective(contrast_weight=0.5, temperature=t)(
+        {"logits": logits, "video_embed": v, "audio_embed": a}, {"pair_label": label})
+    cand = [0, 1, 3, 4, 5]                   # own-video audio; the mismatched row is left out
+
+    def cos(x, y):
+        return (x * y).sum() / (x.norm() * y.norm())
+
+    terms = []
+    for i in (0, 3, 4):                      # queries: the in-sync rows
+        for q, c in ((v, a), (a, v)):        # video -> audio and audio -> video
+            s = torch.stack([cos(q[i], c[j]) / t for j in cand])
+            terms.append(-(s[cand.index(i)] - torch.logsumexp(s, 0)))
+    ref = sum(terms) / len(terms)
+    _assert_same_value_and_grad(out["loss_contrast"], ref, [v, a])
+    torch.testing.assert_close(out["loss"], out["loss_cls"] + 0.5 * out["loss_contrast"])
+    # embed_label: the embeddings' own pair types (all in sync -> the full 6 x 6 InfoNCE)
+    full = FusionObjective(contrast_weight=1.0, temperature=t)(
+        {"logits": logits, "video_embed": v, "audio_embed": a},
+        {"pair_label": label, "embed_label": torch.zeros(6, dtype=torch.long)})
+    vn, an = torch.nn.functional.normalize(v, dim=1), torch.nn.functional.normalize(a, dim=1)
+    sim = vn @ an.T / t
+    clip = (torch.nn.functional.cross_entropy(sim, torch.arange(6))
+            + torch.nn.functional.cross_entropy(sim.T, torch.arange(6))) / 2
+    torch.testing.assert_close(full["loss_contrast"], clip)
+    # fewer than two in-sync rows: no term, but a graph that still reaches the embeddings
+    one = FusionObjective(contrast_weight=1.0)(
+        {"logits": logits, "video_embed": v, "audio_embed": a},
+        {"pair_label": torch.tensor([0, 1, 2, 1, 2, 1])})
+    assert one["loss_contrast"].item() == 0.0 and one["loss_contrast"].requires_grad
+    with pytest.raises(ConfigError, match="contrast_dim"):
+        FusionObjective(contrast_weight=1.0)({"logits": logits}, {"pair_label": label})
+    with pytest.raises(ConfigError, match="temperature"):
+        FusionObjective(temperature=0.0)
+
+
 def test_objective_registry():
     assert list_objectives() == ["fusion", "infonce", "sync"]
     assert isinstance(build_objective("sync", kind="margin"), SyncObjective)

@@ -46,11 +46,12 @@ class AudioViT(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         attn_impl: str = "sdpa",
+        stem: str = "patch",
     ):
         super().__init__()
         self.embed_dim = dim
         self.example_input_shape = (1, *spec_size)
-        self.tokenizer = AudioTokenizer(dim, spec_size, patch, patch_stride)
+        self.tokenizer = AudioTokenizer(dim, spec_size, patch, patch_stride, stem=stem)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.transformer = Transformer(dim, depth, num_heads, mlp_ratio,
@@ -77,24 +78,27 @@ class AudioViT(nn.Module):
 def _build(size: str, pretrained_path: str | None = None, n_mels: int | None = None,
            num_frames: int | None = None, patch: int = 16, patch_stride: int = 16,
            drop_path: float = 0.0, attn_impl: str = "sdpa", dim: int | None = None,
-           depth: int | None = None, num_heads: int | None = None) -> AudioViT:
+           depth: int | None = None, num_heads: int | None = None,
+           stem: str = "patch") -> AudioViT:
     cfg = _SIZES[size]
     spec = (n_mels or cfg["n_mels"], num_frames or cfg["num_frames"])
     model = AudioViT(dim or cfg["dim"], depth or cfg["depth"], num_heads or cfg["heads"], spec,
-                     patch, patch_stride, drop_path=drop_path, attn_impl=attn_impl)
+                     patch, patch_stride, drop_path=drop_path, attn_impl=attn_impl, stem=stem)
     return load_pretrained(model, pretrained_path)
 
 
 def _register(size: str) -> None:
     # Keyword args: pretrained_path, n_mels, num_frames (spectrogram frames), patch,
     # patch_stride (10 = AST's overlapping patches), drop_path, attn_impl, and dim / depth /
-    # num_heads (to match the video stream's size in a fusion model).
+    # num_heads (to match the video stream's size in a fusion model), stem ("patch" | "conv":
+    # avssl.encoders.layers.conv_stem, needs patch_stride == patch).
     def builder(*, pretrained_path: str | None = None, n_mels: int | None = None,
                 num_frames: int | None = None, patch: int = 16, patch_stride: int = 16,
                 drop_path: float = 0.0, attn_impl: str = "sdpa", dim: int | None = None,
-                depth: int | None = None, num_heads: int | None = None) -> AudioViT:
+                depth: int | None = None, num_heads: int | None = None,
+                stem: str = "patch") -> AudioViT:
         return _build(size, pretrained_path, n_mels, num_frames, patch, patch_stride, drop_path,
-                      attn_impl, dim, depth, num_heads)
+                      attn_impl, dim, depth, num_heads, stem)
 
     builder.__doc__ = f"AST-style spectrogram ViT, {size} size (see module docstring)."
     register_encoder(f"audio_vit_{size}", "audio")(builder)

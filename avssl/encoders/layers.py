@@ -18,6 +18,43 @@ from torchvision.ops import StochasticDepth
 from avssl.errors import ConfigError
 
 ATTN_IMPLS = ("sdpa", "naive")
+STEMS = ("patch", "conv")
+
+
+def _check_stem(stem: str, patch: tuple[int, ...]) -> None:
+    if stem not in STEMS:
+        raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
+    if stem == "conv" and any(p % 4 for p in patch[-2:]):
+        raise ConfigError(f"the conv stem downsamples by 4 before the patch projection, so the "
+                          f"spatial patch size must be a multiple of 4, got {patch}")
+
+
+def conv_stem(in_chans: int, dim: int, patch: tuple[int, ...]) -> nn.Sequential:
+    """Convolutional stem (Xiao et al., "Early Convolutions Help Transformers See Better",
+    NeurIPS 2021) that replaces the patchify convolution with the same output grid.
+
+    Two 3x3 convolutions of stride 2 (GroupNorm + ReLU; GroupNorm, not BatchNorm, so a
+    multi-process run computes what one process does), then a convolution of kernel = stride =
+    ``patch / 4`` in the last two dims. ``patch`` is (p, q) for spectrograms or (t, p, q) for
+    video, where the time axis is not downsampled by the stem (the second conv mixes 3 frames)
+    and the last conv takes t frames. Input (B, C, [T,] H, W) cropped to multiples of ``patch``
+    -> (B, dim, [T/t,] H/p, W/q). From scratch it learns much faster than a patch projection:
+    tiny MBT streams on the synthetic world learned cross-modal retrieval only with it.
+    """
+    c1, c2 = max(16, dim // 4), max(32, dim // 2)
+    if len(patch) == 3:
+        t, p, q = patch
+        return nn.Sequential(
+            nn.Conv3d(in_chans, c1, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False),
+            nn.GroupNorm(8, c1), nn.ReLU(inplace=True),
+            nn.Conv3d(c1, c2, 3, (1, 2, 2), 1, bias=False), nn.GroupNorm(8, c2),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(c2, dim, (t, p // 4, q // 4), (t, p // 4, q // 4)))
+    p, q = patch
+    return nn.Sequential(
+        nn.Conv2d(in_chans, c1, 3, 2, 1, bias=False), nn.GroupNorm(8, c1), nn.ReLU(inplace=True),
+        nn.Conv2d(c1, c2, 3, 2, 1, bias=False), nn.GroupNorm(8, c2), nn.ReLU(inplace=True),
+        nn.Conv2d(c2, dim, (p // 4, q // 4), (p // 4, q // 4)))
 
 
 def _check_attn_impl(attn_impl: str) -> None:
@@ -181,6 +218,7 @@ class VideoTokenizer(nn.Module):
     ``(B, T'·H'·W', D)`` ordered (t, h, w) row-major, with T' = T // t, H' = H // p, W' = W // p
     (a remainder is cropped by the convolution). Positional embeddings are built for the grid
     of ``clip_size`` (T, H, W) and trilinearly interpolated for other clip sizes.
+    ``stem="conv"`` replaces the Conv3d by :func:`conv_stem` (same grid).
     """
 
     def __init__(
@@ -189,13 +227,17 @@ class VideoTokenizer(nn.Module):
         clip_size: tuple[int, int, int],
         tubelet: tuple[int, int, int] = (2, 16, 16),
         in_chans: int = 3,
+        stem: str = "patch",
     ):
         super().__init__()
         self.tubelet = tuple(tubelet)
+        self.in_chans, self.stem = in_chans, stem
+        _check_stem(stem, self.tubelet)
         self.grid = self.grid_for(clip_size)
         if min(self.grid) < 1:
             raise ConfigError(f"clip size {clip_size} is smaller than the tubelet {tubelet}")
-        self.proj = nn.Conv3d(in_chans, dim, kernel_size=self.tubelet, stride=self.tubelet)
+        self.proj = (conv_stem(in_chans, dim, self.tubelet) if stem == "conv" else
+                     nn.Conv3d(in_chans, dim, kernel_size=self.tubelet, stride=self.tubelet))
         self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.grid), dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -211,6 +253,9 @@ class VideoTokenizer(nn.Module):
         if min(grid) < 1:
             raise ConfigError(f"clip {tuple(x.shape[2:])} is smaller than the tubelet "
                               f"{self.tubelet}; use at least that many frames / pixels")
+        if self.stem == "conv":  # the patch projection crops a remainder; the stem must too
+            x = x[:, :, : grid[0] * self.tubelet[0], : grid[1] * self.tubelet[1],
+                  : grid[2] * self.tubelet[2]]
         tokens = self.proj(x).flatten(2).transpose(1, 2)
         return tokens + interpolate_pos_embed(self.pos_embed, self.grid, grid), grid
 
@@ -222,6 +267,7 @@ class AudioTokenizer(nn.Module):
     patches) maps a log-mel ``(B, 1, F, T)`` to tokens ``(B, F'·T', D)`` ordered (f, t)
     row-major, F' = (F - patch) // stride + 1 (same for T'). Positional embeddings are built for
     ``spec_size`` (F, T) and bilinearly interpolated for other lengths.
+    ``stem="conv"`` replaces the Conv2d by :func:`conv_stem` (same grid; needs stride = patch).
     """
 
     def __init__(
@@ -231,13 +277,20 @@ class AudioTokenizer(nn.Module):
         patch: int = 16,
         stride: int = 16,
         in_chans: int = 1,
+        stem: str = "patch",
     ):
         super().__init__()
         self.patch, self.stride = patch, stride
+        self.in_chans, self.stem = in_chans, stem
+        _check_stem(stem, (patch, patch))
+        if stem == "conv" and stride != patch:
+            raise ConfigError(f"the conv stem makes non-overlapping patches: patch_stride must "
+                              f"equal patch ({patch}), got {stride}")
         self.grid = self.grid_for(spec_size)
         if min(self.grid) < 1:
             raise ConfigError(f"spectrogram size {spec_size} is smaller than the patch {patch}")
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=stride)
+        self.proj = (conv_stem(in_chans, dim, (patch, patch)) if stem == "conv" else
+                     nn.Conv2d(in_chans, dim, kernel_size=patch, stride=stride))
         self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(self.grid), dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -253,6 +306,8 @@ class AudioTokenizer(nn.Module):
         if min(grid) < 1:
             raise ConfigError(f"spectrogram {tuple(x.shape[2:])} is smaller than the patch "
                               f"{self.patch}; use at least {self.patch} mel bins and frames")
+        if self.stem == "conv":
+            x = x[:, :, : grid[0] * self.patch, : grid[1] * self.patch]
         tokens = self.proj(x).flatten(2).transpose(1, 2)
         return tokens + interpolate_pos_embed(self.pos_embed, self.grid, grid), grid
 

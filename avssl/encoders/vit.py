@@ -17,7 +17,9 @@ base       768    12      12      3x16x224x224, 2x16x16 (ViT-B)
 
 Builders take keyword args: ``pretrained_path``, ``num_frames``, ``img_size``, ``tubelet``,
 ``dim``, ``depth``, ``num_heads`` (to match an audio stream's size in a fusion model),
-``drop_path``, ``attn_impl``. Other clip sizes work at run time (positional embeddings are
+``drop_path``, ``attn_impl``, ``stem`` (``"patch"``, or ``"conv"``: a convolutional stem, see
+:func:`~avssl.encoders.layers.conv_stem`, which tiny streams trained from scratch need to learn
+on a CPU budget). Other clip sizes work at run time (positional embeddings are
 interpolated trilinearly).
 """
 from __future__ import annotations
@@ -50,11 +52,12 @@ class VideoViT(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         attn_impl: str = "sdpa",
+        stem: str = "patch",
     ):
         super().__init__()
         self.embed_dim = dim
         self.example_input_shape = (3, *clip_size)
-        self.tokenizer = VideoTokenizer(dim, clip_size, tubelet)
+        self.tokenizer = VideoTokenizer(dim, clip_size, tubelet, stem=stem)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.transformer = Transformer(dim, depth, num_heads, mlp_ratio,
@@ -81,12 +84,12 @@ class VideoViT(nn.Module):
 def _build(size: str, pretrained_path: str | None = None, num_frames: int | None = None,
            img_size: int | None = None, tubelet: tuple[int, int, int] = (2, 16, 16),
            dim: int | None = None, depth: int | None = None, num_heads: int | None = None,
-           drop_path: float = 0.0, attn_impl: str = "sdpa") -> VideoViT:
+           drop_path: float = 0.0, attn_impl: str = "sdpa", stem: str = "patch") -> VideoViT:
     cfg = _SIZES[size]
     s = img_size or cfg["img_size"]
     model = VideoViT(dim or cfg["dim"], depth or cfg["depth"], num_heads or cfg["num_heads"],
                      (num_frames or cfg["num_frames"], s, s), tuple(tubelet),
-                     drop_path=drop_path, attn_impl=attn_impl)
+                     drop_path=drop_path, attn_impl=attn_impl, stem=stem)
     return load_pretrained(model, pretrained_path)
 
 

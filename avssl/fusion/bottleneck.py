@@ -33,8 +33,10 @@ class BottleneckFusion(FusionModel):
         fusion_layer: int = 2,
         num_classes: int = 3,
         recon: bool = False,
+        head: str = "linear",
+        contrast_dim: int = 0,
     ):
-        super().__init__(video, audio, fusion_layer, num_classes, recon)
+        super().__init__(video, audio, fusion_layer, num_classes, recon, head, contrast_dim)
         if num_bottlenecks < 1:
             raise ConfigError(f"num_bottlenecks must be >= 1, got {num_bottlenecks}; "
                               "for no exchange use fusion_layer=depth or the 'late' fusion")
@@ -45,16 +47,12 @@ class BottleneckFusion(FusionModel):
             nn.init.normal_(self.bottleneck, std=0.02)
 
     def fuse(self, xv: torch.Tensor, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1+Nv, D), (B, 1+Na, D) -> same shapes after all L layers."""
+        """Layers L_f .. L-1: (B, 1+Nv, D), (B, 1+Na, D) -> same shapes."""
         nv, na = xv.shape[1], xa.shape[1]
-        z = None
-        layers = zip(self.video.transformer.blocks, self.audio.transformer.blocks)
-        for i, (bv, ba) in enumerate(layers):
-            if i < self.fusion_layer:
-                xv, xa = bv(xv), ba(xa)
-                continue
-            if z is None:
-                z = self.bottleneck.expand(xv.shape[0], -1, -1)
+        layers = self.layers(self.fusion_layer)
+        if layers:
+            z = self.bottleneck.expand(xv.shape[0], -1, -1)
+        for bv, ba in layers:
             yv = bv(torch.cat([xv, z], dim=1))
             ya = ba(torch.cat([xa, z], dim=1))
             xv, xa = yv[:, :nv], ya[:, :na]

@@ -21,16 +21,14 @@ class CrossAttentionFusion(FusionModel):
     """Full pairwise attention over both streams' tokens from layer ``fusion_layer`` on."""
 
     def __init__(self, video: nn.Module, audio: nn.Module, fusion_layer: int = 2,
-                 num_classes: int = 3, recon: bool = False):
-        super().__init__(video, audio, fusion_layer, num_classes, recon)
+                 num_classes: int = 3, recon: bool = False, head: str = "linear",
+                 contrast_dim: int = 0):
+        super().__init__(video, audio, fusion_layer, num_classes, recon, head, contrast_dim)
 
     def fuse(self, xv: torch.Tensor, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1+Nv, D), (B, 1+Na, D) -> same shapes after all L layers."""
+        """Layers L_f .. L-1: (B, 1+Nv, D), (B, 1+Na, D) -> same shapes."""
         nv, na = xv.shape[1], xa.shape[1]
-        layers = zip(self.video.transformer.blocks, self.audio.transformer.blocks)
-        for i, (bv, ba) in enumerate(layers):
-            if i < self.fusion_layer:
-                xv, xa = bv(xv), ba(xa)
-            else:  # both from this layer's inputs, so the update is symmetric
-                xv, xa = bv(torch.cat([xv, xa], 1))[:, :nv], ba(torch.cat([xa, xv], 1))[:, :na]
+        for bv, ba in self.layers(self.fusion_layer):
+            # both from this layer's inputs, so the update is symmetric
+            xv, xa = bv(torch.cat([xv, xa], 1))[:, :nv], ba(torch.cat([xa, xv], 1))[:, :na]
         return xv, xa

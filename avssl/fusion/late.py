@@ -13,7 +13,8 @@ class LateFusion(FusionModel):
     """Fully separate streams; CLS concatenation into a linear classifier."""
 
     def __init__(self, video: nn.Module, audio: nn.Module, num_classes: int = 3,
-                 recon: bool = False):
-        # fusion_layer == depth: the base class's fuse() keeps every layer separate.
+                 recon: bool = False, head: str = "linear", contrast_dim: int = 0):
+        # fusion_layer == depth: every layer runs isolated (the contrastive embeddings, if any,
+        # come from the last layer's tokens).
         depth = len(getattr(getattr(video, "transformer", None), "blocks", ()))
-        super().__init__(video, audio, depth, num_classes, recon)
+        super().__init__(video, audio, depth, num_classes, recon, head, contrast_dim)

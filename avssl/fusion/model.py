@@ -10,8 +10,18 @@ class embeds the inputs, applies each stream's final norm, classifies and recons
 returns a dict:
 
 - ``"video_cls"``, ``"audio_cls"``: (B, D) CLS outputs after each stream's final norm;
-- ``"fused"``: (B, 2D) = concat(video_cls, audio_cls); ``"logits"``: (B, num_classes) from a
-  linear classifier on ``fused``;
+- ``"fused"``: (B, 2D) = concat(video_cls, audio_cls); ``"logits"``: (B, num_classes) from
+  ``head="linear"``: a linear classifier on ``fused``, or ``head="product"``: an MLP on
+  [video_cls; audio_cls; video_cls * audio_cls] (D -> D -> num_classes), which can read the
+  streams' agreement directly;
+- with ``contrast_dim`` > 0: ``"video_embed"``, ``"audio_embed"`` (B, contrast_dim): each
+  stream's CLS token after the isolated layers (< ``fusion_layer``, i.e. before any exchange),
+  through LayerNorm + Linear, for a contrastive term across the batch (CAV-MAE's contrastive
+  half). The CLS, not the mean patch token: the fused CLS outputs then start from features that
+  already match across modalities, and the pair classifier learned within the default run
+  only this way (the mean-token variant learned the contrast, the classifier stayed at chance); with ``embed_logmel`` (B, 1, F', T') given, ``"audio_embed"`` comes from
+  that spectrogram instead (e.g. each row's in-sync audio, while ``logmel`` is the pair to
+  classify), through the audio stream's isolated layers alone;
 - ``"video_tokens"`` (B, Nv, D), ``"audio_tokens"`` (B, Na, D): final patch tokens (no CLS);
 - with masks (bool (B, Nv) / (B, Na), True = replace the token by a learned mask token plus its
   positional embedding, SimMIM-style; needs ``recon=True``): ``"recon_pred"``,
@@ -36,6 +46,8 @@ from torch import nn
 
 from avssl.encoders.layers import interpolate_pos_embed
 from avssl.errors import ConfigError
+
+HEADS = ("linear", "product")
 
 
 def patchify_video(x: torch.Tensor, tubelet: tuple[int, int, int]) -> torch.Tensor:
@@ -63,7 +75,8 @@ def _check_stream(stream: nn.Module, name: str) -> None:
 
 
 class FusionModel(nn.Module):
-    """Base of the fusion variants; ``fuse`` runs all L layers of both streams."""
+    """Base of the fusion variants: ``forward`` runs the isolated layers (< ``fusion_layer``),
+    ``fuse`` the rest (the variants differ only there)."""
 
     def __init__(
         self,
@@ -72,6 +85,8 @@ class FusionModel(nn.Module):
         fusion_layer: int,
         num_classes: int = 3,
         recon: bool = False,
+        head: str = "linear",
+        contrast_dim: int = 0,
     ):
         super().__init__()
         _check_stream(video, "video")
@@ -86,24 +101,43 @@ class FusionModel(nn.Module):
             raise ConfigError(f"fusion_layer must be in [0, depth={lv}], got {fusion_layer}")
         self.video, self.audio = video, audio
         self.embed_dim, self.depth, self.fusion_layer = dv, lv, fusion_layer
-        self.classifier = nn.Linear(2 * dv, num_classes)
-        nn.init.trunc_normal_(self.classifier.weight, std=0.02)
-        nn.init.zeros_(self.classifier.bias)
+        if head not in HEADS:
+            raise ConfigError(f"fusion head must be one of {', '.join(HEADS)}, got {head!r}")
+        if contrast_dim < 0:
+            raise ConfigError(f"contrast_dim must be >= 0 (0: no embeddings), got {contrast_dim}")
+        self.head = head
+        if head == "linear":
+            self.classifier = nn.Linear(2 * dv, num_classes)
+        else:  # a linear map of [v; a] cannot compute their agreement; v * a can
+            self.classifier = nn.Sequential(nn.Linear(3 * dv, dv), nn.GELU(),
+                                            nn.Linear(dv, num_classes))
+        for m in self.classifier.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.contrast_dim = contrast_dim
+        if contrast_dim:  # created only when used: an unused parameter breaks DDP
+            self.contrast_video = nn.Sequential(nn.LayerNorm(dv), nn.Linear(dv, contrast_dim))
+            self.contrast_audio = nn.Sequential(nn.LayerNorm(dv), nn.Linear(dv, contrast_dim))
         self.recon = recon
         if recon:
             vt, at = video.tokenizer, audio.tokenizer
             self.mask_token_video = nn.Parameter(torch.zeros(1, 1, dv))
             self.mask_token_audio = nn.Parameter(torch.zeros(1, 1, dv))
-            self.recon_head_video = nn.Linear(dv, vt.proj.in_channels * math.prod(vt.tubelet))
-            self.recon_head_audio = nn.Linear(dv, at.proj.in_channels * at.patch ** 2)
+            self.recon_head_video = nn.Linear(dv, vt.in_chans * math.prod(vt.tubelet))
+            self.recon_head_audio = nn.Linear(dv, at.in_chans * at.patch ** 2)
             for p in (self.mask_token_video, self.mask_token_audio):
                 nn.init.trunc_normal_(p, std=0.02)
 
-    def fuse(self, xv: torch.Tensor, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run all L blocks of both streams: (B, 1+Nv, D), (B, 1+Na, D) -> same shapes.
+    def layers(self, start: int = 0):
+        """(video block, audio block) pairs of layers ``start`` .. L-1."""
+        pairs = zip(self.video.transformer.blocks, self.audio.transformer.blocks)
+        return list(pairs)[start:]
 
-        The base class never exchanges information (late fusion)."""
-        for bv, ba in zip(self.video.transformer.blocks, self.audio.transformer.blocks):
+    def fuse(self, xv: torch.Tensor, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers ``fusion_layer`` .. L-1 on the isolated streams' outputs: (B, 1+Nv, D),
+        (B, 1+Na, D) -> same shapes. The base class never exchanges information (late fusion)."""
+        for bv, ba in self.layers(self.fusion_layer):
             xv, xa = bv(xv), ba(xa)
         return xv, xa
 
@@ -126,17 +160,35 @@ class FusionModel(nn.Module):
 
     def forward(self, video: torch.Tensor, logmel: torch.Tensor, *,
                 video_mask: torch.Tensor | None = None,
-                audio_mask: torch.Tensor | None = None) -> dict:
+                audio_mask: torch.Tensor | None = None,
+                embed_logmel: torch.Tensor | None = None) -> dict:
         xv = self._embed(self.video, video, video_mask,
                          getattr(self, "mask_token_video", None), "video")
         xa = self._embed(self.audio, logmel, audio_mask,
                          getattr(self, "mask_token_audio", None), "audio")
+        for bv, ba in self.layers()[: self.fusion_layer]:  # isolated: no exchange before L_f
+            xv, xa = bv(xv), ba(xa)
+        out = {}
+        if self.contrast_dim:  # each stream's own view of its input, before any exchange
+            out["video_embed"] = self.contrast_video(xv[:, 0])
+            if embed_logmel is None:
+                out["audio_embed"] = self.contrast_audio(xa[:, 0])
+            else:
+                ya = self._embed(self.audio, embed_logmel, None, None, "audio")
+                for _, ba in self.layers()[: self.fusion_layer]:
+                    ya = ba(ya)
+                out["audio_embed"] = self.contrast_audio(ya[:, 0])
+        elif embed_logmel is not None:
+            raise ConfigError("embed_logmel given but the fusion model has no contrastive "
+                              "embeddings; build it with contrast_dim > 0")
         xv, xa = self.fuse(xv, xa)
         xv, xa = self.video.transformer.norm(xv), self.audio.transformer.norm(xa)
-        fused = torch.cat([xv[:, 0], xa[:, 0]], dim=-1)
-        out = {"video_cls": xv[:, 0], "audio_cls": xa[:, 0], "fused": fused,
-               "logits": self.classifier(fused),
-               "video_tokens": xv[:, 1:], "audio_tokens": xa[:, 1:]}
+        v, a = xv[:, 0], xa[:, 0]
+        fused = torch.cat([v, a], dim=-1)
+        logits = self.classifier(fused if self.head == "linear" else
+                                 torch.cat([v, a, v * a], dim=-1))
+        out.update({"video_cls": v, "audio_cls": a, "fused": fused, "logits": logits,
+                    "video_tokens": xv[:, 1:], "audio_tokens": xa[:, 1:]})
         if video_mask is not None or audio_mask is not None:
             pred, target, mask = {}, {}, {}
             if video_mask is not None:
