@@ -170,6 +170,12 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict,
                         extra_meta: dict | None = None) -> Path:
     """Save ``run_dir/step_NNNNNNN`` from a recipe: weights + config + accelerate state.
 
+    ``components``: name -> ``(prepared_model, prefix[, exclude])``: the keys of the model's
+    full state dict under ``prefix``, stripped of it, leaving out keys that start with any of the
+    ``exclude`` prefixes (e.g. ``(model, "video.")``, ``(model, "", ("video.", "audio."))``), or
+    a module / state dict as in :func:`save_checkpoint`. Full state dicts come from ``accelerator.get_state_dict`` on every
+    process, because under FSDP gathering the shards is a collective and the submodules of a
+    wrapped model do not hold their full weights.
     Every process must call this (accelerate writes each process's RNG state). The state goes
     into a hidden folder first; the main process then adds the weights and renames it into place,
     and points ``latest_root/latest`` (default: the recipe folder above the run) at it.
@@ -182,10 +188,23 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict,
         (tmp / "state").mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "state"))
+    full: dict[int, Mapping] = {}  # one gather per prepared model, on every process
+    for c in components.values():
+        if isinstance(c, tuple) and id(c[0]) not in full:
+            full[id(c[0])] = accelerator.get_state_dict(c[0])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = {k: m if isinstance(m, Mapping) else accelerator.unwrap_model(m)
-                     for k, m in components.items()}
+        unwrapped = {}
+        for k, c in components.items():
+            if isinstance(c, tuple):
+                model, prefix, exclude = (*c, ())[:3]
+                unwrapped[k] = {n[len(prefix):]: v for n, v in full[id(model)].items()
+                                if n.startswith(prefix) and not n.startswith(tuple(exclude))}
+                if not unwrapped[k]:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise ValueError(f"checkpoint component {k!r}: no weights under {prefix!r}")
+            else:
+                unwrapped[k] = m if isinstance(m := c, Mapping) else accelerator.unwrap_model(m)
         save_checkpoint(final, unwrapped, config=config, step=step, specs=specs,
                         extra_meta=extra_meta, tmp=tmp)
         update_latest(latest_root or run_dir.parent, final)

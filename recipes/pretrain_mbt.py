@@ -223,11 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
              "audio": {"encoder": m.audio, "kwargs": {**stream, **stem_kw}}}
 
     def save(at: int):
-        net = accelerator.unwrap_model(model)
-        rest = {k: v for k, v in net.state_dict().items()
-                if not k.startswith(("video.", "audio."))}
         path = checkpoints.save_run_checkpoint(
-            accelerator, run_dir, at, {"video": net.video, "audio": net.audio, "fusion": rest},
+            accelerator, run_dir, at, {"video": (model, "video."), "audio": (model, "audio."),
+                                       "fusion": (model, "", ("video.", "audio."))},
             config=asdict(cfg), specs=specs,
             extra_meta={"recipe": RECIPE, "config_hash": config_hash(cfg)})
         accelerator.print(f"saved {path}")

@@ -166,11 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
              "audio": {"encoder": cfg.model.audio, "kwargs": cfg.model.audio_kwargs}}
 
     def save(at: int):
-        m = accelerator.unwrap_model(model)
         path = checkpoints.save_run_checkpoint(
             accelerator, run_dir, at,
-            {"video": m.video, "audio": m.audio, "video_proj": m.video_proj,
-             "audio_proj": m.audio_proj, "objective": accelerator.unwrap_model(objective)},
+            {"video": (model, "video."), "audio": (model, "audio."),
+             "video_proj": (model, "video_proj."), "audio_proj": (model, "audio_proj."),
+             "objective": accelerator.unwrap_model(objective)},
             config=asdict(cfg), specs=specs,
             extra_meta={"recipe": RECIPE, "config_hash": config_hash(cfg)})
         accelerator.print(f"saved {path}")

@@ -67,3 +67,31 @@ def test_not_a_checkpoint(tmp_path):
     (ck / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(AvsslError, match="format 99"):
         load_checkpoint(ck)
+
+
+def test_run_checkpoint_splits_the_prepared_models_full_state_by_prefix(tmp_path):
+    """Recipes name components by prefix of the prepared model's full state dict (what FSDP
+    needs: accelerate gathers it on every process); the split must equal the submodules."""
+    from accelerate import Accelerator
+
+    from avssl.checkpoints import save_run_checkpoint
+
+    mods = _modules()
+    model = nn.ModuleDict(mods)
+    accelerator = Accelerator(cpu=True)
+    prepared = accelerator.prepare(model)
+    ck = save_run_checkpoint(accelerator, tmp_path / "run", 3,
+                             {"video": (prepared, "video."),
+                              "rest": (prepared, "", ("video.",))},
+                             config={}, specs={})
+    loaded = load_checkpoint(ck)
+    for name, ref in (("video", mods["video"].state_dict()),
+                      ("rest", {f"head.{k}": v for k, v in mods["head"].state_dict().items()})):
+        state = loaded.component_state(name)
+        assert state.keys() == ref.keys()
+        assert all(torch.equal(state[k], ref[k]) for k in ref)
+    assert (ck / "state").is_dir() and (tmp_path / "latest").resolve() == ck.resolve()
+    with pytest.raises(ValueError, match="no weights under 'audio.'"):
+        save_run_checkpoint(accelerator, tmp_path / "run", 4, {"audio": (prepared, "audio.")},
+                            config={}, specs={})
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step_0000003"]
