@@ -130,6 +130,24 @@ def test_partners_are_other_instruments_and_seeded():
         draw_partners(group, first, 4, np.random.default_rng(0))
 
 
+def test_test_mixtures_draw_several_partners_and_drop_repeats():
+    from avssl.bench.separation.benchmark import test_pairs
+
+    group = np.repeat(np.arange(5), 4)                   # 5 instruments x 4 test videos
+    one = test_pairs(group, 2, seed=0, per_video=1)
+    assert (np.diff(one[:, 0]) > 0).all() and len(one) >= 10   # video i first, at most once
+    many = test_pairs(group, 2, seed=0, per_video=4)
+    assert 20 < len(many) <= 80
+    keys = {tuple(sorted(row)) for row in many}
+    assert len(keys) == len(many)                        # {a, b} and {b, a} count once
+    assert {tuple(sorted(row)) for row in one} <= keys   # the first round is the 1-per-video draw
+    assert all(group[a] != group[b] for a, b in many)
+    assert np.array_equal(many, test_pairs(group, 2, seed=0, per_video=4))
+    assert not np.array_equal(many, test_pairs(group, 2, seed=1, per_video=4))
+    # 3 videos of 3 instruments: only 3 distinct pairs exist, however many draws
+    assert len(test_pairs(np.arange(3), 2, seed=0, per_video=4)) == 3
+
+
 def _tone_bank(n: int, seed: int) -> tuple[WindowBank, torch.Tensor]:
     """Four 'instruments' (pitches); the visual condition is a noisy one-hot of the instrument."""
     rng = np.random.default_rng(seed)

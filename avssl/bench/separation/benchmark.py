@@ -6,8 +6,9 @@
    cached (``finetune``: the clips themselves, and the encoder trains with the separator).
 2. Mix-and-separate training (:mod:`.train`): mixtures of ``num_mix`` windows of different
    instruments, each divided by ``num_mix``.
-3. Test split: fixed seeded mixtures, every test video (its centred window) paired with a test
-   video of another instrument (seeded draw); the references are the sources as mixed (divided
+3. Test split: fixed seeded mixtures, every test video (its centred window) paired with
+   ``test_mixtures_per_video`` (default 4) seeded draws of test videos of other instruments
+   (duplicates dropped); the references are the sources as mixed (divided
    by ``num_mix``), the estimates the masked mixture with the mixture phase.
 4. :func:`avssl.eval.separation.evaluate_separation` -> SDR, SIR, SAR, SDR_mix, NSDR (dB).
 
@@ -71,11 +72,17 @@ def _bank(task, model, args, records, starts, *, part: str, frozen: bool, cache)
     return bank
 
 
-def test_pairs(labels: np.ndarray, num_mix: int, seed: int) -> np.ndarray:
-    """(n, num_mix): mixture i = test video i with ``num_mix - 1`` videos of other instruments,
-    a fixed seeded draw (each partner of a different instrument from the rest)."""
-    return draw_partners(np.asarray(labels), np.arange(len(labels)), num_mix,
-                         np.random.default_rng([seed, 31]))
+def test_pairs(labels: np.ndarray, num_mix: int, seed: int, per_video: int = 1) -> np.ndarray:
+    """(M, num_mix) test mixtures: ``per_video`` rounds of a fixed seeded draw, in each of which
+    every test video i gets ``num_mix - 1`` partners of other instruments (each of a different
+    instrument from the rest). A mixture drawn twice (the same set of videos, in any order) is
+    kept once, at its first draw, so M <= n * per_video."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 31])
+    draws = np.concatenate([draw_partners(labels, np.arange(len(labels)), num_mix, rng)
+                            for _ in range(per_video)])
+    _, first = np.unique(np.sort(draws, axis=1), axis=0, return_index=True)
+    return draws[np.sort(first)]
 
 
 def _safe(name: str) -> str:
@@ -133,7 +140,7 @@ def run_separation(task, model, args, root: str, modality: str) -> dict[str, Any
     losses = train_separator(net, train, cfg, spec=spec, progress=F.state().is_main_process,
                              desc=f"{task.name} {protocol} mix-and-separate")
     net = net.to(F.state().device).eval()
-    pairs = test_pairs(test.group, cfg.num_mix, args.seed)
+    pairs = test_pairs(test.group, cfg.num_mix, args.seed, cfg.test_mixtures_per_video)
     device = F.state().device
 
     def fn(batch):
