@@ -173,9 +173,10 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict,
     ``components``: name -> ``(prepared_model, prefix[, exclude])``: the keys of the model's
     full state dict under ``prefix``, stripped of it, leaving out keys that start with any of the
     ``exclude`` prefixes (e.g. ``(model, "video.")``, ``(model, "", ("video.", "audio."))``), or
-    a module / state dict as in :func:`save_checkpoint`. Full state dicts come from ``accelerator.get_state_dict`` on every
-    process, because under FSDP gathering the shards is a collective and the submodules of a
-    wrapped model do not hold their full weights.
+    a module / state dict as in :func:`save_checkpoint`. Full state dicts come from
+    ``accelerator.get_state_dict`` on every process, because under FSDP gathering the shards
+    is a collective and the submodules of a wrapped model do not hold their full weights.
+
     Every process must call this (accelerate writes each process's RNG state). The state goes
     into a hidden folder first; the main process then adds the weights and renames it into place,
     and points ``latest_root/latest`` (default: the recipe folder above the run) at it.

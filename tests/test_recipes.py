@@ -192,7 +192,8 @@ def test_default_sync_run_learns_synchronisation(tmp_path):
 @pytest.mark.slow
 def test_default_mbt_run_learns_the_pair_types(tmp_path):
     """The README's default MBT run (about 6.5 minutes): held-out 3-way pair-type accuracy above
-    chance (1/3) by a margin (measured 0.52 on the 48 held-out clips; plain MBT stays at 0.23-0.35)."""
+    chance (1/3) by a margin (measured 0.52 on the 48 held-out clips; plain MBT stays at
+    0.23-0.35)."""
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain_mbt.py"),
                            f"--run.out={tmp_path}", "--run.name=default"],
                           capture_output=True, text=True, timeout=3600, cwd=ROOT)

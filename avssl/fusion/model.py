@@ -19,8 +19,9 @@ returns a dict:
   through LayerNorm + Linear, for a contrastive term across the batch (CAV-MAE's contrastive
   half). The CLS, not the mean patch token: the fused CLS outputs then start from features that
   already match across modalities, and the pair classifier learned within the default run
-  only this way (the mean-token variant learned the contrast, the classifier stayed at chance); with ``embed_logmel`` (B, 1, F', T') given, ``"audio_embed"`` comes from
-  that spectrogram instead (e.g. each row's in-sync audio, while ``logmel`` is the pair to
+  only this way (the mean-token variant learned the contrast, the classifier stayed at
+  chance). With ``embed_logmel`` (B, 1, F', T') given, ``"audio_embed"`` comes from that
+  spectrogram instead (e.g. each row's in-sync audio, while ``logmel`` is the pair to
   classify), through the audio stream's isolated layers alone;
 - ``"video_tokens"`` (B, Nv, D), ``"audio_tokens"`` (B, Na, D): final patch tokens (no CLS);
 - with masks (bool (B, Nv) / (B, Na), True = replace the token by a learned mask token plus its
