@@ -205,7 +205,7 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict,
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise ValueError(f"checkpoint component {k!r}: no weights under {prefix!r}")
             else:
-                unwrapped[k] = m if isinstance(m := c, Mapping) else accelerator.unwrap_model(m)
+                unwrapped[k] = c if isinstance(c, Mapping) else accelerator.unwrap_model(c)
         save_checkpoint(final, unwrapped, config=config, step=step, specs=specs,
                         extra_meta=extra_meta, tmp=tmp)
         update_latest(latest_root or run_dir.parent, final)

@@ -118,6 +118,7 @@ def make_pairs(batch: dict, cfg: Config, step: int) -> tuple[torch.Tensor, torch
 
 
 def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
+    """The objective's dict for this step's pairs, plus their ``pair_label`` (B,)."""
     pair_audio, label = make_pairs(batch, cfg, step)
     logmel = mel(pair_audio, cfg.data)
     kwargs = {}
@@ -134,8 +135,9 @@ def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
         # it does not shrink to the third of the batch whose pair happens to be in sync
         kwargs["embed_logmel"] = mel(batch["audio"], cfg.data)
     out = model(batch["video"], logmel, **kwargs)
-    return objective(out, {"pair_label": label, "embed_label": torch.zeros_like(label)}
-                     if cfg.loss.contrast_weight > 0 else {"pair_label": label})
+    losses = objective(out, {"pair_label": label, "embed_label": torch.zeros_like(label)}
+                       if cfg.loss.contrast_weight > 0 else {"pair_label": label})
+    return {**losses, "pair_label": label}
 
 
 @torch.no_grad()
@@ -147,8 +149,7 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     for i, batch in enumerate(loader):
         out = forward_loss(model, objective, batch, cfg, step=-(i + 1))
         n = torch.tensor(float(len(batch["video"])), device=accelerator.device)
-        _, label = make_pairs(batch, cfg, step=-(i + 1))
-        m = (label <= 1).sum().float()
+        m = (out["pair_label"] <= 1).sum().float()  # the rows acc_sync is averaged over
         sync = torch.nan_to_num(out["acc_sync"]) * m
         sums += torch.stack([out["acc"] * n, n, sync, m])
     sums = accelerator.reduce(sums, "sum")
