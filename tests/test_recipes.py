@@ -178,14 +178,19 @@ def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch
         assert [float(r["skipped"]) for r in csv.DictReader(f)] == [0.0, 1.0, 0.0]
 
 
+def default_run_metrics(recipe: str, out: Path) -> dict:
+    """Run ``recipes/<recipe>.py`` with its defaults into ``out``; -> its final_metrics.json."""
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / f"{recipe}.py"),
+                           f"--run.out={out}", "--run.name=default"],
+                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / recipe / "default" / "final_metrics.json").read_text())
+
+
 @pytest.mark.slow
 def test_default_sync_run_learns_synchronisation(tmp_path):
     """The README's default run: hard-negative sync accuracy >= 0.8 on held-out clips."""
-    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain_sync.py"),
-                           f"--run.out={tmp_path}", "--run.name=default"],
-                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    final = json.loads((tmp_path / "pretrain_sync" / "default" / "final_metrics.json").read_text())
+    final = default_run_metrics("pretrain_sync", tmp_path)
     assert final["val_acc_hard"] >= 0.8, final
 
 
@@ -194,11 +199,7 @@ def test_default_mbt_run_learns_the_pair_types(tmp_path):
     """The README's default MBT run (about 6.5 minutes): held-out 3-way pair-type accuracy above
     chance (1/3) by a margin (measured 0.52 on the 48 held-out clips; plain MBT stays at
     0.23-0.35)."""
-    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "pretrain_mbt.py"),
-                           f"--run.out={tmp_path}", "--run.name=default"],
-                          capture_output=True, text=True, timeout=3600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    final = json.loads((tmp_path / "pretrain_mbt" / "default" / "final_metrics.json").read_text())
+    final = default_run_metrics("pretrain_mbt", tmp_path)
     assert final["val_acc"] >= 0.42, final
     assert final["train_acc"] >= 0.42, final
 
