@@ -21,7 +21,7 @@ from avssl.data.synthetic import WorldConfig
 from avssl.data.synthetic.cache import synthetic_folder
 from avssl.data.transforms import VideoPipeline, log_mel
 from avssl.errors import AvsslError
-from avssl.speed import SpeedSettings, pick
+from avssl.speed import SpeedSettings, apply_threads, pick
 
 
 @dataclass
@@ -77,6 +77,9 @@ class RunConfig:
         "help": "channels-last-3d video convolutions (auto: off, measured slower on CPU)"})
     compile: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "torch.compile the towers (auto: off, 88-124 s to compile for no measured gain)"})
+    threads: int = field(default=0, metadata={
+        "help": "torch CPU threads (0: auto, which replaces accelerate launch's default of 1 by "
+                "this process's share of the cores)"})
 
 
 def speed_settings(run: RunConfig, num_workers: int) -> SpeedSettings:
@@ -88,8 +91,10 @@ def speed_settings(run: RunConfig, num_workers: int) -> SpeedSettings:
     from accelerate.utils import parse_flag_from_env
 
     device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
-    return pick(device, mixed_precision=run.mixed_precision, channels_last=run.channels_last,
-                compile=run.compile, num_workers=num_workers)
+    settings = pick(device, mixed_precision=run.mixed_precision, channels_last=run.channels_last,
+                    compile=run.compile, num_workers=num_workers, threads=run.threads)
+    apply_threads(settings)
+    return settings
 
 
 def build_pair_datasets(d: PairDataConfig, accelerator: Accelerator, run_dir: Path, seed: int):
@@ -161,25 +166,6 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool):
         step = json.loads((ckpt / "meta.json").read_text())["step"]
         return ckpt.parent, ckpt, step
     return recipe_dir / (name or time.strftime("%Y%m%d-%H%M%S")), None, 0
-
-
-def lone_cpu_launch(num_processes: int, env=None) -> str | None:
-    """A one-line warning when ``accelerate launch --cpu --num_processes N`` (N > 1) started only
-    this process, else None.
-
-    accelerate's simple launcher sends ``--cpu`` runs to a single process unless ``mpirun`` is
-    configured (``--mpirun_hostfile``); it still exports MASTER_ADDR for N > 1, but no rank or
-    world size, which is how the case is recognised."""
-    import os
-
-    env = os.environ if env is None else env
-    cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    ranked = any(k in env for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
-    if cpu and num_processes == 1 and "MASTER_ADDR" in env and not ranked:
-        return ("warning: accelerate launch --cpu started one process (its CPU multi-process "
-                "launch needs mpirun: --mpirun_hostfile); for N CPU processes run "
-                "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N <recipe>")
-    return None
 
 
 def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:

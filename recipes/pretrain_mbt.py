@@ -49,13 +49,14 @@ from tqdm.auto import tqdm
 from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.errors import AvsslError
+from avssl.launch import launch_warning
 from avssl.fusion import build_fusion
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, mel,
                                nonfinite_action, pair_loader, run_location,
-                               lone_cpu_launch, speed_settings)
+                               speed_settings)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
 
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
         log_with=default_trackers(run_dir.name, run_dir, step if resume_from else None),
         project_dir=str(run_dir),
     )
+    if (warning := launch_warning(accelerator.num_processes)) is not None:
+        accelerator.print(warning)
     set_seed(cfg.run.seed)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,8 +213,6 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.print(f"{train_ds.report()}; {accelerator.num_processes} process(es) on "
                       f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
     accelerator.print(speed.describe())
-    if (lone := lone_cpu_launch(accelerator.num_processes)) is not None:
-        accelerator.print(lone)
 
     steps_per_epoch = len(loader) // cfg.optim.grad_accum
     if steps_per_epoch == 0:

@@ -3,7 +3,8 @@
     accelerate launch recipes/pretrain_sync.py                      # synthetic world, 2-core CPU
     accelerate launch recipes/pretrain_sync.py --data.path=/videos --model.video=r3d18 \\
         --data.size=128 --data.crop=112 --data.fps=16 --optim.steps=100000
-    accelerate launch --cpu --num_processes 2 recipes/pretrain_sync.py      # two CPU processes
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \\
+        recipes/pretrain_sync.py                                    # two CPU processes (gloo)
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 recipes/pretrain_sync.py
     accelerate launch recipes/pretrain_sync.py --run.resume                 # continue latest run
     python recipes/pretrain_sync.py --help                                  # every option
@@ -41,13 +42,14 @@ from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder
 from avssl.errors import AvsslError
+from avssl.launch import launch_warning
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, mel,
                                nonfinite_action, pair_loader, run_location,
-                               lone_cpu_launch, speed_settings)
+                               speed_settings)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         log_with=default_trackers(run_dir.name, run_dir, step if resume_from else None),
         project_dir=str(run_dir),
     )
+    if (warning := launch_warning(accelerator.num_processes)) is not None:
+        accelerator.print(warning)
     set_seed(cfg.run.seed)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +159,6 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.print(f"{train_ds.report()}; {accelerator.num_processes} process(es) on "
                       f"{accelerator.device}, mixed precision {accelerator.mixed_precision}")
     accelerator.print(speed.describe())
-    if (lone := lone_cpu_launch(accelerator.num_processes)) is not None:
-        accelerator.print(lone)
 
     steps_per_epoch = len(loader) // cfg.optim.grad_accum
     if steps_per_epoch == 0:

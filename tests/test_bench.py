@@ -202,8 +202,8 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, ucf, cache):
     env = {**os.environ, "AVSSL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     outs = []
     for n, launch in ((1, [sys.executable]),
-                      (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                           "2", "--master_port", str(_free_port())])):
+                      (2, [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                           "--num_processes", "2", "--main_process_port", str(_free_port())])):
         proc = subprocess.run([*launch, *args, "--leaderboard", str(tmp_path / f"lb{n}")],
                               capture_output=True, text=True, timeout=600, cwd=tmp_path,
                               env={**env, "ACCELERATE_USE_CPU": "true"})

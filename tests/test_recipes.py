@@ -121,10 +121,10 @@ def test_two_processes_match_one(tmp_path, cache):
     common = ["--optim.steps=3", "--run.save_every=100", "--model.video=vit_video_tiny",
               "--model.video_kwargs={}", "--model.audio=audio_vit_tiny", "--run.name=r"]
     run("pretrain_sync.py", tmp_path / "one", cache, *common)
-    # accelerate 1.15 launches several CPU processes only through mpirun; torchrun + the CPU
-    # flag gives accelerate's MULTI_CPU (gloo) setup, as the README documents.
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-              "--master_port", str(_free_port())]
+    # accelerate's own launcher, as the README documents: its --cpu multi-process launch needs
+    # mpirun, but --multi_gpu with ACCELERATE_USE_CPU gives its MULTI_CPU (gloo) setup
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", "2", "--main_process_port", str(_free_port())]
     run("pretrain_sync.py", tmp_path / "two", cache, *common, "--data.batch_size=2",
         launch=launch, env={"ACCELERATE_USE_CPU": "true"})
     one = losses(tmp_path / "one" / "pretrain_sync" / "r")
@@ -204,20 +204,40 @@ def test_default_mbt_run_learns_the_pair_types(tmp_path):
     assert final["train_acc"] >= 0.42, final
 
 
-def test_a_lone_process_from_accelerates_cpu_launcher_is_called_out():
-    """accelerate 1.15's `launch --cpu --num_processes 2` starts one process (no mpirun): the
-    recipes say so and name torchrun; real multi-process launches and plain runs stay quiet."""
-    from avssl.pretraining import lone_cpu_launch
+def test_launches_that_start_one_process_or_unjoined_processes_are_called_out():
+    """accelerate 1.15's `launch --num_processes 2` without GPUs starts one process (no mpirun):
+    a warning naming the launch that works. Processes that find no group (--multi_gpu without
+    GPUs) would each train alone: an error. Real multi-process launches and plain runs pass."""
+    from avssl.errors import AvsslError
+    from avssl.launch import launch_warning
 
     simple = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
-    assert "torchrun --nproc_per_node N" in lone_cpu_launch(1, simple)
-    assert lone_cpu_launch(2, {**simple, "WORLD_SIZE": "2"}) is None  # torchrun / mpirun
-    assert lone_cpu_launch(1, {"ACCELERATE_USE_CPU": "True"}) is None  # --num_processes 1
-    assert lone_cpu_launch(1, {}) is None  # python recipes/...
+    assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu" in launch_warning(1, simple)
+    assert "started one process" in launch_warning(1, {**simple, "ACCELERATE_USE_CPU": "False"})
+    assert launch_warning(2, {**simple, "WORLD_SIZE": "2"}) is None  # a real group
+    assert launch_warning(1, {"ACCELERATE_USE_CPU": "True"}) is None  # --num_processes 1
+    assert launch_warning(1, {}) is None  # python recipes/...
+    with pytest.raises(AvsslError, match="2 processes were launched but did not join one group"):
+        launch_warning(1, {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with GPUs --multi_gpu processes do join")
+def test_multi_gpu_launch_without_gpus_stops_before_writing(tmp_path, cache):
+    proc = run("pretrain_sync.py", tmp_path, cache, "--optim.steps=1", "--run.name=r",
+               check=False,
+               launch=[sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                       "--num_processes", "2", "--main_process_port", str(_free_port())])
+    assert proc.returncode != 0
+    assert "error: 2 processes were launched but did not join one group" in proc.stderr
+    assert not (tmp_path / "pretrain_sync").exists()
 
 
 def test_accelerate_cpu_launch_prints_the_warning(tmp_path, cache):
     proc = run("pretrain_sync.py", tmp_path, cache, "--optim.steps=1", "--run.name=r",
                launch=[sys.executable, "-m", "accelerate.commands.launch", "--cpu",
                        "--num_processes", "2"])
-    assert "warning: accelerate launch --cpu started one process" in proc.stdout
+    assert "warning: accelerate launch started one process" in proc.stdout
+    # accelerate's launcher exported OMP_NUM_THREADS=1; the recipe takes the machine's cores
+    cores = len(os.sched_getaffinity(0))
+    if cores > 1:
+        assert f"{cores} CPU thread(s) (cores / local processes" in proc.stdout

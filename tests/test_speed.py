@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from avssl.errors import ConfigError
-from avssl.speed import pick, prepare_module
+import os
+
+from avssl.speed import _threads, apply_threads, pick, prepare_module
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +54,38 @@ def test_bad_choices_are_one_line_errors():
         pick("cpu", mixed_precision="fp16")
     with pytest.raises(ConfigError, match="channels_last must be auto, on or off"):
         pick("cpu", channels_last="yes")
+
+
+def test_threads_replace_only_accelerate_launchs_default_of_one(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    launched = {"ACCELERATE_DYNAMO_BACKEND": "NO", "OMP_NUM_THREADS": "1"}
+    why: dict = {}
+    assert _threads(0, why, launched) == 4 and "not accelerate launch's default" in why["threads"]
+    # several processes on this machine share its cores
+    assert _threads(0, {}, {**launched, "LOCAL_WORLD_SIZE": "2"}) == 2
+    # left alone: a user's OMP_NUM_THREADS, a plain `python` run, one process per core
+    default = torch.get_num_threads()
+    for env in ({**launched, "OMP_NUM_THREADS": "3"}, {"OMP_NUM_THREADS": "1"}, {},
+                {**launched, "LOCAL_WORLD_SIZE": "4"}):
+        why = {}
+        assert _threads(0, why, env) == default, env
+        assert "accelerate" not in why["threads"]
+    why = {}
+    assert _threads(3, why, launched) == 3 and why["threads"] == "asked for"
+    with pytest.raises(ConfigError, match="threads must be >= 0"):
+        _threads(-1, {}, {})
+
+
+def test_apply_threads_sets_torch_and_the_log_says_so():
+    before = torch.get_num_threads()
+    try:
+        s = pick("cpu", threads=1)
+        assert "1 CPU thread(s) (asked for)" in s.describe()
+        torch.set_num_threads(2)
+        apply_threads(s)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys():

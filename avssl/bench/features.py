@@ -30,14 +30,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from avssl.cache import cache_dir
-from avssl.speed import SpeedSettings, pick
+from avssl.speed import SpeedSettings, apply_threads, pick
 
 
 def state() -> PartialState:
     """The process group of this run (one process, or ``accelerate launch`` / ``torchrun``).
 
-    ``ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N`` gives N CPU (gloo) processes, as in the
-    recipes; the first call fixes the state for the whole process."""
+    ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`` gives N CPU (gloo)
+    processes, as in the recipes; the first call fixes the state for the whole process."""
     from accelerate.utils import parse_flag_from_env
 
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -52,6 +52,7 @@ def speed(num_workers: int = 0) -> SpeedSettings:
     starts work prints them (stderr, main process), so a log says what the numbers ran with."""
     global _announced
     settings = pick(state().device, num_workers=num_workers)
+    apply_threads(settings)
     if not _announced and state().is_main_process:
         print(settings.describe(), file=sys.stderr)
         _announced = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from avssl.bench import features as F
 from avssl.bench.model import BenchModel, cost, resolve_model
 from avssl.bench.tasks import TASKS, Task
 from avssl.errors import AvsslError, ConfigError, DataError
+from avssl.launch import launch_warning
 from avssl.registry import did_you_mean
 
 MODALITIES = ("video", "audio", "av")
@@ -96,7 +98,10 @@ def _load(task: Task, fn, root: str, *args, **kw):
 
 def run_bench(args: BenchArgs) -> dict[str, Any]:
     """Run one benchmark; returns ``{"task", "protocol", "metric", "value", "metrics", "row"}``."""
-    F.state()  # join the process group first (torchrun / accelerate launch)
+    # join the process group first (accelerate launch / torchrun), and refuse processes that
+    # did not join one: each would extract everything and append its own row
+    if (warning := launch_warning(F.state().num_processes)) and F.state().is_main_process:
+        print(warning, file=sys.stderr)
     task = TASKS.get(args.task)
     protocol = _choose("protocol", args.protocol, task.protocols, task)
     split = _choose("split", None if args.split is None else str(args.split), task.splits, task)
