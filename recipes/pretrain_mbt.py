@@ -49,8 +49,8 @@ from tqdm.auto import tqdm
 from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.errors import AvsslError
-from avssl.launch import launch_warning
 from avssl.fusion import build_fusion
+from avssl.launch import launch_warning
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
