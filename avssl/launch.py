@@ -35,3 +35,48 @@ def launch_warning(num_processes: int, env=None) -> str | None:
                 "launch needs mpirun); for N CPU processes run ACCELERATE_USE_CPU=1 accelerate "
                 "launch --multi_gpu --num_processes N ...")
     return None
+
+
+def check_shared_run_dir(accelerator, run_dir) -> None:
+    """Stop every process of a multi-process run, before training, when ``run_dir`` is not one
+    folder that all processes see (machines without a shared filesystem).
+
+    accelerate's ``save_state`` has each process write its own RNG state into the checkpoint;
+    the main process writes the rest and publishes the folder. A process on a machine that does
+    not see the main process's disk writes its file where nobody reads it, and every checkpoint
+    of the run is then missing it: ``--run.resume`` would fail after days of training. The main
+    process writes a token file; every process looks for it; all processes agree (a gather) so
+    none is left waiting in a collective.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import secrets
+    from pathlib import Path
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    run_dir = Path(run_dir)
+    token = [secrets.token_hex(8) if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    probe = run_dir / f".shared-check-{token[0]}"
+    created = not run_dir.exists()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token[0])
+    accelerator.wait_for_everyone()
+    try:
+        seen = probe.read_text() == token[0]
+    except OSError:
+        seen = False
+    flags = accelerator.gather(torch.tensor([float(seen)], device=accelerator.device))
+    accelerator.wait_for_everyone()
+    blind = [i for i, f in enumerate(flags.tolist()) if f < 0.5]
+    if accelerator.is_main_process:
+        probe.unlink(missing_ok=True)
+        if blind and created:
+            run_dir.rmdir()  # the run never started: leave no empty run folder behind
+    if blind:
+        raise AvsslError(f"process(es) {blind} cannot see {run_dir}, which the main process "
+                         "wrote: a run on several machines needs --run.out on a filesystem they "
+                         "all share (each process saves its RNG state into every checkpoint)")

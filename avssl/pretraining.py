@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 
 from avssl import checkpoints
 from avssl.data.datasets import folder_dataset
@@ -133,6 +134,17 @@ def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True,
         ds, batch_size=d.batch_size, shuffle=train, drop_last=train, num_workers=d.num_workers,
         persistent_workers=train and persistent, pin_memory=pin,
         generator=torch.Generator().manual_seed(seed))
+
+
+def held_out_batches(loader, accelerator: Accelerator):
+    """Every batch of the (unsharded) held-out ``loader`` on this process's device.
+
+    Each process scores the whole held-out set itself (a few dozen synthetic clips), so a run on
+    N processes reports the numbers of one process: a sharded loader would pad the last batches
+    with repeated clips to even out the processes, and those would be counted twice.
+    """
+    for batch in loader:
+        yield send_to_device(batch, accelerator.device)
 
 
 def mel(audio: torch.Tensor, d: PairDataConfig) -> torch.Tensor:

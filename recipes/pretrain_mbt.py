@@ -50,12 +50,12 @@ from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.errors import AvsslError
 from avssl.fusion import build_fusion
-from avssl.launch import launch_warning
+from avssl.launch import check_shared_run_dir, launch_warning
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
-                               build_pair_datasets, cosine_lr, flat_hparams, mel,
-                               nonfinite_action, pair_loader, run_location,
+                               build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
+                               mel, nonfinite_action, pair_loader, run_location,
                                speed_settings)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
@@ -151,16 +151,18 @@ def forward_loss(model, objective, batch, cfg: Config, step: int,
 @torch.no_grad()
 def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) -> dict:
     """Pair-type accuracy (3-way, chance 1/3) and in-sync vs shifted accuracy (binary, on the
-    rows of those two types) on held-out clips.
+    rows of those two types) on held-out clips. Every process scores all of them with the
+    unwrapped model, so the numbers do not depend on the number of processes.
 
     Every clip is scored with all three of its pairs (its own audio, the same audio shifted when
     the clip has room for a shift, and the next clip's audio), not one drawn type: with the
     training fractions about 1/3 each, this estimates the same accuracy from three times the
     rows (48 clips gave 0.40 and 0.52 for the same recipe on two CPUs with one pair per clip).
     """
+    model, objective = accelerator.unwrap_model(model), accelerator.unwrap_model(objective)
     model.eval()
     sums = torch.zeros(5, device=accelerator.device)  # acc * n, n, acc_sync * m, m, clips
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(held_out_batches(loader, accelerator)):
         sums[4] += len(batch["video"])
         valid = batch["hard_valid"].bool()
         for k in (0, 1, 2):
@@ -174,7 +176,6 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
             m = (out["pair_label"] <= 1).sum().float()  # the rows acc_sync is averaged over
             sync = torch.nan_to_num(out["acc_sync"]) * m
             sums[:4] += torch.stack([out["acc"] * n, n, sync, m])
-    sums = accelerator.reduce(sums, "sum")
     model.train()
     return {"val_acc": float(sums[0] / sums[1].clamp(min=1)),
             "val_acc_sync": float(sums[2] / sums[3].clamp(min=1)), "val_clips": int(sums[4]),
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     if (warning := launch_warning(accelerator.num_processes)) is not None:
         accelerator.print(warning)
     set_seed(cfg.run.seed)
+    check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
@@ -226,8 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
         model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed, speed=speed))
     val_loader = None
     if val_ds is not None:
-        val_loader = accelerator.prepare(pair_loader(val_ds, cfg.data, cfg.run.seed, train=False,
-                                                     speed=speed))
+        # not prepared: every process scores all held-out clips (evaluate)
+        val_loader = pair_loader(val_ds, cfg.data, cfg.run.seed, train=False, speed=speed)
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "state"))
         accelerator.print(f"resumed from {resume_from} at step {step}")
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
                                        "fusion": (model, "", ("video.", "audio."))},
             config=asdict(cfg), specs=specs,
             extra_meta={"recipe": RECIPE, "config_hash": config_hash(cfg)})
-        accelerator.print(f"saved {path}")
+        if accelerator.is_main_process:  # other machines' local main processes saved nothing
+            print(f"saved {path}")
 
     last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
     bar = tqdm(total=cfg.optim.steps, initial=step, desc=RECIPE,

@@ -23,7 +23,9 @@ default run: README.md ("Pretraining").
 
 Output ``runs/pretrain_sync/<run>/``: ``config.json``, ``metrics.csv``, ``step_NNNNNNN/``
 checkpoints (safetensors + accelerate state, written atomically), ``final_metrics.json``;
-``runs/pretrain_sync/latest`` points at the newest complete checkpoint.
+``runs/pretrain_sync/latest`` points at the newest complete checkpoint. On several machines
+(``accelerate launch --num_machines N --machine_rank R ...``) ``--run.out`` must be a folder they
+all share: every process writes its RNG state into each checkpoint (checked before training).
 """
 from __future__ import annotations
 
@@ -42,13 +44,13 @@ from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder
 from avssl.errors import AvsslError
-from avssl.launch import launch_warning
+from avssl.launch import check_shared_run_dir, launch_warning
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
-                               build_pair_datasets, cosine_lr, flat_hparams, mel,
-                               nonfinite_action, pair_loader, run_location,
+                               build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
+                               mel, nonfinite_action, pair_loader, run_location,
                                speed_settings)
 from avssl.tracking import default_trackers
 
@@ -97,16 +99,25 @@ def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
 
 @torch.no_grad()
 def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) -> dict:
-    """Sync accuracy on held-out clips: hard (shifted) and easy (other clip) negatives."""
+    """Sync accuracy on held-out clips: hard (shifted) and easy (other clip) negatives.
+
+    Every process scores all held-out clips with the unwrapped model and no gathering, so the
+    numbers do not depend on the number of processes (easy negatives: the evaluation batch).
+    """
+    model, objective = accelerator.unwrap_model(model), accelerator.unwrap_model(objective)
+    gather, objective.gather = objective.gather, False
     model.eval()
     sums = torch.zeros(4, device=accelerator.device)
-    for batch in loader:
-        out = forward_loss(model, objective, batch, cfg, step=cfg.loss.hard_start_step)
-        nh = out["n_hard_valid"].float()
-        n = torch.tensor(float(len(batch["video"])), device=accelerator.device)
-        sums += torch.stack([out["acc_hard"].nan_to_num(0.0) * nh, nh, out["acc_easy"] * n, n])
-    sums = accelerator.reduce(sums, "sum")
-    model.train()
+    try:
+        for batch in held_out_batches(loader, accelerator):
+            out = forward_loss(model, objective, batch, cfg, step=cfg.loss.hard_start_step)
+            nh = out["n_hard_valid"].float()
+            n = torch.tensor(float(len(batch["video"])), device=accelerator.device)
+            sums += torch.stack([out["acc_hard"].nan_to_num(0.0) * nh, nh, out["acc_easy"] * n,
+                                 n])
+    finally:
+        objective.gather = gather
+        model.train()
     return {"val_acc_hard": float(sums[0] / sums[1].clamp(min=1)),
             "val_acc_easy": float(sums[2] / sums[3].clamp(min=1)),
             "val_clips": int(sums[3])}
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     if (warning := launch_warning(accelerator.num_processes)) is not None:
         accelerator.print(warning)
     set_seed(cfg.run.seed)
+    check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
@@ -150,8 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
                  else objective.to(accelerator.device))
     val_loader = None
     if val_ds is not None:
-        val_loader = accelerator.prepare(pair_loader(val_ds, cfg.data, cfg.run.seed, train=False,
-                                                     speed=speed))
+        # not prepared: every process scores all held-out clips (evaluate)
+        val_loader = pair_loader(val_ds, cfg.data, cfg.run.seed, train=False, speed=speed)
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "state"))
         accelerator.print(f"resumed from {resume_from} at step {step}")
@@ -175,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
              "objective": accelerator.unwrap_model(objective)},
             config=asdict(cfg), specs=specs,
             extra_meta={"recipe": RECIPE, "config_hash": config_hash(cfg)})
-        accelerator.print(f"saved {path}")
+        if accelerator.is_main_process:  # other machines' local main processes saved nothing
+            print(f"saved {path}")
 
     last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
     bar = tqdm(total=cfg.optim.steps, initial=step, desc=RECIPE,

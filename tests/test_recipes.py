@@ -116,22 +116,99 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path, cache):
+GLOO_COMMON = ["--optim.steps=3", "--run.save_every=100", "--model.video=vit_video_tiny",
+               "--model.video_kwargs={}", "--model.audio=audio_vit_tiny", "--run.name=r"]
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(tmp_path_factory, cache):
+    """Losses of one process with batch 4 (LayerNorm encoders, no BatchNorm)."""
+    out = tmp_path_factory.mktemp("one")
+    run("pretrain_sync.py", out, cache, *GLOO_COMMON)
+    return losses(out / "pretrain_sync" / "r")
+
+
+def test_two_processes_match_one(tmp_path, cache, one_process_losses):
     """gloo, 2 x batch 2 == 1 x batch 4 (same global batch; LayerNorm encoders, no BatchNorm)."""
-    common = ["--optim.steps=3", "--run.save_every=100", "--model.video=vit_video_tiny",
-              "--model.video_kwargs={}", "--model.audio=audio_vit_tiny", "--run.name=r"]
-    run("pretrain_sync.py", tmp_path / "one", cache, *common)
     # accelerate's own launcher, as the README documents: its --cpu multi-process launch needs
     # mpirun, but --multi_gpu with ACCELERATE_USE_CPU gives its MULTI_CPU (gloo) setup
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
               "--num_processes", "2", "--main_process_port", str(_free_port())]
-    run("pretrain_sync.py", tmp_path / "two", cache, *common, "--data.batch_size=2",
+    run("pretrain_sync.py", tmp_path / "two", cache, *GLOO_COMMON, "--data.batch_size=2",
         launch=launch, env={"ACCELERATE_USE_CPU": "true"})
-    one = losses(tmp_path / "one" / "pretrain_sync" / "r")
-    two = losses(tmp_path / "two" / "pretrain_sync" / "r")
+    one, two = one_process_losses, losses(tmp_path / "two" / "pretrain_sync" / "r")
     assert sorted(one) == sorted(two) == [1, 2, 3]
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5)
+
+
+def test_held_out_metrics_do_not_depend_on_the_process_count(tmp_path, cache):
+    """12 held-out clips do not split evenly into batches of 5 on 2 processes: a sharded loader
+    would pad with repeated clips. Every process scores all 12 instead, so 2 x batch 5 reports
+    the held-out numbers of 1 x batch 10."""
+    args = [*GLOO_COMMON, "--optim.steps=1", "--data.val_videos=14"]
+    run("pretrain_sync.py", tmp_path / "one", cache, *args, "--data.batch_size=10")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", "2", "--main_process_port", str(_free_port())]
+    run("pretrain_sync.py", tmp_path / "two", cache, *args, "--data.batch_size=5",
+        launch=launch, env={"ACCELERATE_USE_CPU": "true"})
+    one, two = (json.loads((tmp_path / n / "pretrain_sync" / "r" / "final_metrics.json")
+                           .read_text()) for n in ("one", "two"))
+    assert one["val_clips"] == two["val_clips"] == 12, (one, two)
+    assert two["val_acc_hard"] == pytest.approx(one["val_acc_hard"], abs=1e-6), (one, two)
+
+
+def launch_two_machines(outs: list[Path], cache: Path,
+                        *args: str) -> list[subprocess.CompletedProcess]:
+    """accelerate's multi-machine launch, as the README documents it, with both "machines" on
+    this host: one launcher per machine rank, one gloo process each, meeting at 127.0.0.1."""
+    port = str(_free_port())
+    env = {**os.environ, "AVSSL_CACHE": str(cache), "ACCELERATE_USE_CPU": "true"}
+    procs = []
+    for rank, out in enumerate(outs):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+               "--main_process_ip", "127.0.0.1", "--main_process_port", port,
+               str(ROOT / "recipes" / "pretrain_sync.py"), *TINY, f"--run.out={out}", *args]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    done = []
+    for cmd_proc in procs:
+        stdout, stderr = cmd_proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(cmd_proc.args, cmd_proc.returncode, stdout,
+                                                stderr))
+    return done
+
+
+def test_two_machines_match_one(tmp_path, cache, one_process_losses):
+    """accelerate's multi-machine launch (2 machines x 1 process, batch 2 each) gives the losses
+    of one process with batch 4; only the main process writes the run folder."""
+    done = launch_two_machines([tmp_path, tmp_path], cache, *GLOO_COMMON, "--data.batch_size=2")
+    for proc in done:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "2 process(es)" in proc.stdout, proc.stdout[-2000:]
+    assert "saved " in done[0].stdout and "saved " not in done[1].stdout
+    two = losses(tmp_path / "pretrain_sync" / "r")
+    assert sorted(two) == sorted(one_process_losses) == [1, 2, 3]
+    for step in two:
+        assert two[step] == pytest.approx(one_process_losses[step], abs=1e-5)
+    # every process's RNG state is in the checkpoint, so --run.resume can continue on 2 machines
+    state = tmp_path / "pretrain_sync" / "r" / "step_0000003" / "state"
+    assert {p.name for p in state.glob("random_states_*.pkl")} == {"random_states_0.pkl",
+                                                                   "random_states_1.pkl"}
+
+
+def test_machines_without_a_shared_run_folder_stop_before_training(tmp_path, cache):
+    """Each "machine" writing to its own disk: every process stops with one clear error and
+    no run folder is left behind."""
+    outs = [tmp_path / "disk0", tmp_path / "disk1"]
+    done = launch_two_machines(outs, cache, *GLOO_COMMON, "--data.batch_size=2")
+    for proc in done:
+        assert proc.returncode != 0
+        assert "process(es) [1] cannot see" in proc.stderr, proc.stderr[-3000:]
+        assert "filesystem they all share" in proc.stderr
+    assert not (outs[0] / "pretrain_sync" / "r").exists()
+    assert not (outs[1] / "pretrain_sync" / "r").exists()
 
 
 @pytest.mark.parametrize("policy", ["skip", "stop"])
