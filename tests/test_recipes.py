@@ -198,6 +198,23 @@ def test_two_machines_match_one(tmp_path, cache, one_process_losses):
                                                                    "random_states_1.pkl"}
 
 
+def test_resume_on_two_machines_is_exact(tmp_path, cache):
+    """Two machines: 4 steps straight == 2 steps, stop, 2 resumed steps (each process restores
+    its own RNG state and data position from the shared checkpoint): same losses, bitwise
+    weights. 12 clips / global batch 4 = 3 steps per epoch: the stop falls mid-epoch."""
+    common = [*GLOO_COMMON, "--data.batch_size=2", "--optim.steps=4", "--optim.warmup_steps=1",
+              "--data.num_workers=2"]
+    straight = tmp_path / "a" / "pretrain_sync" / "r"
+    split = tmp_path / "b" / "pretrain_sync" / "r"
+    for outs, extra in (([tmp_path / "a"] * 2, []), ([tmp_path / "b"] * 2, ["--run.stop_after=2"]),
+                        ([tmp_path / "b"] * 2, ["--run.resume"])):
+        for proc in launch_two_machines(outs, cache, *common, *extra):
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(straight) == losses(split) and sorted(losses(split)) == [1, 2, 3, 4]
+    a, b = weights(straight / "step_0000004"), weights(split / "step_0000004")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_machines_without_a_shared_run_folder_stop_before_training(tmp_path, cache):
     """Each "machine" writing to its own disk: every process stops with one clear error and
     no run folder is left behind."""
