@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -84,6 +85,23 @@ def test_retrieval_exact_methods_agree(capsys):
     assert rows["torch_topk"]["recall_at_10"] == 1.0
     assert 0.0 < rows["faiss_ivfpq"]["recall_at_10"] <= 1.0
     assert all(r["queries_per_s"] > 0 for r in rows.values())
+    assert rows["torch_topk"]["on"] == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPU")
+def test_retrieval_on_cuda_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        _main("bench_retrieval", ["--quick", "--device", "cuda"], capsys)
+    assert e.value.code == 2 and "torch sees no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_retrieval_torch_topk_on_the_gpu_matches_exact(capsys):
+    out = _main("bench_retrieval", ["--quick", "--gallery", "5000", "--queries", "200",
+                                    "--device", "cuda"], capsys)
+    rows = {r["method"]: r for r in out["results"]}
+    assert rows["torch_topk"]["on"] == "cuda" and rows["torch_topk"]["recall_at_10"] == 1.0
 
 
 def test_bench_cached_run_is_faster(capsys, monkeypatch):
