@@ -125,14 +125,15 @@ def build_pair_datasets(d: PairDataConfig, accelerator: Accelerator, run_dir: Pa
 
 
 def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True,
-                speed: SpeedSettings | None = None):
-    """Shuffled training (or ordered validation) batches; ``speed`` sets pinned memory and
-    persistent workers (default: pin only with a GPU; persistent workers when training)."""
+                speed: SpeedSettings | None = None, batch_size: int | None = None):
+    """Shuffled training (or ordered validation) batches of ``batch_size`` (default
+    ``d.batch_size``); ``speed`` sets pinned memory and persistent workers (default: pin only
+    with a GPU; persistent workers when training)."""
     pin = speed.pin_memory if speed is not None else torch.cuda.is_available()
     persistent = speed.persistent_workers if speed is not None else d.num_workers > 0
     return torch.utils.data.DataLoader(
-        ds, batch_size=d.batch_size, shuffle=train, drop_last=train, num_workers=d.num_workers,
-        persistent_workers=train and persistent, pin_memory=pin,
+        ds, batch_size=batch_size or d.batch_size, shuffle=train, drop_last=train,
+        num_workers=d.num_workers, persistent_workers=train and persistent, pin_memory=pin,
         generator=torch.Generator().manual_seed(seed))
 
 

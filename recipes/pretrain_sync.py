@@ -162,8 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
                  else objective.to(accelerator.device))
     val_loader = None
     if val_ds is not None:
-        # not prepared: every process scores all held-out clips (evaluate)
-        val_loader = pair_loader(val_ds, cfg.data, cfg.run.seed, train=False, speed=speed)
+        # not prepared: every process scores all held-out clips (evaluate), in batches of the
+        # global batch size, so the batch-wise numbers match a one-process run too
+        val_loader = pair_loader(val_ds, cfg.data, cfg.run.seed, train=False, speed=speed,
+                                 batch_size=cfg.data.batch_size * accelerator.num_processes)
     if resume_from is not None:
         accelerator.load_state(str(resume_from / "state"))
         accelerator.print(f"resumed from {resume_from} at step {step}")
