@@ -60,7 +60,8 @@ def check_shared_run_dir(accelerator, run_dir) -> None:
     token = [secrets.token_hex(8) if accelerator.is_main_process else None]
     broadcast_object_list(token)
     probe = run_dir / f".shared-check-{token[0]}"
-    created = not run_dir.exists()
+    # the folders this check creates (run_dir and missing parents), removed again on failure
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe.write_text(token[0])
@@ -74,9 +75,41 @@ def check_shared_run_dir(accelerator, run_dir) -> None:
     blind = [i for i, f in enumerate(flags.tolist()) if f < 0.5]
     if accelerator.is_main_process:
         probe.unlink(missing_ok=True)
-        if blind and created:
-            run_dir.rmdir()  # the run never started: leave no empty run folder behind
+        if blind:  # the run never started: leave no empty folders behind
+            for d in created:  # run_dir first, then its parents; rmdir refuses non-empty ones
+                d.rmdir()
     if blind:
         raise AvsslError(f"process(es) {blind} cannot see {run_dir}, which the main process "
                          "wrote: a run on several machines needs --run.out on a filesystem they "
                          "all share (each process saves its RNG state into every checkpoint)")
+
+
+def decided_by_main(fn):
+    """``fn()`` computed by the main process and handed to every process (its error too).
+
+    For what all processes must agree on before the run starts, such as the run folder: a name
+    made from the clock can differ between processes, and a checkpoint that only the main
+    process's machine sees makes the other processes fail alone while the main one waits for
+    them in a collective. Sets up the process group (accelerate's ``PartialState``) if needed.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+
+    # as AcceleratorState will: ACCELERATE_USE_CPU=1 makes a launch of CPU processes one group
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.num_processes == 1:
+        return fn()
+    payload: list = [None]
+    error = None
+    if state.is_main_process:
+        try:
+            payload = [("ok", fn())]
+        except Exception as e:  # every process stops with the main process's message
+            error, payload = e, [("error", str(e))]
+    broadcast_object_list(payload)
+    kind, value = payload[0]
+    if error is not None:
+        raise error
+    if kind == "error":
+        raise AvsslError(value)
+    return value

@@ -177,6 +177,8 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool):
     if resume:
         ckpt = checkpoints.resolve(recipe_dir / "latest")
         step = json.loads((ckpt / "meta.json").read_text())["step"]
+        if ckpt.parent.parent == recipe_dir.resolve():  # keep the path in --run.out's form
+            ckpt = recipe_dir / ckpt.parent.name / ckpt.name  # (relative stays relative)
         return ckpt.parent, ckpt, step
     return recipe_dir / (name or time.strftime("%Y%m%d-%H%M%S")), None, 0
 

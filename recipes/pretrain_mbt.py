@@ -50,7 +50,7 @@ from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.errors import AvsslError
 from avssl.fusion import build_fusion
-from avssl.launch import check_shared_run_dir, launch_warning
+from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
@@ -184,7 +184,10 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(Config, argv, prog="pretrain_mbt.py", description=__doc__.split("\n\n")[1])
-    run_dir, resume_from, step = run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume)
+    # one answer for all processes (a clock-made name could differ; only the main process's
+    # view of --run.resume counts, and check_shared_run_dir then checks the others see it)
+    run_dir, resume_from, step = decided_by_main(
+        lambda: run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume))
     speed = speed_settings(cfg.run, cfg.data.num_workers)
     accelerator = Accelerator(
         mixed_precision=speed.mixed_precision,

@@ -159,19 +159,22 @@ def test_held_out_metrics_do_not_depend_on_the_process_count(tmp_path, cache):
         assert two[key] == pytest.approx(one[key], abs=1e-6), (key, one, two)
 
 
-def launch_two_machines(outs: list[Path], cache: Path,
+def launch_two_machines(cwds: list[Path], cache: Path,
                         *args: str) -> list[subprocess.CompletedProcess]:
     """accelerate's multi-machine launch, as the README documents it, with both "machines" on
-    this host: one launcher per machine rank, one gloo process each, meeting at 127.0.0.1."""
+    this host: one launcher per machine rank, one gloo process each, meeting at 127.0.0.1. Each
+    machine runs in its own folder with ``--run.out=runs``: one folder is a shared filesystem,
+    two folders are two machines' own disks."""
     port = str(_free_port())
     env = {**os.environ, "AVSSL_CACHE": str(cache), "ACCELERATE_USE_CPU": "true"}
     procs = []
-    for rank, out in enumerate(outs):
+    for rank, cwd in enumerate(cwds):
+        cwd.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
                "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-               str(ROOT / "recipes" / "pretrain_sync.py"), *TINY, f"--run.out={out}", *args]
-        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, text=True,
+               str(ROOT / "recipes" / "pretrain_sync.py"), *TINY, "--run.out=runs", *args]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=cwd, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     done = []
     for cmd_proc in procs:
@@ -184,17 +187,17 @@ def launch_two_machines(outs: list[Path], cache: Path,
 def test_two_machines_match_one(tmp_path, cache, one_process_losses):
     """accelerate's multi-machine launch (2 machines x 1 process, batch 2 each) gives the losses
     of one process with batch 4; only the main process writes the run folder."""
-    done = launch_two_machines([tmp_path, tmp_path], cache, *GLOO_COMMON, "--data.batch_size=2")
+    done = launch_two_machines([tmp_path] * 2, cache, *GLOO_COMMON, "--data.batch_size=2")
     for proc in done:
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "2 process(es)" in proc.stdout, proc.stdout[-2000:]
     assert "saved " in done[0].stdout and "saved " not in done[1].stdout
-    two = losses(tmp_path / "pretrain_sync" / "r")
+    two = losses(tmp_path / "runs" / "pretrain_sync" / "r")
     assert sorted(two) == sorted(one_process_losses) == [1, 2, 3]
     for step in two:
         assert two[step] == pytest.approx(one_process_losses[step], abs=1e-5)
     # every process's RNG state is in the checkpoint, so --run.resume can continue on 2 machines
-    state = tmp_path / "pretrain_sync" / "r" / "step_0000003" / "state"
+    state = tmp_path / "runs" / "pretrain_sync" / "r" / "step_0000003" / "state"
     assert {p.name for p in state.glob("random_states_*.pkl")} == {"random_states_0.pkl",
                                                                    "random_states_1.pkl"}
 
@@ -205,28 +208,36 @@ def test_resume_on_two_machines_is_exact(tmp_path, cache):
     weights. 12 clips / global batch 4 = 3 steps per epoch: the stop falls mid-epoch."""
     common = [*GLOO_COMMON, "--data.batch_size=2", "--optim.steps=4", "--optim.warmup_steps=1",
               "--data.num_workers=2"]
-    straight = tmp_path / "a" / "pretrain_sync" / "r"
-    split = tmp_path / "b" / "pretrain_sync" / "r"
-    for outs, extra in (([tmp_path / "a"] * 2, []), ([tmp_path / "b"] * 2, ["--run.stop_after=2"]),
-                        ([tmp_path / "b"] * 2, ["--run.resume"])):
-        for proc in launch_two_machines(outs, cache, *common, *extra):
+    for cwd, extra in ((tmp_path / "a", []), (tmp_path / "b", ["--run.stop_after=2"]),
+                       (tmp_path / "b", ["--run.resume"])):
+        for proc in launch_two_machines([cwd] * 2, cache, *common, *extra):
             assert proc.returncode == 0, proc.stderr[-3000:]
+    straight = tmp_path / "a" / "runs" / "pretrain_sync" / "r"
+    split = tmp_path / "b" / "runs" / "pretrain_sync" / "r"
     assert losses(straight) == losses(split) and sorted(losses(split)) == [1, 2, 3, 4]
     a, b = weights(straight / "step_0000004"), weights(split / "step_0000004")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_machines_without_a_shared_run_folder_stop_before_training(tmp_path, cache):
-    """Each "machine" writing to its own disk: every process stops with one clear error and
-    no run folder is left behind."""
-    outs = [tmp_path / "disk0", tmp_path / "disk1"]
-    done = launch_two_machines(outs, cache, *GLOO_COMMON, "--data.batch_size=2")
+@pytest.mark.parametrize("resume", [False, True])
+def test_machines_without_a_shared_run_folder_stop_before_training(tmp_path, cache, resume):
+    """Each "machine" with its own disk: every process stops with one clear error, also when only
+    machine 0's disk holds the checkpoint to resume (machine 1 used to fail alone while machine
+    0 waited for it), and nothing is written."""
+    disks = [tmp_path / "disk0", tmp_path / "disk1"]
+    args = [*GLOO_COMMON, "--data.batch_size=2"]
+    if resume:  # a checkpoint on machine 0's disk only
+        run("pretrain_sync.py", disks[0] / "runs", cache, *GLOO_COMMON, "--run.stop_after=2")
+        args.append("--run.resume")
+    for d in disks:
+        d.mkdir(parents=True, exist_ok=True)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    done = launch_two_machines(disks, cache, *args)
     for proc in done:
         assert proc.returncode != 0
         assert "process(es) [1] cannot see" in proc.stderr, proc.stderr[-3000:]
         assert "filesystem they all share" in proc.stderr
-    assert not (outs[0] / "pretrain_sync" / "r").exists()
-    assert not (outs[1] / "pretrain_sync" / "r").exists()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("policy", ["skip", "stop"])
