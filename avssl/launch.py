@@ -9,6 +9,16 @@ import os
 from avssl.errors import AvsslError
 
 
+def process_state():
+    """accelerate's ``PartialState`` for this run, set up as ``AcceleratorState`` will set it up:
+    ``ACCELERATE_USE_CPU=1`` makes a launch of CPU processes one gloo group. The first call
+    joins the process group and fixes the state for the whole process."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def launch_warning(num_processes: int, env=None) -> str | None:
     """Check how this process was launched: raise for processes that did not join one group,
     return a one-line warning for a multi-process launch that started one process, else None.
@@ -92,11 +102,9 @@ def decided_by_main(fn):
     process's machine sees makes the other processes fail alone while the main one waits for
     them in a collective. Sets up the process group (accelerate's ``PartialState``) if needed.
     """
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, parse_flag_from_env
+    from accelerate.utils import broadcast_object_list
 
-    # as AcceleratorState will: ACCELERATE_USE_CPU=1 makes a launch of CPU processes one group
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = process_state()
     if state.num_processes == 1:
         return fn()
     payload: list = [None]

@@ -22,6 +22,7 @@ from avssl.data.synthetic import WorldConfig
 from avssl.data.synthetic.cache import synthetic_folder
 from avssl.data.transforms import VideoPipeline, log_mel
 from avssl.errors import AvsslError
+from avssl.launch import process_state
 from avssl.speed import SpeedSettings, apply_threads, pick
 
 
@@ -88,10 +89,7 @@ def speed_settings(run: RunConfig, num_workers: int) -> SpeedSettings:
 
     Called before the Accelerator is built, so its mixed precision can come from here; the
     device is the one accelerate will pick (``accelerate launch --cpu`` included)."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    device = process_state().device
     settings = pick(device, mixed_precision=run.mixed_precision, channels_last=run.channels_last,
                     compile=run.compile, num_workers=num_workers, threads=run.threads)
     apply_threads(settings)

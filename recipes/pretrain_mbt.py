@@ -155,7 +155,7 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     unwrapped model, so the numbers do not depend on the number of processes.
 
     Every clip is scored with all three of its pairs (its own audio, the same audio shifted when
-    the clip has room for a shift, and the next clip's audio), not one drawn type: with the
+    the clip has room for a shift, and another clip's audio), not one drawn type: with the
     training fractions about 1/3 each, this estimates the same accuracy from three times the
     rows (48 clips gave 0.40 and 0.52 for the same recipe on two CPUs with one pair per clip).
     """

@@ -38,9 +38,9 @@ def state() -> PartialState:
 
     ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`` gives N CPU (gloo)
     processes, as in the recipes; the first call fixes the state for the whole process."""
-    from accelerate.utils import parse_flag_from_env
+    from avssl.launch import process_state
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    return process_state()
 
 
 _announced = False
