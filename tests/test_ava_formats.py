@@ -1,6 +1,7 @@
 """AVA v2.2 parsers (CSV rows, label maps, exclusions) and the keyframe loader ``ava()``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from avssl.data import decoding
 from avssl.data.datasets.ava import (
     AVA_CUT_S,
+    UNCUT_MIN_S,
     AVARow,
     ava,
     read_exclusions,
@@ -211,6 +213,22 @@ def test_skip_bad_probes_and_drops_undecodable_videos(root):
     s = ava(root, "train", skip_bad=True)
     assert s.num_used == 1 and [p for p, _ in s.bad][0].endswith("vidB.mkv")
     assert {k.video_id for k in s.keyframes} == {"vidA"} and "1 undecodable" in s.report()
+
+
+def test_full_movies_outside_videos_15min_are_read_at_their_own_timestamp(root, tmp_path):
+    """The official trainval/ download holds full movies: keyframe 902 is at 902 s there, not at
+    2 s as in a 15-min cut. Without videos_15min/ the loader probes lengths to tell them apart."""
+    r = tmp_path / "raw"
+    (r / "trainval").mkdir(parents=True)
+    os.symlink(root / "annotations", r / "annotations")
+    long = torch.full((UNCUT_MIN_S + 10, 3, 16, 16), 90, dtype=torch.uint8)  # 1 fps, 970 s
+    decoding.write_av(r / "trainval" / "vidA.mp4", long, 1)
+    decoding.write_av(r / "trainval" / "vidB.mp4", long[:4], 30)  # a 15-min cut kept here
+    s = ava(r, "train")
+    times = {(k.video_id, k.timestamp): k.time_s for k in s.keyframes}
+    assert times == {("vidA", 902): 902.0, ("vidB", 902): 2.0}
+    # inside videos_15min/ files are trusted to be cuts (no probing)
+    assert {k.time_s for k in ava(root, "train").keyframes} == {2.0}
 
 
 def test_loader_errors(root, tmp_path):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,18 @@ def test_hmdb51_splits_labels_and_special_names(hmdb, tmp_path):
         os.symlink(d, flat / d.name)
     again = hmdb51(flat, split=1, train=True, mode="eval", **KW)
     assert again.video_ids == ds.video_ids and again.labels == ds.labels and not again.missing
+    # a partial extraction that lost one class's split-2 file: an error, not 50 shifted labels
+    part = tmp_path / "part"
+    (part / "testTrainMulti_7030_splits").mkdir(parents=True)
+    os.symlink(root / "hmdb51", part / "hmdb51")
+    split_files = sorted((root / "testTrainMulti_7030_splits").iterdir())
+    lost = next(f for f in split_files if f.name.endswith("_test_split2.txt"))
+    for f in split_files:
+        if f != lost:
+            os.symlink(f, part / "testTrainMulti_7030_splits" / f.name)
+    assert hmdb51(part, split=1, train=True, mode="eval", **KW).labels == ds.labels
+    with pytest.raises(DataError, match=re.escape(f"lacks {lost.name}")):
+        hmdb51(part, split=2, train=True, **KW)
 
 
 def test_kinetics_quoted_labels_missing_rows_and_test(kin, tmp_path):
@@ -350,6 +363,46 @@ def test_audioset_multi_hot_labels(tmp_path_factory):
     assert s["label"].dtype == torch.float32 and torch.equal(s["label"], hot)
     ev = audioset(root, "eval", **KW)
     assert ev.mode == "eval" and not set(ev.video_ids) & set(ds.video_ids)
+
+
+def test_index_files_with_a_bom_parse_and_damaged_csvs_name_file_and_format(tmp_path):
+    """Spreadsheet-saved copies start with a BOM; an unquoted comma in a label breaks the column
+    count: the first parses as the clean file, the second is a one-line DataError."""
+    from avssl.data.datasets.audioset import read_segments
+    from avssl.data.datasets.kinetics import read_kinetics_csv
+    from avssl.data.datasets.layout import read_lines
+
+    bom = "\ufeff"
+    segments = ('# Segments csv created Sun Mar  5 10:54:31 2017\n'
+                '# num_ytids=2, num_segs=2, num_unique_labels=3, num_positive_labels=3\n'
+                '# YTID, start_seconds, end_seconds, positive_labels\n'
+                '--ZhevVpy1s, 50.000, 60.000, "/m/012xff"\n'
+                '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"\n')
+    (tmp_path / "seg.csv").write_text(bom + segments, encoding="utf-8")
+    df = read_segments(tmp_path / "seg.csv")
+    assert list(df["ytid"]) == ["--ZhevVpy1s", "--PJHxphWEs"]
+    assert df["mids"][1] == "/m/09x0r,/t/dd00088"
+    (tmp_path / "bad_seg.csv").write_text(segments.replace('"', ""))
+    with pytest.raises(DataError, match=r"bad_seg\.csv: not a readable CSV.*YTID, start, end"):
+        read_segments(tmp_path / "bad_seg.csv")
+
+    kin = ("label,youtube_id,time_start,time_end,split\r\n"
+           '"rock, paper, scissors",-AbCdEfGhIj,10,20,train\r\n')
+    (tmp_path / "train.csv").write_text(bom + kin, encoding="utf-8", newline="")
+    df = read_kinetics_csv(tmp_path / "train.csv")
+    assert list(df.columns[:2]) == ["label", "youtube_id"] and df["label"][0] == "rock, paper, scissors"
+    (tmp_path / "bad.csv").write_text(kin.replace('"', ""))
+    with pytest.raises(DataError, match=r"bad\.csv: not a readable CSV.*label,youtube_id"):
+        read_kinetics_csv(tmp_path / "bad.csv")
+
+    (tmp_path / "vgg").mkdir()
+    (tmp_path / "vgg" / "vggsound.csv").write_text("---g-f_I2yQ,1,people marching,test\n"
+                                                  "--0PQM4-hqg,30,rock, paper,train\n")
+    with pytest.raises(DataError, match=r"vggsound\.csv: not a readable CSV.*ytid,start_seconds"):
+        vggsound(tmp_path / "vgg", "train", **KW)
+
+    (tmp_path / "classInd.txt").write_text(bom + "1 ApplyEyeMakeup\r\n2 ApplyLipstick\r\n")
+    assert read_lines(tmp_path / "classInd.txt") == ["1 ApplyEyeMakeup", "2 ApplyLipstick"]
 
 
 def test_audio_shift_gives_the_same_videos_audio_shifted(tmp_path):

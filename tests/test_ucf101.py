@@ -150,3 +150,25 @@ def test_video_without_audio_and_the_audio_subset(ucf, truth, tmp_path, monkeypa
     monkeypatch.setattr(manifest, "scan", no_scan)
     again = ucf101(ucf, split=1, train=False, audio_subset=True, **KW)
     assert again.class_names == av.class_names and again.name == "ucf101-av"
+
+
+def test_audio_subset_keeps_undecodable_files_for_evaluation_to_report(ucf, truth, tmp_path,
+                                                                       monkeypatch):
+    """A broken file probes as silent; the audio subset must not drop it quietly: evaluation
+    stops naming it, and skip_bad counts it as listed but unused."""
+    import shutil
+
+    from avssl.errors import DataError
+
+    monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ucf"
+    shutil.copytree(ucf, root)
+    test_list = (root / "ucfTrainTestlist" / "testlist01.txt").read_text().split()
+    victim = next(p for p in test_list if p.endswith(".avi") and truth[p]["has_audio"])
+    (root / "UCF-101" / victim).write_bytes(b"not a video" * 100)
+
+    with pytest.raises(DataError, match=Path(victim).name):
+        ucf101(root, split=1, train=False, audio_subset=True, **KW)
+    ds = ucf101(root, split=1, train=False, audio_subset=True, skip_bad=True, **KW)
+    assert ds.num_listed == ds.num_used + 1
+    assert Path(victim).name not in {Path(r.path).name for r in ds.records}

@@ -15,7 +15,6 @@ missing clips are reported as found vs listed.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 from typing import Any
@@ -30,6 +29,7 @@ from avssl.data.datasets.layout import (
     default_mode,
     index_video_files,
     layout_error,
+    read_index_csv,
 )
 from avssl.errors import DataError
 
@@ -41,7 +41,7 @@ _EXPECTED = "class_labels_indices.csv and <split>_segments.csv (YTID, start, end
 
 def read_class_labels(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """``(mids, display_names)`` in index order from ``class_labels_indices.csv``."""
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    df = read_index_csv(path, "the header index,mid,display_name")
     if not {"index", "mid", "display_name"} <= set(df.columns):
         raise DataError(f"{path}: expected the header index,mid,display_name")
     df = df.assign(index=df["index"].astype(int)).sort_values("index")
@@ -50,10 +50,8 @@ def read_class_labels(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 def read_segments(path: str | os.PathLike) -> pd.DataFrame:
     """Columns ``ytid, start, end, mids`` (strings) of an AudioSet segments CSV."""
-    with open(path, encoding="utf-8", newline=None) as f:
-        body = "".join(line for line in f if not line.lstrip().startswith("#"))
-    df = pd.read_csv(io.StringIO(body), header=None, dtype=str, keep_default_na=False,
-                     skipinitialspace=True, quotechar='"')
+    df = read_index_csv(path, "'#' header lines, then rows 'YTID, start, end, \"mid1,mid2\"'",
+                        header=False, skip_comments=True)
     if df.shape[1] != 4:
         raise DataError(f"{path}: expected rows 'YTID, start, end, \"mid1,mid2\"', got "
                         f"{df.shape[1]} columns")

@@ -19,7 +19,9 @@ normalised to [0, 1]):
   official evaluator reads them).
 
 Keyframe ``timestamp`` (s) sits at ``time_s = timestamp - 900`` in the 15-min cut (frame
-``(timestamp - 900) * 30`` at 30 fps); a detector centres its clip on ``time_s``.
+``(timestamp - 900) * 30`` at 30 fps); a detector centres its clip on ``time_s``. Without a
+``videos_15min/`` folder the videos found under root are probed: one longer than 960 s is a full
+movie of the official download, read at ``time_s = timestamp``.
 """
 from __future__ import annotations
 
@@ -205,8 +207,8 @@ def read_labelmap(path: str | os.PathLike) -> tuple[list[int], list[str]]:
 class AVAKeyframe:
     """One annotated keyframe. ``boxes`` (P, 4) float32 x1,y1,x2,y2 normalised, one per person;
     ``labels`` (P, K) float32 multi-hot over :attr:`AVASplit.class_ids` (zeros for proposals);
-    ``scores`` (P,) float32 (proposal scores; 1.0 for ground truth). ``time_s`` = ``timestamp -
-    900``, the keyframe's time in the 15-min cut ``path``."""
+    ``scores`` (P,) float32 (proposal scores; 1.0 for ground truth). ``time_s``: the keyframe's
+    time in ``path``: ``timestamp - 900`` in a 15-min cut, ``timestamp`` in a full movie."""
 
     video_id: str
     timestamp: int
@@ -283,6 +285,26 @@ def _drop_undecodable(videos: dict[str, str]) -> list[tuple[str, str]]:
     return bad
 
 
+UNCUT_MIN_S = AVA_CUT_S + 60  # a file longer than this is a full movie, not a 15-min cut
+
+
+def _uncut(videos: dict[str, str]) -> set[str]:
+    """Ids of the videos that are full movies (the official ``trainval/`` download), where
+    keyframe ``ts`` sits at ``ts`` s rather than at ``ts - 900`` in a 15-min cut: their probed
+    length exceeds :data:`UNCUT_MIN_S`. Files that fail to probe are left to the decoder (or to
+    ``skip_bad``) to report."""
+    from avssl.data.decoding import probe
+
+    full = set()
+    for vid, path in videos.items():
+        try:
+            if probe(path).duration_s > UNCUT_MIN_S:
+                full.add(vid)
+        except DecodeError:
+            pass
+    return full
+
+
 def ava(root: str | os.PathLike, split: str = "train", *, boxes: str = "groundtruth",
         score_threshold: float = 0.8, labelmap: str | None = None,
         skip_bad: bool = False) -> AVASplit:
@@ -296,7 +318,9 @@ def ava(root: str | os.PathLike, split: str = "train", *, boxes: str = "groundtr
     keep zero boxes) and all-zero labels. ``labelmap``: a path; default the 60-class
     ActivityNet file when present, else the 80-class one. Videos listed without a file are
     dropped with a warning; with ``skip_bad`` every video is probed and undecodable ones are
-    dropped too (``num_listed`` / ``num_used`` report it). Nothing is decoded otherwise.
+    dropped too (``num_listed`` / ``num_used`` report it). Without ``videos_15min/`` the videos
+    are probed to tell full movies (keyframes at ``timestamp`` s) from 15-min cuts (at
+    ``timestamp - 900``); nothing is decoded otherwise.
     """
     if split not in SPLITS:
         raise ConfigError(f"ava: split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -333,6 +357,12 @@ def ava(root: str | os.PathLike, split: str = "train", *, boxes: str = "groundtr
         raise DataError(f"ava: none of the {len(listed)} videos listed in {gt_csv} is usable "
                         f"({len(missing)} missing, {len(bad)} undecodable); expected "
                         f"{media}/<video_id>.mp4")
+    # Without videos_15min/ the files may be full movies: probe them rather than read every
+    # keyframe 900 s early (files under videos_15min/ are trusted to be the 900-1800 s cuts).
+    full = set() if media.is_dir() else _uncut(videos)
+    if full:
+        log.info("ava: %d of %d %s videos are full movies (longer than %d s): keyframes are read "
+                 "at their own timestamp in them", len(full), len(videos), split, UNCUT_MIN_S)
 
     column = {cid: j for j, cid in enumerate(class_ids)}
     k = len(class_ids)
@@ -360,7 +390,8 @@ def ava(root: str | os.PathLike, split: str = "train", *, boxes: str = "groundtr
             b = np.array([r.box for r in props], np.float32).reshape(-1, 4)
             lab = np.zeros((len(props), k), np.float32)
             sc = np.array([r.score for r in props], np.float32)
-        keyframes.append(AVAKeyframe(vid, ts, videos[vid], float(ts - AVA_CUT_S), b, lab, sc))
+        offset = 0 if vid in full else AVA_CUT_S
+        keyframes.append(AVAKeyframe(vid, ts, videos[vid], float(ts - offset), b, lab, sc))
     if empty:
         log.info("ava: %d %s keyframes have no person with an action in the label map; dropped",
                  empty, split)

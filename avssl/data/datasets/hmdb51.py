@@ -44,13 +44,22 @@ def hmdb51(
     splits = root / "testTrainMulti_7030_splits"
     if not splits.is_dir():
         raise layout_error("hmdb51", "hmdb51", root, _EXPECTED)
-    files = {}
+    files, every_class = {}, set()
     for f in splits.iterdir():
         m = _SPLIT_FILE.match(f.name)
-        if m and int(m["k"]) == split:
-            files[m["cls"]] = f
+        if m:
+            every_class.add(m["cls"])
+            if int(m["k"]) == split:
+                files[m["cls"]] = f
     if not files:
         raise layout_error("hmdb51", "hmdb51", root, _EXPECTED + f" (no *_test_split{split}.txt)")
+    # the class list is the union over the three splits: a class whose file for this split is
+    # missing (a partial extraction) would otherwise vanish and shift every later label by one
+    if lost := sorted(every_class - set(files)):
+        raise DataError(f"hmdb51: {splits} lacks {lost[0]}_test_split{split}.txt"
+                        + (f" and {len(lost) - 1} more" if len(lost) > 1 else "")
+                        + "; the official folder holds 153 files, <class>_test_split{1,2,3}.txt "
+                        "for each of the 51 classes")
     classes = sorted(files)
     videos = root / "hmdb51" if (root / "hmdb51").is_dir() else root
     wanted = "1" if train else "2"

@@ -165,7 +165,9 @@ def _audio_subset(classes: list[str], rows: dict[str, Any], records: list[VideoR
         row = rows.get(Path(rec.path).relative_to(videos).as_posix())
         extra = dict(rec.extra)
         if row is not None:  # else the file is missing: ClipDataset reports it
-            if not row["has_audio"]:
+            # an undecodable file also probes as silent: keep it, so that ClipDataset stops on it
+            # in evaluation (or counts it in ``bad`` with skip_bad) instead of it vanishing here
+            if row["decodable"] and not row["has_audio"]:
                 continue
             extra.update(has_audio=True, decodable=bool(row["decodable"]),
                          error=row["error"] if isinstance(row["error"], str) else "")

@@ -15,8 +15,6 @@ import logging
 import os
 from typing import Any
 
-import pandas as pd
-
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.layout import (
     YOUTUBE_ID,
@@ -25,6 +23,7 @@ from avssl.data.datasets.layout import (
     default_mode,
     index_video_files,
     layout_error,
+    read_index_csv,
 )
 from avssl.errors import DataError
 
@@ -46,7 +45,7 @@ def vggsound(
     csv = root / "vggsound.csv"
     if not csv.is_file():
         raise layout_error("vggsound", "vggsound", root, _EXPECTED)
-    df = pd.read_csv(csv, header=None, dtype=str, keep_default_na=False, skipinitialspace=True)
+    df = read_index_csv(csv, "headerless rows ytid,start_seconds,label,split", header=False)
     if df.shape[1] != 4:
         raise DataError(f"{csv}: expected 4 headerless columns ytid,start_seconds,label,split, "
                         f"got {df.shape[1]}")
