@@ -135,6 +135,9 @@ class Index:
     def _build_ivfpq(self, n: int) -> None:
         import faiss
 
+        if n < 2:  # PQ trains at least 2 centroids (nbits >= 1) by k-means on these vectors
+            raise ConfigError(f"IVF-PQ needs at least 2 vectors to train its codebooks, got {n}; "
+                              "use kind='flat' (exact) for a gallery this small")
         nlist = min(self.nlist, max(1, n // _POINTS_PER_CENTROID))
         nbits = min(self.nbits, max(1, int(math.log2(max(2, n // _POINTS_PER_CENTROID)))))
         m = max(d for d in range(1, min(self.m, self.dim) + 1) if self.dim % d == 0)
@@ -161,7 +164,11 @@ class Index:
         if self._index is None:
             self._build_ivfpq(len(x))
         if not self._index.is_trained:
-            self._index.train(x)
+            try:
+                self._index.train(x)
+            except RuntimeError as e:  # faiss reports bad training sets as RuntimeError
+                raise ConfigError(f"IVF-PQ training on {len(x)} vectors failed: "
+                                  f"{' '.join(str(e).split())[:300]}") from None
         self._index.add(x)
 
     def search(self, q: Any, k: int) -> tuple[np.ndarray, np.ndarray]:

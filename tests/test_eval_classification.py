@@ -171,6 +171,11 @@ def test_missing_id_is_a_one_line_data_error(files):
     assert "\n" not in str(e.value)
     with pytest.raises(DataError, match="--labels"):
         evaluate_classification_files(d / "pred.csv")
+    # every row one field longer than the header: an error, not scores read as ids
+    rows = (d / "pred.csv").read_text().splitlines()
+    (d / "pred_commas.csv").write_text("\n".join(rows[:1] + [r + "," for r in rows[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"predictions file .*pred_commas\.csv: not a readable"):
+        evaluate_classification_files(d / "pred_commas.csv", d / "labels.csv")
 
 
 def _cli(*args):

@@ -123,6 +123,27 @@ def test_shape_mismatches_are_data_errors():
         evaluate_separation([r], [r], mixtures=[r.sum(0)[:-5]])
 
 
+def test_non_finite_audio_is_a_data_error_not_nan_metrics():
+    r = two_sources(0)
+    e = r.copy()
+    e[1, 7] = np.nan
+    with pytest.raises(DataError, match=r"estimates\[0\] must hold finite samples.*source 1, "
+                                        r"sample 7"):
+        evaluate_separation([r], [e])
+
+
+def test_cli_json_is_strict_when_a_metric_is_infinite(tmp_path, capsys):
+    """One source has no interference: mir_eval's SIR is +inf, printed as null (strict JSON)."""
+    r = two_sources(1)[:1]
+    e = r + 0.1 * np.random.default_rng(0).normal(size=r.shape)
+    write_dirs(tmp_path, [r], [e], ["solo"], sources=("guitar",))
+    assert main(["separation", "--references", str(tmp_path / "references"),
+                 "--estimates", str(tmp_path / "estimates")]) == 0
+    got = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
+    assert got["SIR"] is None and got["per_sample"]["solo"]["SIR"] is None
+    assert np.isfinite(got["SDR"]) and got["SDR"] > 0
+
+
 def write_dirs(root: Path, refs: list[np.ndarray], ests: list[np.ndarray],
                names: list[str], sources: tuple[str, str] = ("guitar", "violin")) -> Path:
     for name, r, e in zip(names, refs, ests):

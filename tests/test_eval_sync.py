@@ -150,3 +150,8 @@ def test_cli_json_equals_function_and_errors_are_one_line(scores, tmp_path):
     assert err.returncode == 2 and "Traceback" not in err.stderr
     assert err.stderr.startswith("error: ") and err.stderr.count("\n") == 1
     assert "same grid" in err.stderr and "bad.csv" in err.stderr
+    # a trailing comma on every row: pandas would shift the columns under an implicit index
+    commas = tmp_path / "commas.csv"
+    commas.write_text("clip_id,candidate,offset_s,score\na,sync,0,0.9,\na,hard,1,0.5,\n")
+    with pytest.raises(DataError, match=r"commas\.csv: not a readable CSV.*clip_id,candidate"):
+        evaluate_sync_file(commas)

@@ -158,6 +158,12 @@ def test_thumos14_text_liberalities(tmp_path):
     assert got["ambiguous"] == [{"video": "video_test_0000011", "start": 5.0, "end": 6.0}]
     assert got["videos"] == ["video_test_0000004", "video_test_0000007", "video_test_0000009",
                              "video_test_0000011"]
+    # a segment written end-first still counts, read as [min, max] like the official kit's
+    # overlap; dropping it would shrink the ground-truth count and inflate AP
+    (folder / "Diving_test.txt").write_text("video_test_0000009  5.0 1.0\n")
+    assert as_tuples(read_thumos14_annotations(folder, "test")["segments"])[-1] == (
+        "video_test_0000009", "Diving", 1.0, 5.0)
+    (folder / "Diving_test.txt").write_text("video_test_0000009  1.0 2.0\n\n")
     # the validation files are named _val; asking for them finds none here
     with pytest.raises(DataError, match="_val.txt per class"):
         read_thumos14_annotations(folder, "validation")

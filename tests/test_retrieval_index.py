@@ -119,6 +119,8 @@ def test_index_errors():
         index.add(np.zeros((3, 5)))
     with pytest.raises(ConfigError, match="kind"):
         Index(4, kind="hnsw")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="IVF-PQ needs at least 2 vectors.*kind='flat'"):
+        Index(4, kind="ivfpq").add(np.ones((1, 4)))  # faiss would raise a bare RuntimeError
     if not faiss_gpu_available():
         with pytest.raises(ConfigError, match="GPU"):
             Index(4, gpu=True)

@@ -29,6 +29,7 @@ from typing import Iterable
 import pandas as pd
 from tqdm import tqdm
 
+from avssl.csvfiles import read_text_csv
 from avssl.errors import AvsslError, DataError, DecodeError
 
 log = logging.getLogger(__name__)
@@ -213,12 +214,8 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"manifest {str(path)!r} not found; make one with: "
                         f"python -m avssl.data.manifest scan DIR --out {path}")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        why = " ".join(str(e).split())
-        raise DataError(f"manifest {str(path)!r} is not a readable CSV ({why}); "
-                        f"expected columns {','.join(COLUMNS)}") from None
+    raw = read_text_csv(path, f"the columns {','.join(COLUMNS)}", skipinitialspace=False,
+                        what="manifest")
     if tuple(raw.columns) != COLUMNS:
         raise DataError(
             f"manifest {str(path)!r} has columns {','.join(map(str, raw.columns))}; expected exactly "

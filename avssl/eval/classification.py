@@ -177,14 +177,11 @@ def mean_average_precision(scores: Any, targets: Any,
 
 # ------------------------------------------------------------------------------------- files
 def _read_csv(path: str | os.PathLike, what: str, required: Sequence[str]):
-    import pandas as pd
+    from avssl.csvfiles import read_text_csv
 
     if not os.path.isfile(path):
         raise DataError(f"{what} file {path} not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as e:  # pandas raises several types for malformed CSV
-        raise DataError(f"cannot read {what} file {path} as CSV: {' '.join(str(e).split())}")
+    df = read_text_csv(path, f"a header with {', '.join(required)}", what=f"{what} file")
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing or df.empty:

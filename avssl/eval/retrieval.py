@@ -106,7 +106,8 @@ def class_retrieval(query_x: Any, query_y: Any, gallery_x: Any, gallery_y: Any,
     qc, gc = codes[:len(qy)].astype(np.int64), codes[len(qy):].astype(np.int64)
 
     ahead = np.empty(len(qx), dtype=np.int64)  # other-class items at least as close as the best
-    if kind == "flat":                          # same-class one; len(gallery) when none exists
+    found = np.empty(len(qx), dtype=bool)       # same-class one; found: the query has one at all
+    if kind == "flat":
         unknown = set(index_kw) - {"gpu"}
         if unknown:
             raise ConfigError(f"unknown option(s) {sorted(unknown)} for kind='flat'; only 'gpu'")
@@ -118,8 +119,8 @@ def class_retrieval(query_x: Any, query_y: Any, gallery_x: Any, gallery_y: Any,
             same = gal_c[None, :] == q_c[:, None]
             best = s.masked_fill(~same, -torch.inf).max(dim=1, keepdim=True).values
             n_ahead = ((s >= best - tol) & ~same).sum(1)
-            n_ahead[~same.any(1)] = len(gx)
             ahead[start:start + len(s)] = n_ahead.cpu().numpy()
+            found[start:start + len(s)] = same.any(1).cpu().numpy()
     elif kind == "ivfpq":
         if normalize:
             qx, gx = l2_normalize(qx), l2_normalize(gx)
@@ -130,10 +131,12 @@ def class_retrieval(query_x: Any, query_y: Any, gallery_x: Any, gallery_y: Any,
         same = valid & (gc[np.where(valid, ids, 0)] == qc[:, None])
         best = np.where(same, scores, -np.inf).max(axis=1, initial=-np.inf)
         ahead = ((scores >= best[:, None]) & valid & ~same).sum(axis=1)
-        ahead[~same.any(axis=1)] = len(gx)
+        found = same.any(axis=1)
     else:
         raise ConfigError(f"unknown index kind {kind!r}; expected 'flat' or 'ivfpq'")
-    out: dict = {f"R@{k}": float(100.0 * np.mean(ahead < k)) for k in ks}
+    # a query with no same-class item (in the gallery, or in the IVF-PQ results) never scores,
+    # however large k is
+    out: dict = {f"R@{k}": float(100.0 * np.mean(found & (ahead < k))) for k in ks}
     out["num_queries"] = int(len(qx))
     return out
 

@@ -52,6 +52,10 @@ def _as_sources(x: Any, what: str) -> np.ndarray:
     if a.ndim != 2 or a.shape[1] == 0:
         raise DataError(f"separation: {what} must be (n_src, S) or (S,) with S > 0, got shape "
                         f"{a.shape}")
+    if not np.isfinite(a).all():  # mir_eval would return NaN metrics without complaint
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise DataError(f"separation: {what} must hold finite samples, got {a[tuple(bad)]} at "
+                        f"source {bad[0]}, sample {bad[1]}")
     return a
 
 

@@ -226,15 +226,12 @@ def sync_metrics(rows: Any) -> dict:
 
 def evaluate_sync_file(path: str | os.PathLike) -> dict:
     """:func:`sync_metrics` of a ``scores.csv`` file (format in the module docstring)."""
-    import pandas as pd
+    from avssl.csvfiles import read_text_csv
 
     if not os.path.isfile(path):
         raise DataError(f"sync scores file {path} not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except Exception as e:  # pandas raises several types for malformed CSV
-        raise DataError(f"cannot read sync scores file {path} as CSV: "
-                        f"{' '.join(str(e).split())}") from None
+    df = read_text_csv(path, "the header clip_id,candidate,offset_s,score",
+                       what="sync scores file")
     df.columns = [str(c).strip() for c in df.columns]
     try:
         return sync_metrics(df)

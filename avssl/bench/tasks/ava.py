@@ -12,7 +12,6 @@ evaluator computes it); metrics are in percent. ``--save-predictions DIR`` keeps
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import tempfile
 from pathlib import Path

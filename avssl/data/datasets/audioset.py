@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from avssl.csvfiles import read_text_csv
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.layout import (
     YOUTUBE_ID,
@@ -29,7 +30,6 @@ from avssl.data.datasets.layout import (
     default_mode,
     index_video_files,
     layout_error,
-    read_index_csv,
 )
 from avssl.errors import DataError
 
@@ -41,7 +41,7 @@ _EXPECTED = "class_labels_indices.csv and <split>_segments.csv (YTID, start, end
 
 def read_class_labels(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """``(mids, display_names)`` in index order from ``class_labels_indices.csv``."""
-    df = read_index_csv(path, "the header index,mid,display_name")
+    df = read_text_csv(path, "the header index,mid,display_name")
     if not {"index", "mid", "display_name"} <= set(df.columns):
         raise DataError(f"{path}: expected the header index,mid,display_name")
     df = df.assign(index=df["index"].astype(int)).sort_values("index")
@@ -50,7 +50,7 @@ def read_class_labels(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 def read_segments(path: str | os.PathLike) -> pd.DataFrame:
     """Columns ``ytid, start, end, mids`` (strings) of an AudioSet segments CSV."""
-    df = read_index_csv(path, "'#' header lines, then rows 'YTID, start, end, \"mid1,mid2\"'",
+    df = read_text_csv(path, "'#' header lines, then rows 'YTID, start, end, \"mid1,mid2\"'",
                         header=False, skip_comments=True)
     if df.shape[1] != 4:
         raise DataError(f"{path}: expected rows 'YTID, start, end, \"mid1,mid2\"', got "

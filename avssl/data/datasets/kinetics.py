@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from avssl.csvfiles import read_text_csv
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.layout import (
     YOUTUBE_ID,
@@ -30,7 +31,6 @@ from avssl.data.datasets.layout import (
     default_mode,
     index_video_files,
     layout_error,
-    read_index_csv,
 )
 from avssl.errors import DataError
 
@@ -50,7 +50,7 @@ def _find_csv(root: Path, split: str) -> Path | None:
 
 def read_kinetics_csv(path: str | os.PathLike) -> pd.DataFrame:
     """The CSV as strings; a missing ``label`` column (test CSVs) becomes empty labels."""
-    df = read_index_csv(path, "the columns label,youtube_id,time_start,time_end,split")
+    df = read_text_csv(path, "the columns label,youtube_id,time_start,time_end,split")
     df.columns = [c.strip() for c in df.columns]
     missing = {"youtube_id", "time_start", "time_end"} - set(df.columns)
     if missing:

@@ -5,13 +5,9 @@ YouTube ids, clips scattered over per-label folders), not with clips.
 """
 from __future__ import annotations
 
-import io
 import os
 import re
-import warnings
 from pathlib import Path
-
-import pandas as pd
 
 from avssl.errors import ConfigError, DataError
 
@@ -33,32 +29,6 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     """Non-empty, stripped lines; CRLF, CR and LF endings, a BOM and trailing spaces accepted."""
     with open(path, encoding="utf-8-sig", errors="replace", newline=None) as f:
         return [line.strip() for line in f if line.strip()]
-
-
-def read_index_csv(path: str | os.PathLike, expected: str, *, header: bool = True,
-                   skip_comments: bool = False) -> pd.DataFrame:
-    """An index CSV as strings (BOM and CRLF accepted; ``skip_comments`` drops ``#`` lines).
-
-    A file pandas cannot parse (an unquoted comma inside a label, a stray quote, bytes that are
-    not UTF-8) raises a one-line :class:`DataError` naming the file and ``expected``, instead of
-    pandas' traceback that names neither.
-    """
-    try:
-        with open(path, encoding="utf-8-sig", newline=None) as f:
-            body = "".join(line for line in f
-                           if not (skip_comments and line.lstrip().startswith("#")))
-        with warnings.catch_warnings():
-            # index_col=False: rows longer than the header are an error, not silently turned
-            # into an index (pandas' default when every row has the same extra field)
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(io.StringIO(body), header=0 if header else None, dtype=str,
-                               keep_default_na=False, skipinitialspace=True, quotechar='"',
-                               index_col=False)
-    except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError,
-            UnicodeDecodeError) as e:
-        why = " ".join(str(e).split())
-        raise DataError(f"{path}: not a readable CSV ({why}); expected {expected} "
-                        "(labels holding a comma in double quotes)") from None
 
 
 def index_video_files(root: str | os.PathLike) -> dict[str, str]:

@@ -75,10 +75,11 @@ def _read_segments(path: Path) -> list[tuple[str, float, float]]:
             except ValueError:
                 raise DataError(f"{path}:{lineno}: expected 'video_name  start end' (seconds), "
                                 f"got {line.strip()!r}") from None
-            if end < start:  # keep going on real data; such a segment can never be matched
-                log.warning("%s:%d: segment ends before it starts (%s); skipped", path, lineno,
-                            line.strip())
-                continue
+            if end < start:  # the official kit's overlap reads [min, max] of each segment, so
+                # the segment still counts (and can match); skipping it would inflate AP
+                log.warning("%s:%d: segment ends before it starts (%s); read as [%s, %s] as the "
+                            "THUMOS14 evaluation kit does", path, lineno, line.strip(), end, start)
+                start, end = end, start
             out.append((parts[0], start, end))
     return out
 

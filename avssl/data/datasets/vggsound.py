@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+from avssl.csvfiles import read_text_csv
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.layout import (
     YOUTUBE_ID,
@@ -23,7 +24,6 @@ from avssl.data.datasets.layout import (
     default_mode,
     index_video_files,
     layout_error,
-    read_index_csv,
 )
 from avssl.errors import DataError
 
@@ -45,7 +45,7 @@ def vggsound(
     csv = root / "vggsound.csv"
     if not csv.is_file():
         raise layout_error("vggsound", "vggsound", root, _EXPECTED)
-    df = read_index_csv(csv, "headerless rows ytid,start_seconds,label,split", header=False)
+    df = read_text_csv(csv, "headerless rows ytid,start_seconds,label,split", header=False)
     if df.shape[1] != 4:
         raise DataError(f"{csv}: expected 4 headerless columns ytid,start_seconds,label,split, "
                         f"got {df.shape[1]}")
