@@ -21,7 +21,7 @@ from avssl.data.datasets import folder_dataset
 from avssl.data.synthetic import WorldConfig
 from avssl.data.synthetic.cache import synthetic_folder
 from avssl.data.transforms import VideoPipeline, log_mel
-from avssl.errors import AvsslError
+from avssl.errors import AvsslError, ConfigError
 from avssl.launch import process_state
 from avssl.speed import SpeedSettings, apply_threads, pick
 
@@ -50,6 +50,18 @@ class PairDataConfig:
     num_workers: int = 2
     backend: str = "auto"
 
+    def __post_init__(self) -> None:
+        _at_least("data", self, synthetic_videos=1, val_videos=0, batch_size=1, num_workers=0,
+                  sample_rate=1, n_mels=1, crop=1)
+        _positive("data", self, synthetic_duration_s=self.synthetic_duration_s,
+                  clip_s=self.clip_s, fps=self.fps, mel_std=self.mel_std)
+        if self.crop > self.size:
+            raise ConfigError(f"--data.crop={self.crop} must be <= --data.size={self.size} "
+                              "(the crop is taken from frames decoded at that short side)")
+        if not 0 <= self.min_shift_s <= self.max_shift_s:
+            raise ConfigError(f"--data.min_shift_s / max_shift_s must satisfy 0 <= min <= max, got "
+                              f"{self.min_shift_s} and {self.max_shift_s}")
+
 
 @dataclass
 class OptimConfig:
@@ -59,6 +71,12 @@ class OptimConfig:
     warmup_steps: int = 30
     grad_accum: int = 1
     clip_grad: float = 1.0
+
+    def __post_init__(self) -> None:
+        _at_least("optim", self, steps=1, warmup_steps=0, grad_accum=1)
+        _positive("optim", self, lr=self.lr, clip_grad=self.clip_grad)
+        if self.weight_decay < 0:
+            raise ConfigError(f"--optim.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -82,6 +100,22 @@ class RunConfig:
     threads: int = field(default=0, metadata={
         "help": "torch CPU threads (0: auto, which replaces accelerate launch's default of 1 by "
                 "this process's share of the cores)"})
+
+    def __post_init__(self) -> None:
+        _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0)
+
+
+def _at_least(section: str, cfg, **minimum: int) -> None:
+    """ConfigError naming the flag when ``cfg.<field>`` is below its ``minimum``."""
+    for name, low in minimum.items():
+        if getattr(cfg, name) < low:
+            raise ConfigError(f"--{section}.{name} must be >= {low}, got {getattr(cfg, name)}")
+
+
+def _positive(section: str, cfg, **values: float) -> None:
+    for name, v in values.items():
+        if not v > 0:  # also refuses NaN
+            raise ConfigError(f"--{section}.{name} must be > 0, got {v}")
 
 
 def speed_settings(run: RunConfig, num_workers: int) -> SpeedSettings:
@@ -169,16 +203,86 @@ def flat_hparams(cfg) -> dict:
     return out
 
 
-def run_location(out: str, recipe: str, name: Optional[str], resume: bool):
-    """(run_dir, checkpoint to resume from or None, its step)."""
+# Settings a resumed run may change: where and how long this invocation runs, how often it
+# logs, and speed settings. Everything else (data, model, loss, optimiser, seed) must match the
+# run's config.json, or the "continued" run would be a different run under the same name.
+RESUME_MAY_CHANGE = frozenset({
+    "run.out", "run.name", "run.resume", "run.stop_after", "run.save_every", "run.log_every",
+    "run.on_nonfinite", "run.mixed_precision", "run.channels_last", "run.compile", "run.threads",
+    "data.num_workers", "data.backend"})
+
+
+def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
+                 config: Optional[dict] = None):
+    """(run_dir, checkpoint to resume from or None, its step).
+
+    A new run refuses a folder that already holds a run (its checkpoints and config would be
+    overwritten). ``resume`` continues ``<out>/<recipe>/<name>``'s newest complete checkpoint,
+    or with no name the one ``<out>/<recipe>/latest`` points at; ``config`` (the resolved config
+    as a dict) must then agree with the run's ``config.json`` outside :data:`RESUME_MAY_CHANGE`.
+    """
     recipe_dir = Path(out) / recipe
-    if resume:
+    if not resume:
+        run_dir = recipe_dir / (name or time.strftime("%Y%m%d-%H%M%S"))
+        held = sorted(p.name for p in run_dir.glob("step_*")) + (
+            ["config.json"] if (run_dir / "config.json").exists() else [])
+        if held:
+            raise AvsslError(f"{run_dir} already holds a run ({', '.join(held[-2:])}); pass "
+                             f"--run.resume to continue it, or another --run.name for a new run")
+        return run_dir, None, 0
+    if name:
+        done = sorted(p for p in (recipe_dir / name).glob("step_*") if (p / "meta.json").is_file())
+        if not done:
+            raise AvsslError(f"--run.resume: {recipe_dir / name} holds no complete checkpoint "
+                             f"(step_NNNNNNN/) to continue; drop --run.resume to start it")
+        ckpt = done[-1]
+    else:
+        if not (recipe_dir / "latest").exists():
+            raise AvsslError(f"--run.resume: no {recipe_dir / 'latest'} to continue; start a run "
+                             f"first, or name the run to continue with --run.name")
         ckpt = checkpoints.resolve(recipe_dir / "latest")
-        step = json.loads((ckpt / "meta.json").read_text())["step"]
         if ckpt.parent.parent == recipe_dir.resolve():  # keep the path in --run.out's form
             ckpt = recipe_dir / ckpt.parent.name / ckpt.name  # (relative stays relative)
-        return ckpt.parent, ckpt, step
-    return recipe_dir / (name or time.strftime("%Y%m%d-%H%M%S")), None, 0
+    if config is not None and (ckpt.parent / "config.json").is_file():
+        _check_same_run(ckpt.parent, config)
+    step = json.loads((ckpt / "meta.json").read_text())["step"]
+    return ckpt.parent, ckpt, step
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k not in
+                   ("video_kwargs", "audio_kwargs") else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_run(run_dir: Path, config: dict) -> None:
+    saved = _flat(json.loads((run_dir / "config.json").read_text()))
+    now = _flat(json.loads(json.dumps(config)))
+    differ = [k for k in sorted(set(saved) | set(now))
+              if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k)]
+    if differ:
+        was = ", ".join(f"{k}={json.dumps(saved.get(k))}" for k in differ[:4])
+        asked = ", ".join(f"{k}={json.dumps(now.get(k))}" for k in differ[:4])
+        raise AvsslError(f"--run.resume: {run_dir} was started with {was} but this command sets "
+                         f"{asked}; resume with the run's settings (--config "
+                         f"{run_dir / 'config.json'} --run.resume) or start a new run with "
+                         f"another --run.name")
+
+
+def nothing_left(run_dir: Path, step: int, last: int) -> Optional[dict]:
+    """When a resumed run is already at (or past) the step this invocation would end at: say so
+    and return its final metrics, writing nothing (re-running would replace final_metrics.json
+    with an empty summary); else None."""
+    if step < last:
+        return None
+    if process_state().is_main_process:
+        print(f"{run_dir} is already at step {step} (this invocation would end at step {last}); "
+              f"nothing to do. Raise --optim.steps in a new run to train longer.")
+    final = run_dir / "final_metrics.json"
+    return json.loads(final.read_text()) if final.is_file() else {"step": step,
+                                                                 "run_dir": str(run_dir)}
 
 
 def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:

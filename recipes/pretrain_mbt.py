@@ -48,14 +48,14 @@ from tqdm.auto import tqdm
 
 from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
-from avssl.errors import AvsslError
+from avssl.errors import AvsslError, ConfigError
 from avssl.fusion import build_fusion
 from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
-                               mel, nonfinite_action, pair_loader, run_location,
+                               mel, nonfinite_action, nothing_left, pair_loader, run_location,
                                speed_settings)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
@@ -88,6 +88,15 @@ class LossConfig:
     mask_ratio: float = 0.5
     shifted_fraction: float = field(default=0.34, metadata={"help": "pairs of type 1"})
     mismatched_fraction: float = field(default=0.33, metadata={"help": "pairs of type 2"})
+
+    def __post_init__(self) -> None:
+        p1, p2 = self.shifted_fraction, self.mismatched_fraction
+        if not (p1 >= 0 and p2 >= 0 and p1 + p2 < 1):  # the rest are the in-sync pairs
+            raise ConfigError(f"--loss.shifted_fraction and mismatched_fraction must be >= 0 and "
+                              f"sum to < 1 (the rest are in-sync pairs), got {p1} and {p2}")
+        if not (self.temperature > 0 and 0 <= self.mask_ratio < 1):
+            raise ConfigError(f"--loss.temperature must be > 0 and mask_ratio in [0, 1), got "
+                              f"{self.temperature} and {self.mask_ratio}")
 
 
 @dataclass
@@ -187,7 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     # one answer for all processes (a clock-made name could differ; only the main process's
     # view of --run.resume counts, and check_shared_run_dir then checks the others see it)
     run_dir, resume_from, step = decided_by_main(
-        lambda: run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume))
+        lambda: run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume, asdict(cfg)))
+    last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
+    if resume_from is not None and (done := nothing_left(run_dir, step, last)) is not None:
+        return done
     speed = speed_settings(cfg.run, cfg.data.num_workers)
     accelerator = Accelerator(
         mixed_precision=speed.mixed_precision,
@@ -203,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
+        if resume_from is None:  # a resumed run keeps the config.json it was started with
+            save_config(cfg, run_dir / "config.json")
 
     train_ds, val_ds = build_pair_datasets(cfg.data, accelerator, run_dir, cfg.run.seed)
     m = cfg.model
@@ -262,7 +275,6 @@ def main(argv: list[str] | None = None) -> dict:
         if accelerator.is_main_process:  # other machines' local main processes saved nothing
             print(f"saved {path}")
 
-    last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
     bar = tqdm(total=cfg.optim.steps, initial=step, desc=RECIPE,
                disable=not accelerator.is_main_process)
     history: list[dict] = []

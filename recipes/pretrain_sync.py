@@ -2,7 +2,8 @@
 
     accelerate launch recipes/pretrain_sync.py                      # synthetic world, 2-core CPU
     accelerate launch recipes/pretrain_sync.py --data.path=/videos --model.video=r3d18 \\
-        --data.size=128 --data.crop=112 --data.fps=16 --optim.steps=100000
+        --model.video_kwargs='{}' --data.size=128 --data.crop=112 --data.fps=16 \\
+        --optim.steps=100000    # video_kwargs: the default's time_strides are i3d options
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 \\
         recipes/pretrain_sync.py                                    # two CPU processes (gloo)
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 recipes/pretrain_sync.py
@@ -43,14 +44,14 @@ from tqdm.auto import tqdm
 from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder
-from avssl.errors import AvsslError
+from avssl.errors import AvsslError, ConfigError
 from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
-                               mel, nonfinite_action, pair_loader, run_location,
+                               mel, nonfinite_action, nothing_left, pair_loader, run_location,
                                speed_settings)
 from avssl.tracking import default_trackers
 
@@ -81,6 +82,12 @@ class LossConfig:
     hard_start_step: int = field(default=60, metadata={"help": "curriculum: easy negatives only "
                                                       "before this step"})
     gather: bool = field(default=True, metadata={"help": "negatives from the global batch"})
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and self.hard_weight >= 0 and self.hard_start_step >= 0):
+            raise ConfigError(f"--loss.temperature must be > 0, hard_weight and hard_start_step "
+                              f">= 0; got {self.temperature}, {self.hard_weight}, "
+                              f"{self.hard_start_step}")
 
 
 @dataclass
@@ -128,7 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     # one answer for all processes (a clock-made name could differ; only the main process's
     # view of --run.resume counts, and check_shared_run_dir then checks the others see it)
     run_dir, resume_from, step = decided_by_main(
-        lambda: run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume))
+        lambda: run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume, asdict(cfg)))
+    last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
+    if resume_from is not None and (done := nothing_left(run_dir, step, last)) is not None:
+        return done
     speed = speed_settings(cfg.run, cfg.data.num_workers)
     accelerator = Accelerator(
         mixed_precision=speed.mixed_precision,
@@ -144,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.json")
+        if resume_from is None:  # a resumed run keeps the config.json it was started with
+            save_config(cfg, run_dir / "config.json")
 
     train_ds, val_ds = build_pair_datasets(cfg.data, accelerator, run_dir, cfg.run.seed)
     model = AVTowers(build_encoder(cfg.model.video, **cfg.model.video_kwargs),
@@ -195,7 +206,6 @@ def main(argv: list[str] | None = None) -> dict:
         if accelerator.is_main_process:  # other machines' local main processes saved nothing
             print(f"saved {path}")
 
-    last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
     bar = tqdm(total=cfg.optim.steps, initial=step, desc=RECIPE,
                disable=not accelerator.is_main_process)
     history: list[dict] = []

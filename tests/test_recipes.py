@@ -91,6 +91,52 @@ def test_unknown_option_is_one_line_error(tmp_path, cache):
     assert "Traceback" not in proc.stderr
 
 
+def test_run_folders_are_never_overwritten_and_resume_continues_the_named_run(tmp_path, cache):
+    """A new run refuses a folder holding a run; --run.resume --run.name continues that run (not
+    the latest), refuses changed settings, keeps config.json, and a finished run is left as is."""
+    common = ["--optim.steps=2", "--optim.warmup_steps=1"]
+    run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=r")
+    run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=other", "--run.stop_after=1")
+    r = tmp_path / "pretrain_sync" / "r"
+    assert os.readlink(tmp_path / "pretrain_sync" / "latest") == "other/step_0000001"
+    before = {p: p.read_bytes() for p in r.rglob("*") if p.is_file()}
+
+    again = run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=r", check=False)
+    assert again.returncode != 0 and "Traceback" not in again.stderr
+    assert f"{r} already holds a run (step_0000002, config.json); pass --run.resume" in again.stderr
+    changed = run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=r", "--run.resume",
+                  "--optim.lr=0.01", check=False)
+    assert changed.returncode != 0
+    assert "was started with optim.lr=0.001 but this command sets optim.lr=0.01" in changed.stderr
+    done = run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=r", "--run.resume",
+               "--run.log_every=5")  # a setting a resumed run may change
+    assert f"{r} is already at step 2" in done.stdout and "nothing to do" in done.stdout
+    assert {p: p.read_bytes() for p in r.rglob("*") if p.is_file()} == before  # nothing written
+
+    # the named run, not latest: "other" continues from its step 1 and keeps its config.json
+    cfg = (tmp_path / "pretrain_sync" / "other" / "config.json").read_text()
+    run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=other", "--run.resume")
+    assert sorted(losses(tmp_path / "pretrain_sync" / "other")) == [1, 2]
+    assert (tmp_path / "pretrain_sync" / "other" / "config.json").read_text() == cfg
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--data.batch_size=0", "--data.batch_size must be >= 1, got 0"),
+    ("--optim.steps=-5", "--optim.steps must be >= 1, got -5"),
+    ("--optim.grad_accum=0", "--optim.grad_accum must be >= 1"),
+    ("--run.save_every=0", "--run.save_every must be >= 1"),
+    ("--data.fps=0", "--data.fps must be > 0"),
+    ("--data.crop=100", "--data.crop=100 must be <= --data.size=32"),
+])
+def test_out_of_range_settings_are_one_line_errors_before_anything_runs(tmp_path, cache, flag,
+                                                                        message):
+    proc = run("pretrain_sync.py", tmp_path, cache, flag, check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode != 0 and err.startswith("error: ") and "\n" not in err, err
+    assert message in err
+    assert "Traceback" not in proc.stderr and not (tmp_path / "pretrain_sync").exists()
+
+
 def test_resume_is_exact(tmp_path, cache):
     """5 steps straight == 2 steps, stop, 3 resumed steps: same losses, bitwise weights.
 
@@ -227,7 +273,7 @@ def test_machines_without_a_shared_run_folder_stop_before_training(tmp_path, cac
     disks = [tmp_path / "disk0", tmp_path / "disk1"]
     args = [*GLOO_COMMON, "--data.batch_size=2"]
     if resume:  # a checkpoint on machine 0's disk only
-        run("pretrain_sync.py", disks[0] / "runs", cache, *GLOO_COMMON, "--run.stop_after=2")
+        run("pretrain_sync.py", disks[0] / "runs", cache, *args, "--run.stop_after=2")
         args.append("--run.resume")
     for d in disks:
         d.mkdir(parents=True, exist_ok=True)
