@@ -7,6 +7,10 @@
     python -m avssl.leaderboard                     # validate every CSV, print ranked tables
     python -m avssl.leaderboard --task synthetic    # one task
     python -m avssl.leaderboard --render            # also write <dir>/README.md + <task>.png
+    python -m avssl.leaderboard --leaderboard DIR   # another folder (same as --dir DIR)
+
+``--render`` only replaces a README.md it rendered itself (:func:`is_rendered`); any other
+README.md in the folder is left alone and the command stops with an error.
 
 Appends from many processes at once never lose or interleave rows: each append holds an exclusive
 lock on ``<task>.csv.lock`` while it checks the header and writes, flushes and fsyncs one line.
@@ -345,17 +349,39 @@ def _plot(task: str, rows: list[ResultRow], out: Path) -> None:
     os.replace(tmp, out)
 
 
+# The first two lines of every README.md that render() writes: how it knows a README.md is its
+# own (and may be replaced) rather than a user's.
+TITLE = "# avssl leaderboard"
+INTRO = "Every row is one benchmark run appended to `<task>.csv` by "
+
+
+def is_rendered(readme: str | os.PathLike) -> bool:
+    """True when ``readme`` was written by :func:`render` (its title and first sentence)."""
+    try:
+        with open(readme, encoding="utf-8") as f:
+            head = f.read(len(TITLE) + 2 + len(INTRO))
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head == f"{TITLE}\n\n{INTRO}"
+
+
 def render(directory: str | os.PathLike = "leaderboard", *, latest: bool = False) -> list[Path]:
     """Write ``<directory>/README.md`` (one ranked table per task) and ``<directory>/<task>.png``.
 
     The output depends only on the CSVs (no render time inside), so re-rendering unchanged rows
-    changes nothing. Returns the written paths, README first.
+    changes nothing. Returns the written paths, README first. A README.md there that render did
+    not write (:func:`is_rendered`) is never replaced: :class:`~avssl.errors.DataError` instead,
+    before anything is written.
     """
     directory = Path(directory)
+    readme = directory / "README.md"
+    if readme.exists() and not is_rendered(readme):
+        raise DataError(f"{readme} exists and was not rendered by avssl (it does not start with "
+                        f"{TITLE!r}); move it away or render into another folder with "
+                        f"--leaderboard DIR, so it is not overwritten")
     tasks = {p.stem: read_task(p) for p in _task_files(directory)}
-    parts = ["# avssl leaderboard", "",
-             "Every row is one benchmark run appended to `<task>.csv` by "
-             "`python -m avssl.bench --task <task> [--checkpoint runs/<recipe>/latest] "
+    parts = [TITLE, "",
+             INTRO + "`python -m avssl.bench --task <task> [--checkpoint runs/<recipe>/latest] "
              "[--protocol P]`; this page and the plots are generated from those CSVs by "
              "`python -m avssl.leaderboard --render`" + (" (newest row per run only)" if latest
                                                          else "") + " — do not edit by hand.", ""]
@@ -373,7 +399,6 @@ def render(directory: str | os.PathLike = "leaderboard", *, latest: bool = False
         parts += [f"![{task}]({png.name})", "", format_table(rows), ""]
     if not tasks:
         parts += [f"No rows yet: `{MAKE_ROWS}` makes some.", ""]
-    readme = directory / "README.md"
     directory.mkdir(parents=True, exist_ok=True)
     tmp = readme.with_name(".README.md.tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
@@ -387,8 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m avssl.leaderboard",
                                 description="Validate leaderboard CSVs, print ranked tables, "
                                             "render README.md and plots.")
-    p.add_argument("--dir", default="leaderboard",
-                   help="folder of <task>.csv files (default: leaderboard)")
+    p.add_argument("--dir", "--leaderboard", dest="dir", default="leaderboard",
+                   help="folder of <task>.csv files (default: leaderboard); --leaderboard is the "
+                        "name python -m avssl.bench uses for it")
     p.add_argument("--task", help="show only this task")
     p.add_argument("--render", action="store_true",
                    help="also write <dir>/README.md and one <task>.png per task")

@@ -441,3 +441,21 @@ def test_persistent_workers_see_set_epoch(good_tree):
     again = list(loader)
     assert _same(again, _batches(good_tree, seed=0, workers=0, epoch=1))
     assert not _same(again, _batches(good_tree, seed=0, workers=0, epoch=0))
+
+
+def test_manifest_in_another_folder_finds_every_video(tree, tmp_path):
+    """Relative manifest paths are relative to the manifest's folder (scan's CLI writes them so);
+    absolute paths are kept; bad rows are still dropped."""
+    from avssl.data.manifest import read_manifest
+
+    csv = tmp_path / "lists" / "manifest.csv"
+    write_manifest(scan(tree, progress=False), csv, root=tree)
+    assert all(p.startswith("../") for p in read_manifest(csv)["path"])
+    ds = folder_dataset(csv, mode="eval", **KW)
+    assert (ds.num_listed, ds.num_used, ds.missing) == (7, 5, [])
+    assert sorted(Path(r.path).relative_to(tree).as_posix() for r in ds.records) == GOOD
+    df = scan(tree, progress=False)
+    df["path"] = [str(tree / p) for p in df["path"]]  # a hand-made list of absolute paths
+    write_manifest(df, tmp_path / "abs.csv")
+    ds = folder_dataset(tmp_path / "abs.csv", mode="eval", **KW)
+    assert (ds.num_listed, ds.num_used, ds.missing) == (7, 5, [])

@@ -246,6 +246,39 @@ def test_render_writes_sections_and_pngs_deterministically(board):
     assert readme.read_bytes() == first
 
 
+def test_render_never_replaces_a_readme_it_did_not_write(board):
+    """A user's README.md in the folder survives --render (it used to be overwritten)."""
+    readme = board / "README.md"
+    readme.write_text("# My project\n\nnotes I wrote\n")
+    with pytest.raises(DataError, match="not rendered by avssl"):
+        L.render(board)
+    assert readme.read_text() == "# My project\n\nnotes I wrote\n"
+    assert not list(board.glob("*.png"))  # refused before writing anything
+    r = _cli("--dir", str(board), "--render")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "README.md" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert readme.read_text() == "# My project\n\nnotes I wrote\n"
+    readme.unlink()  # its own README.md is recognised and re-rendered
+    L.render(board, latest=True)
+    assert L.is_rendered(readme)
+    L.render(board)
+    assert L.is_rendered(readme) and "(newest row per run only)" not in readme.read_text()
+
+
+def test_shipped_leaderboard_readme_is_recognised_and_rerendered(tmp_path):
+    import shutil
+
+    shipped = Path(__file__).resolve().parent.parent / "leaderboard"
+    if not (shipped / "README.md").is_file():
+        pytest.skip("no shipped leaderboard/README.md")
+    copy = tmp_path / "lb"
+    shutil.copytree(shipped, copy)
+    assert L.is_rendered(copy / "README.md")
+    L.render(copy)  # not refused; same title and introduction as the shipped page
+    head = (shipped / "README.md").read_bytes().split(b"\n")[:4]
+    assert (copy / "README.md").read_bytes().split(b"\n")[:4] == head
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "avssl.leaderboard", *args],
@@ -281,3 +314,13 @@ def test_small_secondary_numbers_keep_their_digits():
     assert [format_number(v) for v in (27.380952, 0.0, 0.001, -0.0042, 0.016)] == \
         ["27.38", "0.00", "0.001", "-0.0042", "0.02"]
     assert _highlights({"epochs": 15, "lr": 0.001}) == "epochs 15.00, lr 0.001"
+
+
+def test_cli_accepts_leaderboard_as_the_bench_name_for_dir(board):
+    """``--leaderboard DIR`` (the bench's flag) means ``--dir DIR`` here too."""
+    r = _cli("--leaderboard", str(board), "--task", "synthetic")
+    assert r.returncode == 0, r.stderr
+    assert "## synthetic (6 rows)" in r.stdout
+    r = _cli("--leaderboard", str(board), "--render")
+    assert r.returncode == 0, r.stderr
+    assert L.is_rendered(board / "README.md")

@@ -240,3 +240,86 @@ def test_quarantine_from_two_processes(tmp_path):
     assert all(e["reason"] == "reason " + "x" * 300 for e in entries)
     expected = {f"/data/{t}/{i:04d}.mp4" for t in "ab" for i in range(200)}
     assert M.Quarantine(qpath).paths() == expected
+
+
+# ------------------------------------------------------------- paths relative to the manifest
+@pytest.fixture(scope="module")
+def synth_tree(tmp_path_factory) -> Path:
+    """A tiny synthetic ``folder`` layout: 14 clips, some in more/, some without audio."""
+    from avssl.data.synthetic import WorldConfig, write_layout
+
+    root = tmp_path_factory.mktemp("scanpaths") / "data" / "videos"
+    return write_layout("folder", root, clips_per_class=1, seed=2,
+                        cfg=WorldConfig(size=16, duration_s=0.4, max_actors=1, max_distractors=0))
+
+
+@pytest.mark.parametrize("where", ["elsewhere/deep/manifest.csv", "manifest.csv",
+                                   "data/videos/manifest.csv", "data/videos/more/m.csv"])
+def test_cli_manifest_written_anywhere_loads_every_video(synth_tree, tmp_path, where):
+    """The scan command's manifest works wherever --out is (paths relative to the CSV's folder)."""
+    from avssl.data.datasets import folder_dataset
+
+    out = synth_tree.parent.parent / where
+    r = subprocess.run([sys.executable, "-m", "avssl.data.manifest", "scan", str(synth_tree),
+                        "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    try:
+        ds = folder_dataset(out, mode="eval", clip_s=0.2, fps=5, size=16, progress=False)
+        videos = sorted(p.relative_to(synth_tree).as_posix() for p in synth_tree.rglob("*.mp4"))
+        assert len(videos) == 14
+        assert ds.missing == [] and ds.num_listed == ds.num_used == 14
+        assert sorted(Path(r.path).relative_to(synth_tree).as_posix() for r in ds.records) == videos
+        paths = list(M.read_manifest(out)["path"])
+        assert not any(os.path.isabs(p) for p in paths)  # relative, so the pair can move together
+        assert ds[0]["video"].shape[0] == 1
+    finally:
+        out.unlink()
+
+
+def test_manifest_and_tree_moved_together_still_load(synth_tree, tmp_path):
+    """Paths are relative to the manifest's folder, so a project folder holding both can move; a
+    path with no relative form (another drive on Windows) is written absolute and read as is."""
+    import shutil
+
+    from avssl.data.datasets import folder_dataset
+
+    videos = tmp_path / "proj" / "videos"
+    shutil.copytree(synth_tree, videos)
+    out = tmp_path / "proj" / "lists" / "m.csv"
+    M.write_manifest(M.scan(videos, progress=False), out, root=videos)
+    assert all(p.startswith("../videos/") for p in M.read_manifest(out)["path"])
+    (tmp_path / "proj").rename(tmp_path / "moved")
+    ds = folder_dataset(tmp_path / "moved" / "lists" / "m.csv", mode="eval", clip_s=0.2, fps=5,
+                        size=16, progress=False)
+    assert ds.num_used == 14
+    assert all(Path(r.path).is_relative_to(tmp_path / "moved" / "videos") for r in ds.records)
+
+    def no_relpath(*a, **k):
+        raise ValueError("path is on mount 'C:', start on mount 'D:'")
+
+    real = os.path.relpath
+    try:
+        os.path.relpath = no_relpath
+        written = M.relative_to_manifest(["a/b.mp4", "/x/y.mp4"], synth_tree, out)
+    finally:
+        os.path.relpath = real
+    assert written == [Path(os.path.realpath(synth_tree), "a/b.mp4").as_posix(), "/x/y.mp4"]
+    assert M.resolve_paths(written, out) == [os.path.normpath(p) for p in written]
+
+
+def test_old_manifest_relative_to_scanned_folder_gets_a_clear_error(synth_tree, tmp_path):
+    from avssl.data.datasets import folder_dataset
+
+    out = tmp_path / "old.csv"
+    M.write_manifest(M.scan(synth_tree, progress=False), out)  # paths relative to synth_tree
+    with pytest.raises(DataError, match="none of the 14 listed videos exists.*scan DIR --out"):
+        folder_dataset(out, mode="eval", clip_s=0.2, fps=5, size=16, progress=False)
+    ds = folder_dataset(out, root=synth_tree, mode="eval", clip_s=0.2, fps=5, size=16,
+                        progress=False)
+    assert ds.num_used == 14
+
+
+def test_manifest_out_must_be_a_file(scanned, tmp_path):
+    with pytest.raises(DataError, match="is a folder"):
+        M.write_manifest(scanned, tmp_path)

@@ -446,3 +446,102 @@ def test_sounding_actors_have_aperiodic_accents():
                      if e["kind"] == "accent" and e["actor"] == 0 and e["time_s"] < 2.0]
         assert np.allclose(acc_later, [t for t in acc if t >= 2.0])
     assert len(gaps) >= 4 and np.std(gaps) > 0.2 and min(gaps) >= 0.24
+
+
+# ---------------------------------------------------------------- output folder safety
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_writer_never_writes_into_a_users_folder(tmp_path):
+    """A non-empty --out that avssl did not write is refused, --overwrite or not; nothing in it
+    changes (the user's README.txt used to be overwritten)."""
+    out = tmp_path / "myvideos"
+    out.mkdir()
+    (out / "README.txt").write_text("notes\n")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="not empty .*README.txt.* not written by avssl"):
+            write_layout("folder", out, clips_per_class=1, cfg=TINY, overwrite=overwrite)
+    assert _snapshot(out) == {"README.txt": b"notes\n"}
+    for extra in ([], ["--overwrite"]):
+        proc = subprocess.run([sys.executable, "-m", "avssl.data.synthetic", "--layout", "folder",
+                               "--out", str(out), "--clips-per-class", "1", "--size", "32",
+                               "--duration", "0.4", *extra], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert _snapshot(out) == {"README.txt": b"notes\n"}
+    with pytest.raises(ConfigError, match="is a file"):
+        write_layout("folder", out / "README.txt", clips_per_class=1, cfg=TINY)
+
+
+def test_writer_same_options_keep_other_options_need_overwrite(tmp_path, capsys):
+    out = tmp_path / "tree"
+    write_layout("folder", out, clips_per_class=1, seed=0, cfg=TINY)
+    first = _snapshot(out)
+    assert ".avssl-synthetic.json" in first and "README.txt" in first
+    # the same options again: the tree is left as it is (same files, not even rewritten)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert cli_main(["--layout", "folder", "--out", str(out), "--clips-per-class", "1",
+                     "--size", "32", "--duration", "0.4"]) == 0
+    assert "left it as it is" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == mtimes
+    # other options would mix two worlds: refused, and nothing changes
+    with pytest.raises(ConfigError, match="other options .*seed 0 there, 1 now.*--overwrite"):
+        write_layout("folder", out, clips_per_class=1, seed=1, cfg=TINY)
+    with pytest.raises(ConfigError, match="layout folder there, ucf101 now"):
+        write_layout("ucf101", out, clips_per_class=1, cfg=TINY)
+    assert _snapshot(out) == first
+    # --overwrite replaces the avssl tree cleanly: exactly what a fresh write gives
+    assert cli_main(["--layout", "ucf101", "--out", str(out), "--clips-per-class", "1",
+                     "--size", "32", "--duration", "0.4", "--overwrite"]) == 0
+    fresh = write_layout("ucf101", tmp_path / "fresh", clips_per_class=1, cfg=TINY)
+    assert _snapshot(out) == _snapshot(fresh)
+    # ... but never when a user's file sits in it
+    (out / "UCF-101" / "mine.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="other file.*mine.txt"):
+        write_layout("folder", out, clips_per_class=1, cfg=TINY, overwrite=True)
+    assert (out / "UCF-101" / "mine.txt").read_text() == "mine"
+
+
+def test_writer_unfinished_tree_needs_overwrite_and_bad_options_leave_no_trace(tmp_path):
+    out = tmp_path / "tree"
+    write_layout("folder", out, clips_per_class=1, cfg=TINY)
+    marker = out / ".avssl-synthetic.json"
+    state = json.loads(marker.read_text())
+    state["complete"] = False  # as if the write had been killed half-way
+    del state["files"]
+    marker.write_text(json.dumps(state))
+    (out / "ground_truth.json").unlink()
+    with pytest.raises(ConfigError, match="unfinished"):
+        write_layout("folder", out, clips_per_class=1, cfg=TINY)
+    write_layout("folder", out, clips_per_class=1, cfg=TINY, overwrite=True)
+    assert _snapshot(out) == _snapshot(write_layout("folder", tmp_path / "fresh",
+                                                    clips_per_class=1, cfg=TINY))
+    # options refused by the writer itself leave neither a folder nor a marker behind
+    with pytest.raises(ConfigError, match="clips_per_class"):
+        write_layout("folder", tmp_path / "new", clips_per_class=0, cfg=TINY)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="clips_per_class"):
+        write_layout("folder", empty, clips_per_class=0, cfg=TINY)
+    assert list(empty.iterdir()) == []
+
+
+def test_cached_synthetic_tree_and_manifest_still_work(tmp_path, monkeypatch):
+    """The cache writes into a fresh temporary folder renamed into place; a second call reuses it,
+    and its manifest (paths relative to its own folder) loads every clip."""
+    from avssl.data.datasets import folder_dataset
+    from avssl.data.synthetic.cache import synthetic_folder, synthetic_tree
+
+    monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache"))
+    csv_path = synthetic_folder(14, seed=3, cfg=TINY, workers=1)
+    assert csv_path.is_file() and not list(csv_path.parent.parent.glob(".tmp-*"))
+    before = _snapshot(csv_path.parent)
+    assert synthetic_folder(14, seed=3, cfg=TINY, workers=1) == csv_path
+    assert _snapshot(csv_path.parent) == before
+    ds = folder_dataset(csv_path, mode="eval", clip_s=0.2, fps=5, size=16, progress=False)
+    assert ds.num_listed == ds.num_used == 14
+    tree = synthetic_tree("ucf101", 1, seed=3, cfg=TINY, workers=1)
+    assert (tree / "ground_truth.json").is_file()

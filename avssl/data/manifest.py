@@ -4,7 +4,12 @@ Manifest CSV columns, exactly and in this order::
 
     path,duration_s,fps,num_frames,width,height,has_audio,sample_rate,decodable,error
 
-``path`` is relative to the scanned root with ``/`` separators, rows are sorted by path,
+In a manifest file, a relative ``path`` (``/`` separators) is relative to **the manifest file's
+own folder**, wherever that is; an absolute path (written only when no relative one exists, e.g.
+on another drive) is used as is. :func:`scan` returns paths relative to the scanned root, and
+``write_manifest(df, out, root=root)`` rewrites them relative to ``out``'s folder (the command
+line does this), so ``scan DIR --out elsewhere/manifest.csv`` gives ``../DIR/...`` paths that
+:func:`resolve_paths` (and every dataset reading a manifest) finds again. Rows are sorted by path,
 ``has_audio`` / ``decodable`` are written ``true`` / ``false``, ``error`` is empty or a one-line
 reason, and the media fields of an undecodable file (and ``sample_rate`` of a silent one) are empty.
 
@@ -187,12 +192,75 @@ def _relative(root: Path, p: str | os.PathLike) -> str:
 
 
 # -------------------------------------------------------------------------------------- CSV I/O
-def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``df`` (columns exactly COLUMNS) as CSV atomically: temp file + ``os.replace``."""
+def relative_to_manifest(paths: Iterable[str], root: str | os.PathLike,
+                         manifest_path: str | os.PathLike) -> list[str]:
+    """``paths`` relative to ``root`` -> the same files relative to ``manifest_path``'s folder.
+
+    Absolute paths are kept. A path with no relative form (another drive) becomes absolute.
+    Both folders are resolved first (symlinks followed), so a leading ``..`` climbs real folders;
+    :func:`resolve_paths` resolves the manifest's folder the same way before following one.
+    """
+    real_root = os.path.realpath(root)
+    base = os.path.realpath(Path(manifest_path).absolute().parent)
+    out = []
+    for p in paths:
+        p = str(p)
+        if os.path.isabs(p):
+            out.append(p)
+            continue
+        full = os.path.join(real_root, p)
+        try:
+            out.append(Path(os.path.relpath(full, base)).as_posix())
+        except ValueError:  # Windows: another drive has no relative path
+            out.append(Path(full).as_posix())
+    return out
+
+
+def resolve_paths(paths: Iterable[str], manifest_path: str | os.PathLike,
+                  root: str | os.PathLike | None = None) -> list[str]:
+    """Absolute file paths of a manifest's ``path`` column (see the module doc).
+
+    Relative paths are joined to the manifest's folder (or to ``root`` when given: a manifest
+    written by an older avssl, relative to its scanned folder); absolute ones are kept.
+    """
+    base = os.path.abspath(root if root is not None else Path(manifest_path).absolute().parent)
+    real_base = None
+    out = []
+    for p in paths:
+        p = str(p)
+        if os.path.isabs(p):
+            out.append(os.path.normpath(p))
+            continue
+        rel = os.path.normpath(p)
+        if rel.split(os.sep, 1)[0] == "..":
+            # ``..`` must climb the real folder, as the writer computed it (a symlinked folder's
+            # lexical parent is not its real parent)
+            real_base = real_base or os.path.realpath(base)
+            out.append(os.path.normpath(os.path.join(real_base, rel)))
+        else:
+            out.append(os.path.join(base, rel))
+    return out
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *,
+                   root: str | os.PathLike | None = None) -> None:
+    """Write ``df`` (columns exactly COLUMNS) as CSV atomically: temp file + ``os.replace``.
+
+    ``root``: the folder ``df``'s relative paths are relative to (:func:`scan`'s root); they are
+    written relative to ``path``'s folder, so the file can be read from anywhere. Without it the
+    paths are written as they are (they must already be relative to ``path``'s folder, or be read
+    with an explicit root).
+    """
     if tuple(df.columns) != COLUMNS:
         raise DataError(f"a manifest needs exactly the columns {','.join(COLUMNS)}; "
                         f"got {','.join(map(str, df.columns))}")
+    if Path(path).is_dir():
+        raise DataError(f"manifest path {str(path)!r} is a folder; give a file name such as "
+                        f"{Path(path) / 'manifest.csv'}")
     out = df.copy()
+    if root is not None:
+        out["path"] = relative_to_manifest(out["path"], root, path)
+        out = out.sort_values("path", kind="stable").reset_index(drop=True)
     for c in _BOOL_COLS:
         out[c] = out[c].map(lambda v: "true" if bool(v) else "false")
     path = Path(path)
@@ -361,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers < 1:
             raise DataError(f"--workers must be >= 1, got {args.workers}")
         df = scan(args.dir, workers=args.workers, progress=not args.no_progress, timeout_s=args.timeout)
-        write_manifest(df, args.out)
+        # paths relative to the CSV's own folder: readers resolve them from there
+        write_manifest(df, args.out, root=args.dir)
     except AvsslError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,8 +4,10 @@
 sorted). ``folder_dataset("manifest.csv")`` reads a manifest written by
 ``python -m avssl.data.manifest scan DIR --out manifest.csv``: durations, frame rates and
 ``has_audio`` come from it (no probing in the workers), and rows with ``decodable=false`` are
-dropped and reported in ``ds.bad``. Manifest paths are relative to the scanned folder, which is
-the manifest's own folder unless ``root=`` says otherwise. ``video_id`` is the relative path
+dropped and reported in ``ds.bad``. Relative manifest paths are relative to the manifest's own
+folder (what the scan command writes, wherever ``--out`` is), unless ``root=`` names another
+folder (for a manifest written relative to its scanned folder); absolute paths are kept.
+``video_id`` is the path as listed (relative to the folder, or as written in the manifest)
 without its extension.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.layout import VIDEO_EXTENSIONS, layout_error
+from avssl.errors import DataError
 
 
 def folder_dataset(
@@ -29,17 +32,24 @@ def folder_dataset(
     """A :class:`ClipDataset` over a folder of videos or a manifest CSV (no labels)."""
     src = Path(root_or_manifest_csv)
     if src.is_file() and src.suffix.lower() == ".csv":
-        from avssl.data.manifest import read_manifest
+        from avssl.data.manifest import read_manifest, resolve_paths
 
-        base = Path(root) if root is not None else src.parent
+        rows = read_manifest(src).to_dict("records")
+        paths = resolve_paths([row["path"] for row in rows], src, root=root)
         records = []
-        for row in read_manifest(src).to_dict("records"):
+        for row, path in zip(rows, paths):
             extra: dict[str, Any] = {"has_audio": bool(row["has_audio"]),
                                      "decodable": bool(row["decodable"]), "error": row["error"]}
             if row["decodable"]:
                 extra.update(duration_s=float(row["duration_s"]), fps=float(row["fps"]))
-            records.append(VideoRecord(str(base / row["path"]), _video_id(row["path"]), None,
-                                       extra))
+            records.append(VideoRecord(path, _video_id(row["path"]), None, extra))
+        # Stops at the first file found, so this costs one stat unless every path is wrong.
+        if records and not any(os.path.isfile(r.path) for r in records):
+            base = f"root={str(root)!r}" if root is not None else "the manifest's own folder"
+            raise DataError(
+                f"manifest {str(src)!r}: none of the {len(records)} listed videos exists (first: "
+                f"{records[0].path}); relative paths in it are read relative to {base}; "
+                f"rewrite it with: python -m avssl.data.manifest scan DIR --out {src}")
         # The manifest already says which rows are bad: drop them in every mode.
         return ClipDataset(records, mode=mode, name=f"folder:{src.name}",
                            skip_bad=True if skip_bad is None else skip_bad, **kw)

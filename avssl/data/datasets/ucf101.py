@@ -84,7 +84,10 @@ def _manifest_cache(root: Path) -> Path:
 
 
 def _probe_all(videos: Path, listed: set[str], workers: int, progress: bool) -> dict[str, Any]:
-    """Manifest rows by relative path, read from the on-disk cache or scanned once."""
+    """Manifest rows by relative path, read from the on-disk cache or scanned once.
+
+    The cache is a probe table, not a manifest to load videos from: its paths stay relative to
+    ``videos`` (the lookup key here), not to the cache file's folder as in a user's manifest."""
     from avssl.data.manifest import read_manifest, scan, write_manifest
 
     cache = _manifest_cache(videos)

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from avssl.errors import AvsslError
-from avssl.data.synthetic.layouts import LAYOUTS, write_layout
+from avssl.data.synthetic.layouts import LAYOUTS, _write_layout
 from avssl.data.synthetic.world import WorldConfig
 
 
@@ -14,7 +14,12 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Write the synthetic audio-visual world to disk in a "
                                             "real dataset's format.")
     p.add_argument("--layout", required=True, help=f"one of: {', '.join(LAYOUTS.names())}")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", required=True,
+                   help="output folder: new or empty (a tree written here before with the same "
+                        "options is left as it is)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a synthetic tree avssl wrote in --out with other options (or "
+                        "left unfinished); a folder holding other files is never touched")
     p.add_argument("--clips-per-class", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="frame height = width (even)")
@@ -37,12 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         options["duration_s"] = args.duration
     try:
         cfg = WorldConfig(size=args.size, duration_s=args.duration or 2.0)
-        root = write_layout(args.layout, args.out, clips_per_class=args.clips_per_class,
-                            seed=args.seed, cfg=cfg, workers=args.workers, **options)
+        root, wrote = _write_layout(args.layout, args.out, clips_per_class=args.clips_per_class,
+                                    seed=args.seed, cfg=cfg, workers=args.workers,
+                                    overwrite=args.overwrite, **options)
     except AvsslError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.layout} layout to {root}")
+    if wrote:
+        print(f"wrote {args.layout} layout to {root}")
+    else:
+        print(f"{root} already holds this {args.layout} layout (same options); left it as it is")
     return 0
 
 

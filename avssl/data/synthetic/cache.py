@@ -52,7 +52,8 @@ def synthetic_tree(layout: str, clips_per_class: int, *, seed: int = 0,
         if manifest:
             from avssl.data.manifest import scan, write_manifest
 
-            write_manifest(scan(tmp, workers=nw), tmp / "manifest.csv")
+            # paths relative to the manifest's folder (the tree root): still right after the rename
+            write_manifest(scan(tmp, workers=nw), tmp / "manifest.csv", root=tmp)
         if tmp != final:
             try:
                 os.replace(tmp, final)

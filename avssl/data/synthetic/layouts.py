@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 from avssl.errors import ConfigError
 from avssl.registry import Registry
 from avssl.data.synthetic.motion import ACTIONS
-from avssl.data.synthetic.world import WorldConfig, render_clip
+from avssl.data.synthetic.world import WORLD_VERSION, WorldConfig, render_clip
 
 LAYOUTS: Registry[Callable[..., Path]] = Registry("synthetic layout")
 
@@ -395,13 +396,34 @@ def write_folder(out: Path, *, clips_per_class: int = 4, seed: int = 0,
 ground_truth.json are for checking only); every seventh clip has no audio stream.""")
 
 
+# Every tree write_layout writes holds this file: the settings it was written with, whether the
+# write finished, and every file it wrote. It is how a later write tells an avssl tree (which
+# --overwrite may replace) from a user's folder (which is never touched).
+MARKER = ".avssl-synthetic.json"
+
+
 def write_layout(layout: str, out: str | os.PathLike, *, clips_per_class: int = 4, seed: int = 0,
-                 cfg: WorldConfig = WorldConfig(), workers: int = 1, **options: Any) -> Path:
+                 cfg: WorldConfig = WorldConfig(), workers: int = 1, overwrite: bool = False,
+                 **options: Any) -> Path:
     """Write the synthetic world in ``layout``'s format under ``out``; returns ``out`` as a Path.
 
     ``options`` go to the layout's writer (ucf101: ``labelled_test_lists``). Unknown layout ->
     :class:`~avssl.errors.UnknownNameError`.
+
+    ``out`` must be new or empty. A tree this function wrote earlier with the same layout and
+    options is left as it is (the writers are deterministic: rewriting it would give the same
+    files). Anything else in ``out`` is refused with a :class:`~avssl.errors.ConfigError`, except
+    that ``overwrite=True`` replaces an avssl tree written with other options or left unfinished,
+    provided every file in it is one avssl wrote. A folder avssl did not write is never touched.
     """
+    return _write_layout(layout, out, clips_per_class=clips_per_class, seed=seed, cfg=cfg,
+                         workers=workers, overwrite=overwrite, **options)[0]
+
+
+def _write_layout(layout: str, out: str | os.PathLike, *, clips_per_class: int = 4,
+                  seed: int = 0, cfg: WorldConfig = WorldConfig(), workers: int = 1,
+                  overwrite: bool = False, **options: Any) -> tuple[Path, bool]:
+    """:func:`write_layout`, also saying whether it wrote (False: the same tree was there)."""
     writer = LAYOUTS.get(layout)
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
@@ -410,9 +432,130 @@ def write_layout(layout: str, out: str | os.PathLike, *, clips_per_class: int = 
     if unknown:
         raise ConfigError(f"layout {layout!r} does not take option(s) {', '.join(unknown)}")
     root = Path(out)
+    settings = _settings(layout, writer, clips_per_class=clips_per_class, seed=seed, cfg=cfg,
+                         **options)
+    if not _prepare_out(root, settings, overwrite):
+        return root, False
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    return writer(root, clips_per_class=clips_per_class, seed=seed, cfg=cfg,
-                  workers=max(1, int(workers)), **options)
+    _write_marker(root, {"settings": settings, "complete": False})
+    try:
+        writer(root, clips_per_class=clips_per_class, seed=seed, cfg=cfg,
+               workers=max(1, int(workers)), **options)
+    except BaseException:
+        if os.listdir(root) == [MARKER]:  # refused before writing anything: leave no trace
+            (root / MARKER).unlink()
+            if created:
+                root.rmdir()
+        raise
+    _write_marker(root, {"settings": settings, "complete": True, "files": _files(root)})
+    return root, True
+
+
+def _settings(layout: str, writer: Callable[..., Path], **kw: Any) -> dict[str, Any]:
+    """Every setting that decides a tree's files (defaults filled in; not ``workers``)."""
+    bound = inspect.signature(writer).bind_partial(**kw)
+    bound.apply_defaults()
+    args = {k: v for k, v in bound.arguments.items() if k not in ("out", "workers")}
+    args["cfg"] = args["cfg"].to_dict()
+    return json.loads(json.dumps({"layout": layout, "world_version": WORLD_VERSION, **args},
+                                 sort_keys=True, default=str))
+
+
+def _files(root: Path) -> list[str]:
+    """Every file under ``root`` but the marker, relative posix, sorted (links are not followed)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        found += [Path(dirpath, n).relative_to(root).as_posix() for n in filenames]
+        found += [Path(dirpath, d).relative_to(root).as_posix() for d in dirnames
+                  if os.path.islink(os.path.join(dirpath, d))]
+    return sorted(f for f in found if f not in (MARKER, f"{MARKER}.tmp"))
+
+
+def _write_marker(root: Path, state: dict[str, Any]) -> None:
+    state = {"written_by": "avssl (python -m avssl.data.synthetic); --overwrite replaces only "
+                           "a tree whose files are all listed here", **state}
+    tmp = root / f"{MARKER}.tmp"
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, root / MARKER)
+
+
+def _read_marker(root: Path) -> dict[str, Any] | None:
+    """The marker's content; None without one; ``{}`` (an unfinished write) when unreadable."""
+    try:
+        state = json.loads((root / MARKER).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _differences(there: Any, here: dict[str, Any]) -> str:
+    """``"seed 0 there, 1 now; cfg.size ..."``: the settings that differ, for an error message."""
+    if not isinstance(there, dict):
+        return "unknown settings"
+    out = []
+    for key in sorted(set(there) | set(here)):
+        a, b = there.get(key), here.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k} {a.get(k)} there, {b.get(k)} now"
+                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key} {a} there, {b} now")
+    return "; ".join(out)
+
+
+def _prepare_out(root: Path, settings: dict[str, Any], overwrite: bool) -> bool:
+    """Check ``root`` before writing (see :func:`write_layout`): True to write, False when it
+    already holds exactly this tree. Clears an avssl tree when ``overwrite`` allows it."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output folder {root} is a file; give a new or empty folder")
+    if not root.exists():
+        return True
+    entries = sorted(os.listdir(root))
+    others = [e for e in entries if e not in (MARKER, f"{MARKER}.tmp")]
+    if not others:  # empty, or an earlier write refused its options before writing anything
+        return True
+    marker = _read_marker(root)
+    if marker is None:
+        raise ConfigError(f"output folder {root} is not empty ({others[0]}"
+                          f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}) and was "
+                          f"not written by avssl; give a new or empty folder (--overwrite only "
+                          f"replaces a synthetic tree avssl wrote)")
+    present = _files(root)
+    listed = marker.get("files") if marker.get("complete") is True else None
+    if isinstance(listed, list):
+        missing = sorted(set(listed) - set(present))
+        if marker.get("settings") == settings and not missing and not overwrite:
+            return False
+        foreign = sorted(set(present) - set(listed))
+        if foreign:
+            raise ConfigError(f"output folder {root} holds a synthetic tree avssl wrote plus "
+                              f"{len(foreign)} other file(s) (e.g. {foreign[0]}); move them out "
+                              f"or give a new or empty folder")
+        if marker.get("settings") != settings:
+            what = (f"a synthetic tree written with other options "
+                    f"({_differences(marker.get('settings'), settings)})")
+        elif missing:
+            what = (f"this synthetic tree with {len(missing)} of its files missing (e.g. "
+                    f"{missing[0]})")
+        else:
+            what = "this synthetic tree"
+    else:
+        what = "an unfinished synthetic tree (an earlier write was interrupted)"
+    if not overwrite:
+        raise ConfigError(f"output folder {root} already holds {what}; pass --overwrite to "
+                          f"replace it, or give a new or empty folder")
+    # Every file here is one avssl wrote (listed, or written into the empty folder an unfinished
+    # write started from): remove them all, then write into the empty folder.
+    for entry in entries:
+        path = root / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return True
 
 
 # ---------------------------------------------------------------- untrimmed videos (localization)
