@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from avssl.errors import AvsslError
+from avssl.errors import AvsslError, DataError
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -130,13 +131,35 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     p = resolve(path)
-    meta = json.loads((p / "meta.json").read_text())
+    meta = _json_object(p / "meta.json")
     if meta.get("format") != FORMAT:
         raise AvsslError(f"checkpoint {p} has format {meta.get('format')!r}; this avssl reads "
                          f"format {FORMAT}")
     cfg_file = p / "config.json"
-    config = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-    return Checkpoint(p, load_file(str(p / WEIGHTS), device=str(device)), config, meta)
+    config = _json_object(cfg_file) if cfg_file.exists() else {}
+    try:
+        weights = load_file(str(p / WEIGHTS), device=str(device))
+    except (SafetensorError, OSError) as e:  # truncated copy, interrupted download, not weights
+        raise DataError(f"{p / WEIGHTS} is damaged ({_one_line(e)}); expected a complete "
+                        f"safetensors file: copy the checkpoint folder again") from None
+    return Checkpoint(p, weights, config, meta)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _json_object(path: Path) -> dict:
+    """A checkpoint's JSON file, which must hold an object; a damaged one is a one-line error."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path} is damaged ({_one_line(e)}); expected the JSON object a recipe "
+                        f"writes: copy the checkpoint folder again") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is damaged: expected a JSON object, got "
+                        f"{type(data).__name__}; copy the checkpoint folder again")
+    return data
 
 
 def load_encoder(path: str | os.PathLike, component: str = "video") -> nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from avssl.bench.run import BenchArgs, run_bench
 from avssl.checkpoints import save_checkpoint
 from avssl.data.synthetic import WorldConfig, write_layout
 from avssl.encoders import build_encoder
-from avssl.errors import ConfigError, DataError, UnknownNameError
+from avssl.errors import ConfigError, DataError, DecodeError, UnknownNameError
 from avssl.leaderboard import read_task
 from avssl.towers import AVTowers
 
@@ -149,8 +150,36 @@ def test_av_sync_and_retrieval(tmp_path, folder, checkpoint):
     with pytest.warns(UserWarning):  # IVF-PQ shrinks its lists and codes for 24 vectors
         approx = bench(tmp_path, task="av-retrieval", index="ivfpq", data_root=str(folder),
                        checkpoint=str(checkpoint), fps=None, size=None, crop=None)
-    assert approx["row"].protocol == "retrieval-ivfpq"
+    assert approx["row"].protocol == approx["protocol"] == "retrieval-ivfpq"
     assert 0 <= approx["metrics"]["v2a_R@10"] <= 100
+    # the printed table names the protocol as the row does
+    from avssl.bench.__main__ import _table
+
+    assert "| av-retrieval | retrieval-ivfpq | test |" in _table(approx, None)
+
+
+def test_row_records_the_step_folder_latest_pointed_to(tmp_path, folder, checkpoint,
+                                                        monkeypatch):
+    """``runs/<recipe>/latest`` moves with the next save: the row keeps the folder loaded."""
+    from avssl.checkpoints import update_latest
+
+    run = tmp_path / "runs" / "pretrain_sync"
+    run.mkdir(parents=True)
+    (run / checkpoint.name).symlink_to(checkpoint, target_is_directory=True)
+    update_latest(run, run / checkpoint.name)
+    monkeypatch.chdir(tmp_path)
+    out = bench(tmp_path, task="av-sync", data_root=str(folder),
+                checkpoint="runs/pretrain_sync/latest", fps=None, size=None, crop=None)
+    assert out["row"].checkpoint == checkpoint.resolve().as_posix()  # outside the cwd: absolute
+    inside = tmp_path / "runs" / "pretrain_sync" / "run1" / "step_0000002"
+    import shutil
+
+    shutil.copytree(checkpoint, inside)
+    update_latest(run, inside)
+    again = bench(tmp_path, task="av-sync", data_root=str(folder),
+                  checkpoint="runs/pretrain_sync/latest", fps=None, size=None, crop=None)
+    assert again["row"].checkpoint == "runs/pretrain_sync/run1/step_0000002"  # relative
+    assert again["value"] == out["value"]
 
 
 def test_av_tasks_need_two_towers(tmp_path, folder):
@@ -292,3 +321,168 @@ def test_activitynet_localization_with_audio_visual_features(tmp_path, tmp_path_
     assert 100 * files["average_mAP"] == pytest.approx(m["average_mAP"], abs=1e-9)
     row = read_task(tmp_path / "lb" / "activitynet.csv")[0]
     assert row.modality == "av" and row.encoder == "i3d_r18_tiny+audio_resnet18_tiny"
+
+
+# ------------------------------------------------------------------ failures stay one line
+class _Failing(torch.utils.data.Dataset):
+    """Items 0-2 load; item 3 raises ``error`` (in a DataLoader worker when num_workers > 0)."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        if i == 3:
+            raise self.error
+        return {"x": torch.tensor([float(i)])}
+
+
+@pytest.mark.parametrize("error,cls,message", [
+    (ConfigError("crop 100x100 is larger than the 32x32 frames"), ConfigError,
+     "crop 100x100 is larger than the 32x32 frames"),
+    (DataError("ucf101: cannot decode a.avi (truncated); pass skip_bad=True"), DataError,
+     "ucf101: cannot decode a.avi (truncated); pass skip_bad=True"),
+    (UnknownNameError("unknown class 'x'"), UnknownNameError, "unknown class 'x'"),
+    # DecodeError(path, reason) cannot be rebuilt from one string: torch gives a RuntimeError
+    (DecodeError("a.avi", "moov atom not found"), DataError, "cannot decode a.avi: moov atom"),
+])
+def test_worker_errors_keep_their_one_line_message(error, cls, message):
+    with pytest.raises(cls) as err:
+        F.map_items(_Failing(error), lambda b: b["x"], batch_size=2, num_workers=2)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert "Caught" not in str(err.value)
+
+
+def test_worker_error_leaves_other_exceptions_alone():
+    with pytest.raises(ValueError, match="Caught ValueError in DataLoader worker"):
+        F.map_items(_Failing(ValueError("a bug")), lambda b: b["x"], batch_size=2,
+                    num_workers=2)
+    assert F.worker_error(ConfigError("plain")) is None
+
+
+def test_cli_turns_a_wrapped_worker_error_into_one_line(monkeypatch, capsys):
+    """Loaders outside map_items (finetune's training loader) reach the CLI as torch's wrapper."""
+    from torch._utils import ExceptionWrapper
+
+    from avssl.bench import __main__ as cli
+    from avssl.bench import run
+
+    try:
+        raise DataError("ucf101: cannot decode a.avi (truncated)")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 1")
+    monkeypatch.setattr(run, "run_bench", lambda *a, **k: wrapped.reraise())
+    assert cli.main(["--task", "synthetic"]) == 2
+    assert capsys.readouterr().err == "error: ucf101: cannot decode a.avi (truncated)\n"
+
+
+def test_cli_truncated_video_in_workers_is_one_line_naming_skip_bad(tmp_path, ucf, cache):
+    import shutil
+
+    root = tmp_path / "ucf"
+    shutil.copytree(ucf, root)
+    bad = sorted((root / "UCF-101").rglob("*.avi"))[0]
+    bad.write_bytes(bad.read_bytes()[:2000])
+    proc = subprocess.run(
+        [sys.executable, "-m", "avssl.bench", "--task", "synthetic", "--data-root", str(root),
+         "--views", "1x1", "--fps", "4", "--size", "32", "--crop", "32", "--protocol", "knn",
+         "--num-workers", "2", "--leaderboard", ""],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "AVSSL_CACHE": str(cache)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Caught" not in last and f"cannot decode {bad}" in last
+    assert "--skip-bad" in last
+
+
+@pytest.mark.parametrize("opts,message", [
+    ({"fps": 0.0}, "--fps must be > 0, got 0.0"),
+    ({"fps": float("nan")}, "--fps must be > 0"),
+    ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+    ({"num_workers": -1}, "--num-workers must be >= 0"),
+    ({"crop": 0}, "--crop must be >= 1 pixel"),
+])
+def test_bad_numbers_are_refused_before_any_work(tmp_path, monkeypatch, opts, message):
+    monkeypatch.setattr(F, "clip_features", _no_compute)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        bench(tmp_path, task="synthetic", data_root=str(tmp_path), **opts)
+
+
+def _no_compute(*a, **k):
+    raise AssertionError("features computed before the arguments were checked")
+
+
+@pytest.mark.parametrize("task,opts,message", [
+    ("av-sync", {"views": "10x3"}, "--views has no effect on task av-sync"),
+    ("av-retrieval", {"views": "2x1"}, "--views has no effect on task av-retrieval"),
+    ("thumos14", {"views": "10x3"}, "--views has no effect on task thumos14: it scores sliding"),
+    ("av-sync", {"modality": "audio"}, "--modality has no effect on task av-sync"),
+    ("av-retrieval", {"modality": "video"}, "--modality has no effect on task av-retrieval"),
+    ("synthetic", {"index": "ivfpq"}, "--index ivfpq applies to the retrieval protocol only"),
+])
+def test_flags_a_task_ignores_are_refused(tmp_path, task, opts, message):
+    """Else the row would record views / modality that had no effect on the number."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        bench(tmp_path, task=task, data_root=str(tmp_path), **opts)
+    assert not (tmp_path / "lb").exists()
+
+
+def test_model_flags_are_never_dropped(checkpoint):
+    from avssl.bench.model import resolve_model
+
+    with pytest.raises(ConfigError, match="--encoder-kwargs configures a random-init"):
+        resolve_model(str(checkpoint), encoder_kwargs={"stem": "conv"})
+    with pytest.raises(ConfigError, match="--encoder-kwargs needs --encoder NAME"):
+        resolve_model(None, None, "audio_resnet18_tiny", encoder_kwargs={"width": 8})
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        resolve_model(None, "i3d_r18_tiny", encoder_kwargs=[1])
+    with pytest.raises(ConfigError, match=r"--audio-encoder c3d_tiny is a video encoder; pass an "
+                                          r"audio encoder \(.*audio_resnet18_tiny"):
+        resolve_model(None, "i3d_r18_tiny", "c3d_tiny")
+    with pytest.raises(ConfigError, match="are both audio encoders"):
+        resolve_model(None, "audio_resnet18_tiny", "audio_vit_tiny")
+    with pytest.raises(ConfigError, match="takes no argument.*stme.*it takes:.*stem"):
+        resolve_model(None, "vit_video_tiny", encoder_kwargs={"stme": "conv"})
+    model = resolve_model(None, "audio_resnet18_tiny")
+    assert (model.video_name, model.audio_name) == (None, "audio_resnet18_tiny")
+
+
+def test_leaderboard_target_is_checked_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "clip_features", _no_compute)
+    lb = tmp_path / "lb"
+    lb.mkdir()
+    (lb / "synthetic.csv").write_text("task,value\nx,1\n")
+    with pytest.raises(DataError, match="synthetic.csv has a different header"):
+        bench(tmp_path, task="synthetic", data_root=str(tmp_path))
+    assert (lb / "synthetic.csv").read_text() == "task,value\nx,1\n"  # the user's file is kept
+    (tmp_path / "somefile").write_text("notes\n")
+    with pytest.raises(ConfigError, match="--leaderboard .*somefile is a file; expected a folder"):
+        bench(tmp_path, task="synthetic", data_root=str(tmp_path),
+              leaderboard=str(tmp_path / "somefile"))
+    with pytest.raises(ConfigError, match="cannot be created: .*somefile is not a writable"):
+        bench(tmp_path, task="synthetic", data_root=str(tmp_path),
+              leaderboard=str(tmp_path / "somefile" / "lb"))
+    assert (tmp_path / "somefile").read_text() == "notes\n"
+
+
+def test_cli_prints_results_before_a_failing_append(tmp_path, ucf, monkeypatch, capsys):
+    """An append that fails after the compute (here: a header changed during the run) still
+    leaves the table and the metrics on screen."""
+    from avssl.bench import __main__ as cli
+    from avssl.bench import run
+
+    def broken(*a, **k):
+        raise DataError("lb/synthetic.csv has a different header than a leaderboard CSV")
+
+    monkeypatch.setattr(run, "_append", broken)
+    rc = cli.main(["--task", "synthetic", "--data-root", str(ucf), "--views", "1x1", "--fps", "4",
+                   "--size", "32", "--crop", "32", "--num-workers", "0", "--protocol", "knn",
+                   "--json", "--leaderboard", str(tmp_path / "lb")])
+    out = capsys.readouterr()
+    assert rc == 2 and out.err.endswith("error: lb/synthetic.csv has a different header than a "
+                                        "leaderboard CSV\n")
+    assert "| synthetic | knn | 1 | 56/56 |" in out.out
+    assert json.loads(out.out.strip().splitlines()[-1])["metric"] == "top1"
+    assert "appended a row" not in out.out

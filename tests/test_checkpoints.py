@@ -9,7 +9,7 @@ from torch import nn
 
 from avssl.checkpoints import (file_sha256, load_checkpoint, resolve, save_checkpoint,
                                update_latest)
-from avssl.errors import AvsslError
+from avssl.errors import AvsslError, DataError
 
 
 def _modules():
@@ -67,6 +67,24 @@ def test_not_a_checkpoint(tmp_path):
     (ck / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(AvsslError, match="format 99"):
         load_checkpoint(ck)
+
+
+@pytest.mark.parametrize("name,damage,expected", [
+    ("model.safetensors", lambda b: b[:len(b) // 2], "complete safetensors file"),
+    ("model.safetensors", lambda b: b"", "complete safetensors file"),
+    ("meta.json", lambda b: b"{bad", "JSON object"),
+    ("meta.json", lambda b: b"[1, 2]", "JSON object, got list"),
+    ("config.json", lambda b: b"\xff\xfe{", "JSON object"),
+])
+def test_damaged_checkpoint_is_a_one_line_error_naming_the_file(tmp_path, name, damage,
+                                                                expected):
+    ck = save_checkpoint(tmp_path / "step_1", _modules(), config={"lr": 0.1}, step=1)
+    f = ck / name
+    f.write_bytes(damage(f.read_bytes()))
+    with pytest.raises(DataError) as err:
+        load_checkpoint(ck)
+    msg = str(err.value)
+    assert msg.startswith(f"{f} is damaged") and expected in msg and "\n" not in msg
 
 
 def test_run_checkpoint_splits_the_prepared_models_full_state_by_prefix(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avssl.encoders import ENCODERS, build_encoder, list_encoders
-from avssl.errors import UnknownNameError
+from avssl.errors import ConfigError, UnknownNameError
 
 torch.set_num_threads(1)
 
@@ -130,6 +130,38 @@ def test_unknown_name_lists_close_matches():
     assert "\n" not in msg
     with pytest.raises(UnknownNameError, match="r3d18"):
         build_encoder("r3d_18")
+
+
+VIT_BUILDERS = [n for n in NAMES if n.startswith(("vit_video_", "vivit_fe_", "vivit_fsa_"))]
+
+
+@pytest.mark.parametrize("name", VIT_BUILDERS)
+def test_vit_builders_refuse_unknown_kwargs_with_one_line(name):
+    """The ViT builders wrap a private ``_build(size, ...)``: their signature must be its
+    arguments, not ``**kwargs``, or a misspelt one is a TypeError instead of a ConfigError."""
+    import inspect
+
+    params = inspect.signature(ENCODERS.get(name)).parameters
+    assert "size" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    with pytest.raises(ConfigError) as err:
+        build_encoder(name, stme="conv")
+    msg = str(err.value)
+    assert "takes no argument(s) stme" in msg and "drop_path" in msg and "\n" not in msg
+    if name.startswith("vit_video_"):
+        assert "stem" in msg.split("it takes:")[1]
+
+
+def test_every_builder_names_its_arguments():
+    """No registered builder hides its options behind **kwargs (build_encoder's unknown-argument
+    check is skipped for those, so a typo became a TypeError from deep inside)."""
+    import inspect
+
+    hidden = [n for n in list_encoders() if any(
+        p.kind is p.VAR_KEYWORD for p in inspect.signature(ENCODERS.get(n)).parameters.values())]
+    assert hidden == []
+    with pytest.raises(ConfigError, match="'lrcn_tiny' takes no argument.s. bogus; it takes: "
+                                          "pretrained_path, num_frames, img_size, hidden"):
+        build_encoder("lrcn_tiny", bogus=1)
 
 
 @pytest.mark.slow

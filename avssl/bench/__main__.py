@@ -113,19 +113,26 @@ def main(argv: list[str] | None = None) -> int:
             crop=args.crop, shots=args.shots, k=args.k, epochs=args.epochs,
             stride_s=args.stride_s, lr=args.lr, index=args.index,
             separation=args.separation)
-        result = run_bench(bench)
-    except AvsslError as err:
+
+        def report(result: dict) -> None:  # called before the row is appended
+            print(_table(result, args), flush=True)
+            if args.json:
+                print(json.dumps({k: result[k] for k in ("task", "protocol", "split", "metric",
+                                                         "value", "metrics")}, sort_keys=True),
+                      flush=True)
+
+        result = run_bench(bench, report=report)
+    except Exception as err:
+        if "\n" in str(err):  # loaders outside map_items (finetune's training loader) re-raise
+            from avssl.bench.features import worker_error  # a worker's error as torch's wrapper
+
+            err = worker_error(err) or err
+        if not isinstance(err, AvsslError):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        print(_table(result, args))
-        if args.json:
-            print(json.dumps({k: result[k] for k in ("task", "protocol", "split", "metric",
-                                                     "value", "metrics")}, sort_keys=True))
-        if result["row"] is not None:
-            print(f"appended a row to {args.leaderboard}/{result['task']}.csv")
+    if result["row"] is not None:
+        print(f"appended a row to {args.leaderboard}/{result['task']}.csv")
     return 0
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from avssl import errors
 from avssl.cache import cache_dir
 from avssl.speed import SpeedSettings, apply_threads, pick
 
@@ -73,10 +75,16 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
         loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=fast.pin_memory)
         bf16 = fast.mixed_precision == "bf16"
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not st.is_main_process,
-                          leave=False):
-            with torch.no_grad(), torch.autocast(st.device.type, torch.bfloat16, enabled=bf16):
-                outs.append(fn(batch).float().cpu().numpy())
+        try:
+            for batch in tqdm(loader, desc=desc, unit="batch", disable=not st.is_main_process,
+                              leave=False):
+                with torch.no_grad(), torch.autocast(st.device.type, torch.bfloat16,
+                                                     enabled=bf16):
+                    outs.append(fn(batch).float().cpu().numpy())
+        except Exception as err:
+            if (clean := worker_error(err)) is None:
+                raise
+            raise clean from None
     local = np.concatenate(outs) if outs else None
     if world == 1:
         return local
@@ -93,6 +101,39 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
             seen[ids] = True
     assert seen.all(), "sharded extraction lost items"
     return full
+
+
+_WORKER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\n")
+
+
+def _avssl_errors(cls: type = errors.AvsslError) -> dict[str, type]:
+    out = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        out.update(_avssl_errors(sub))
+    return out
+
+
+def worker_error(err: BaseException) -> errors.AvsslError | None:
+    """The one-line error an :class:`~avssl.errors.AvsslError` raised in a DataLoader worker
+    had, or None if ``err`` is not one.
+
+    torch re-raises a worker's exception as its type (RuntimeError when that cannot be built
+    from one string, like DecodeError) with "Caught X in DataLoader worker process N." and the
+    worker's whole traceback as the message; the user-facing message is the traceback's last
+    ``module.X: message`` line (avssl messages are one line)."""
+    m = _WORKER.match(str(err))
+    cls = _avssl_errors().get(m.group(1)) if m else None
+    if cls is None or not isinstance(err, (cls, RuntimeError)):
+        return None
+    prefix = f"{cls.__module__}.{cls.__qualname__}: "
+    lines = [ln for ln in str(err).splitlines() if ln.startswith(prefix)]
+    if not lines:
+        return None
+    message = lines[-1][len(prefix):]
+    try:
+        return cls(message)
+    except TypeError:  # DecodeError(path, reason): the message is already the whole story
+        return errors.DataError(message)
 
 
 def encode(encoder: torch.nn.Module, x: torch.Tensor, device) -> torch.Tensor:

@@ -80,7 +80,7 @@ class BenchModel:
     video_name: str | None
     audio_name: str | None
     recipe: str                        # pretrain_sync, pretrain_mbt, ... or random-init
-    checkpoint: str = ""               # as given on the command line
+    checkpoint: str = ""               # the step folder loaded (``latest`` resolved)
     checkpoint_sha256: str = ""
     config_hash: str = ""
     seed: int = 0
@@ -162,10 +162,21 @@ def load_model(path: str | Path, spec_overrides: dict | None = None) -> BenchMod
             getattr(towers, head).load_state_dict(ckpt.component_state(head), strict=True)
     spec = InputSpec.from_config(ckpt.config).replace(**(spec_overrides or {}))
     return BenchModel(built.get("video"), built.get("audio"), towers, spec, names["video"],
-                      names["audio"], ckpt.meta.get("recipe", "unknown"), checkpoint=str(path),
+                      names["audio"], ckpt.meta.get("recipe", "unknown"),
+                      checkpoint=_provenance_path(ckpt.path),
                       checkpoint_sha256=checkpoints.file_sha256(ckpt.path),
                       config_hash=str(ckpt.meta.get("config_hash", "")),
                       seed=int(ckpt.config.get("run", {}).get("seed", 0)))
+
+
+def _provenance_path(folder: Path) -> str:
+    """The folder actually loaded, not ``runs/<recipe>/latest`` (which moves on with the next
+    save): relative to the working directory when inside it, like the paths users type."""
+    folder = Path(folder).resolve()
+    try:
+        return folder.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(folder)
 
 
 def resolve_model(checkpoint: str | None = None, encoder: str | None = None,
@@ -173,21 +184,41 @@ def resolve_model(checkpoint: str | None = None, encoder: str | None = None,
                   seed: int = 0, spec_overrides: dict | None = None) -> BenchModel:
     """``--checkpoint`` wins; ``--encoder`` (video or audio name) builds random init; neither
     gives the default random-init baseline (pretrain_sync's towers)."""
+    if encoder_kwargs is not None and not isinstance(encoder_kwargs, dict):
+        raise ConfigError(f"--encoder-kwargs must be a JSON object of keyword arguments, e.g. "
+                          f"'{{\"stem\": \"conv\"}}', got {json.dumps(encoder_kwargs)}")
     if checkpoint:
         if encoder or audio_encoder:
             raise ConfigError("pass either --checkpoint or --encoder/--audio-encoder, not both "
                               "(a checkpoint already names its encoders)")
+        if encoder_kwargs:
+            raise ConfigError("--encoder-kwargs configures a random-init --encoder; a checkpoint "
+                              "rebuilds its encoders with the arguments it was trained with: "
+                              "leave --encoder-kwargs out")
         return load_model(checkpoint, spec_overrides)
+    if encoder_kwargs and encoder is None:
+        raise ConfigError("--encoder-kwargs needs --encoder NAME (they are that encoder's keyword "
+                          "arguments; --audio-encoder is built with its defaults)")
     spec = InputSpec().replace(**(spec_overrides or {}))
     video = audio = None
     vkw = akw = None
-    for name in (encoder, audio_encoder):
-        if name is None:
-            continue
-        if _is_audio(name):
-            audio, akw = name, (encoder_kwargs if name == encoder else None)
+    if encoder is not None:  # a video or an audio encoder
+        if _is_audio(encoder):
+            audio, akw = encoder, encoder_kwargs
         else:
-            video, vkw = name, (encoder_kwargs if name == encoder else None)
+            video, vkw = encoder, encoder_kwargs
+    if audio_encoder is not None:
+        from avssl.encoders import list_encoders
+
+        if not _is_audio(audio_encoder):
+            raise ConfigError(f"--audio-encoder {audio_encoder} is a video encoder; pass an audio "
+                              f"encoder ({', '.join(list_encoders('audio'))}) or give it as "
+                              f"--encoder")
+        if audio is not None:
+            raise ConfigError(f"--encoder {encoder} and --audio-encoder {audio_encoder} are both "
+                              f"audio encoders; pass a video encoder as --encoder, or leave "
+                              f"--audio-encoder out")
+        audio = audio_encoder
     if encoder is None and audio_encoder is None:
         return random_model(seed=seed, spec=spec)
     return random_model(video, audio, video_kwargs=vkw, audio_kwargs=akw, seed=seed, spec=spec)

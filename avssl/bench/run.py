@@ -7,11 +7,12 @@ protocol, and, on the main process only, appends the row to ``<leaderboard>/<tas
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from accelerate import PartialState
@@ -96,8 +97,90 @@ def _load(task: Task, fn, root: str, *args, **kw):
                         f"{task.data}") from None
 
 
-def run_bench(args: BenchArgs) -> dict[str, Any]:
-    """Run one benchmark; returns ``{"task", "protocol", "metric", "value", "metrics", "row"}``."""
+def _check_numbers(args: BenchArgs) -> None:
+    """Counts and sizes that would otherwise fail deep inside decoding or batching."""
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise ConfigError(f"--num-workers must be >= 0 (0: load in the main process), got "
+                          f"{args.num_workers}")
+    for flag, value in (("--fps", args.fps), ("--clip-s", args.clip_s),
+                        ("--stride-s", args.stride_s)):
+        if value is not None and not value > 0:  # `not >` also refuses NaN
+            raise ConfigError(f"{flag} must be > 0, got {value}")
+    for flag, value in (("--size", args.size), ("--crop", args.crop)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1 pixel, got {value}")
+
+
+# what the tasks that do not take --views score instead (classification tasks take it)
+_FIXED_VIEWS = {"sync": "scores one clip per video against shifted copies of its audio",
+                "retrieval": "embeds one clip per video",
+                "localization": "scores sliding windows (their stride is --stride-s)"}
+
+
+def _check_task_flags(task: Task, args: BenchArgs, protocol: str) -> None:
+    """Refuse flags the task would ignore: the row would record a setting that had no effect."""
+    if (args.views is not None and task.kind != "classification"
+            and parse_views(args.views) != parse_views(task.views)):
+        what = _FIXED_VIEWS.get(task.kind, f"has fixed test views ({task.views})")
+        raise ConfigError(f"--views has no effect on task {task.name}: it {what}; leave --views "
+                          f"out (or pass {task.views})")
+    if task.kind in ("sync", "retrieval") and args.modality not in (None, "av"):
+        raise ConfigError(f"--modality has no effect on task {task.name}: it compares video and "
+                          f"audio embeddings (modality av); leave --modality out")
+    if args.index != "flat" and protocol != "retrieval":
+        raise ConfigError(f"--index {args.index} applies to the retrieval protocol only; task "
+                          f"{task.name} runs protocol {protocol}: leave --index out")
+
+
+def check_leaderboard(directory: str | os.PathLike, task: str) -> None:
+    """Refuse, before any compute, a leaderboard the row could not be appended to (a file in
+    place of the folder, an unwritable folder, a task CSV with another header), so a finished
+    run never ends in an append error."""
+    from avssl.leaderboard import HEADER
+
+    folder = Path(directory)
+    hint = "pass another --leaderboard folder, or --leaderboard '' to append nothing"
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--leaderboard {directory} is a file; expected a folder to hold "
+                          f"{task}.csv ({hint})")
+    if not folder.exists():  # created at append time: its nearest existing parent must allow it
+        parent = next(p for p in folder.absolute().parents if p.exists())
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"--leaderboard {directory} cannot be created: {parent} is not a "
+                              f"writable folder ({hint})")
+        return
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--leaderboard {directory} is not writable ({hint})")
+    path = folder / f"{task}.csv"
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; expected the leaderboard CSV of task {task} "
+                          f"(move it aside, or {hint})")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{path} is not writable ({hint})")
+    with open(path, encoding="utf-8", errors="replace") as f:  # the check append_row makes
+        first = f.readline().removeprefix("\ufeff").rstrip("\r\n")
+    if first != HEADER:
+        raise DataError(f"{path} has a different header than a leaderboard CSV; expected: "
+                        f"{HEADER} (move the file aside, or {hint})")
+
+
+def recorded_protocol(protocol: str, index: str) -> str:
+    """The protocol as the row (and the printed table) names it: approximate retrieval is never
+    ranked with exact retrieval."""
+    return f"{protocol}-{index}" if protocol == "retrieval" and index != "flat" else protocol
+
+
+def run_bench(args: BenchArgs,
+              report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run one benchmark; returns ``{"task", "protocol", "metric", "value", "metrics", "row"}``.
+
+    ``report(result)`` is called on the main process before the row is appended (with
+    ``row=None``), so an append that fails never hides the numbers; the CLI prints them there.
+    """
     # join the process group first (accelerate launch / torchrun), and refuse processes that
     # did not join one: each would extract everything and append its own row
     if (warning := launch_warning(F.state().num_processes)) and F.state().is_main_process:
@@ -109,6 +192,10 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     if modality not in MODALITIES:
         raise ConfigError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     clips, crops = parse_views(args.views or task.views)
+    _check_numbers(args)
+    _check_task_flags(task, args, protocol)
+    if args.leaderboard:
+        check_leaderboard(args.leaderboard, task.name)
     model = resolve_model(args.checkpoint, args.encoder, args.audio_encoder,
                           encoder_kwargs=args.encoder_kwargs, seed=args.seed,
                           spec_overrides={"clip_s": args.clip_s, "fps": args.fps,
@@ -127,13 +214,23 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     metrics = out["metrics"]
     if metric not in metrics:
         raise AvsslError(f"protocol {protocol} gave no {metric!r} (got {sorted(metrics)})")
-    row = None
-    if args.leaderboard and PartialState().is_main_process:
-        row = _append(task, model, args, split, protocol, modality, f"{clips}x{crops}", metric,
-                      metrics, out)
-    return {"task": task.name, "protocol": protocol, "split": split, "metric": metric,
-            "value": metrics[metric], "metrics": metrics, "row": row,
-            "videos_used": out["used"], "videos_expected": out["expected"]}
+    protocol = recorded_protocol(protocol, args.index)
+    result = {"task": task.name, "protocol": protocol, "split": split, "metric": metric,
+              "value": metrics[metric], "metrics": metrics, "row": None,
+              "videos_used": out["used"], "videos_expected": out["expected"]}
+    if not PartialState().is_main_process:
+        return result
+    if report is not None:
+        report(result)
+    if args.leaderboard:
+        try:
+            result["row"] = _append(task, model, args, split, protocol, modality,
+                                    f"{clips}x{crops}", metric, metrics, out)
+        except OSError as e:  # e.g. the folder turned read-only during the run
+            raise DataError(f"cannot append the row to {args.leaderboard}/{task.name}.csv: "
+                            f"{e.strerror or e} (the results were computed but not "
+                            f"recorded)") from None
+    return result
 
 
 # --------------------------------------------------------------------------- classification
@@ -355,8 +452,6 @@ def _append(task, model: BenchModel, args, split, protocol, modality, views, met
         gmacs = None if (g is None or gmacs is None) else gmacs + g
     secondary = {k: v for k, v in metrics.items()
                  if k != metric and k not in ("per_class",) and _jsonable(v)}
-    if protocol == "retrieval" and args.index != "flat":  # approximate: never ranked with exact
-        protocol = f"{protocol}-{args.index}"
     row = make_row(task=task.name, task_version=task.version, split=str(split),
                    protocol=protocol, encoder=model.encoder_name(modality), modality=modality,
                    checkpoint=model.checkpoint, checkpoint_sha256=model.checkpoint_sha256,

@@ -24,6 +24,8 @@ Ballas et al. run the recurrence on mid-level maps) built for 3x16x112x112. ``*_
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from torchvision.models import resnet18
@@ -246,6 +248,14 @@ def _variants(name: str, make) -> None:
         trunk, t, s = _size(True, num_frames, img_size)
         return load_pretrained(make(trunk, t, s, True, **kw), pretrained_path)
 
+    # build_encoder checks kwargs against the signature: show make's own options instead of
+    # **kw, so a misspelt one is a one-line ConfigError rather than a TypeError from the lambda
+    extra = [p.replace(kind=p.KEYWORD_ONLY) for p in
+             list(inspect.signature(make).parameters.values())[4:]]
+    for fn in (paper, tiny):
+        sig = inspect.signature(fn)
+        fn.__signature__ = sig.replace(parameters=[
+            p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD] + extra)
     paper.__doc__ = f"{name}: resnet18 trunk, built for 3x16x112x112 (see module docstring)."
     tiny.__doc__ = f"{name}_tiny: tiny CNN trunk, built for 3x8x32x32 (see module docstring)."
     register_encoder(name, "video")(paper)

@@ -24,6 +24,8 @@ interpolated trilinearly).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -93,11 +95,19 @@ def _build(size: str, pretrained_path: str | None = None, num_frames: int | None
     return load_pretrained(model, pretrained_path)
 
 
+def _without_size(fn) -> inspect.Signature:
+    sig = inspect.signature(fn)
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "size"])
+
+
 def _register(size: str) -> None:
     def builder(**kwargs) -> VideoViT:
         return _build(size, **kwargs)
 
     builder.__doc__ = f"Joint space-time video ViT (ViViT model 1), {size} size."
+    # build_encoder checks kwargs against the signature: show _build's, not **kwargs, so a
+    # misspelt argument is a one-line ConfigError instead of a TypeError from _build
+    builder.__signature__ = _without_size(_build)
     register_encoder(f"vit_video_{size}", "video")(builder)
 
 

@@ -27,6 +27,8 @@ clips. Any other clip size also works at run time: positional embeddings are int
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
@@ -196,6 +198,11 @@ def _fsa(size: str, pretrained_path: str | None = None, num_frames: int | None =
     return load_pretrained(model, pretrained_path)
 
 
+def _without_size(fn) -> inspect.Signature:
+    sig = inspect.signature(fn)
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "size"])
+
+
 def _register(size: str) -> None:
     # Builders take keyword args only: pretrained_path, num_frames, img_size, tubelet,
     # drop_path, attn_impl ("sdpa" | "naive").
@@ -207,6 +214,8 @@ def _register(size: str) -> None:
 
     fe.__doc__ = f"ViViT factorised encoder, {size} size (see module docstring)."
     fsa.__doc__ = f"ViViT factorised self-attention, {size} size (see module docstring)."
+    # build_encoder checks kwargs against the signature: show the real ones, not **kwargs
+    fe.__signature__, fsa.__signature__ = _without_size(_fe), _without_size(_fsa)
     register_encoder(f"vivit_fe_{size}", "video")(fe)
     register_encoder(f"vivit_fsa_{size}", "video")(fsa)
 

@@ -192,8 +192,9 @@ class ClipDataset(Dataset):
             why = first.extra.get("error") or "see its manifest row"
             if mode == "eval" and not skip_bad:
                 raise DataError(
-                    f"{name}: {first.path} is not decodable ({why}); pass skip_bad=True to drop "
-                    f"unreadable videos and report videos used vs listed"
+                    f"{name}: {first.path} is not decodable ({why}); pass skip_bad=True "
+                    f"(--skip-bad on the bench command line) to drop unreadable videos and "
+                    f"report videos used vs listed"
                 )
             self.bad += [(r.path, str(r.extra.get("error") or "undecodable")) for r in known_bad]
             records = [r for r in records if r.extra.get("decodable") is not False]
@@ -314,8 +315,9 @@ class ClipDataset(Dataset):
             sample = self._load(vi, start, np.random.default_rng([self.seed, index]), index)
         except DecodeError as err:
             raise DataError(
-                f"{self.name}: cannot decode {rec.path} ({err.reason}); pass skip_bad=True to "
-                f"drop unreadable videos and report videos used vs listed"
+                f"{self.name}: cannot decode {rec.path} ({err.reason}); pass skip_bad=True "
+                f"(--skip-bad on the bench command line) to drop unreadable videos and report "
+                f"videos used vs listed"
             ) from err
         sample["clip_index"] = ci
         return sample
