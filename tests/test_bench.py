@@ -132,7 +132,35 @@ def test_finetune_trains_and_tests_multi_view(tmp_path, ucf):
     out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="finetune", epochs=1,
                 views="2x3")
     assert out["metrics"]["steps"] == 42 // 8 and out["metrics"]["num_samples"] == 14
+    assert out["metrics"]["lr_last_step"] == pytest.approx(_cosine_end(out["metrics"]))
     assert out["row"].views == "2x3" and out["row"].encoder == "i3d_r18_tiny"
+
+
+def _cosine_end(m: dict) -> float:
+    """The learning rate of finetune's last optimizer step under warm-up + cosine."""
+    import math
+
+    s, w = m["steps"], m["warmup_steps"]
+    return m["lr"] * 0.5 * (1 + math.cos(math.pi * (s - 1 - w) / (s - w)))
+
+
+def test_finetune_schedule_on_two_processes_is_the_one_of_each_processes_steps(tmp_path, ucf,
+                                                                               cache):
+    """accelerate steps a prepared scheduler once per process on every optimizer step: the
+    cosine used to reach 0 halfway through a 2-process finetune and train at lr 0 after."""
+    args = ["-m", "avssl.bench", "--task", "synthetic", "--data-root", str(ucf), "--fps", "4",
+            "--size", "32", "--crop", "32", "--num-workers", "0", "--batch-size", "4",
+            "--protocol", "finetune", "--epochs", "1", "--json",
+            "--leaderboard", str(tmp_path / "lb")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+         "2", "--main_process_port", str(_free_port()), *args], capture_output=True, text=True,
+        timeout=600, cwd=tmp_path, env={**os.environ, "AVSSL_CACHE": str(cache),
+                                        "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][0])["metrics"]
+    assert m["steps"] == 42 // 4 // 2 and m["lr_last_step"] > 0
+    assert m["lr_last_step"] == pytest.approx(_cosine_end(m))
 
 
 def test_av_sync_and_retrieval(tmp_path, folder, checkpoint):
@@ -486,3 +514,17 @@ def test_cli_prints_results_before_a_failing_append(tmp_path, ucf, monkeypatch, 
     assert "| synthetic | knn | 1 | 56/56 |" in out.out
     assert json.loads(out.out.strip().splitlines()[-1])["metric"] == "top1"
     assert "appended a row" not in out.out
+
+
+def test_random_init_feature_keys_tell_encoders_apart():
+    """Two random-init encoders under the same seed used to share a cache key, so the second
+    run reported the first one's cached features under its own name."""
+    from avssl.bench.model import random_model
+
+    i3d = random_model("i3d_r18_tiny", "audio_resnet18_tiny")
+    c3d = random_model("c3d_tiny", "audio_resnet18_tiny")
+    keys = [F.FeatureCache.key(model=m.identity(), modality="audio") for m in (i3d, c3d)]
+    # even the audio tower differs: it is drawn after the video tower from one seeded stream
+    assert not torch.equal(next(i3d.audio.parameters()), next(c3d.audio.parameters()))
+    assert keys[0] != keys[1]
+    assert i3d.identity() == random_model("i3d_r18_tiny", "audio_resnet18_tiny").identity()

@@ -71,7 +71,8 @@ def test_separable_blobs_are_learned_and_noise_is_not(name, separated, noise):
     assert good["top1"] > 90.0, good["top1"]
     assert bad["top1"] < 40.0, bad["top1"]
     for res, y in ((good, separated[3]), (bad, noise[3])):
-        assert res["scores"].shape == (len(y), C) and res["scores"].dtype == np.float32
+        assert res["scores"].shape == (len(y), C)
+        assert res["scores"].dtype == (np.float64 if name == "knn" else np.float32)
         if name != "fewshot":  # few-shot top1 is a mean over seeds, not one score matrix's
             assert res["top1"] == pytest.approx(top1_strict(res["scores"], y))
 
@@ -180,6 +181,9 @@ def test_knn_matches_a_brute_force_weighted_vote():
     clamped = knn_classify(tx, ty, vx, vy, 3, k=100, temperature=0.5)
     assert clamped["k"] == 12
     np.testing.assert_allclose(clamped["scores"], reference(12, 0.5), rtol=1e-5)
+    # a near-duplicate neighbour at a small temperature: exp(1 / 0.01) overflows float32
+    cold = knn_classify(tx, ty, tx[:5] * 1.0001, ty[:5], 3, k=4, temperature=0.01)
+    assert np.isfinite(cold["scores"]).all() and cold["top1"] == 100.0
 
 
 def test_few_shot_sampling_is_n_per_class_and_seeded():
@@ -190,6 +194,11 @@ def test_few_shot_sampling_is_n_per_class_and_seeded():
     assert len(np.unique(idx0)) == len(idx0)
     assert not np.array_equal(idx0, idx1)
     assert np.array_equal(idx0, sample_few_shot(y, 4, 5, seed=0)[0])
+
+
+def test_few_shot_accepts_whole_float_shot_counts(noise):
+    res = few_shot(*noise, C, shots=(1, 2.0), seeds=(0,), weight_decay=1e-2, max_iter=20)
+    assert set(res["shots"]) == {"1", "2"} and res["top1"] == res["shots"]["2"]["mean"]
 
 
 def test_few_shot_summary_matches_its_runs(noise):

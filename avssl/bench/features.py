@@ -174,6 +174,11 @@ def manifest_hash(records) -> str:
     return h.hexdigest()
 
 
+# Bumped whenever decoding, the transforms or feature pooling change what features come out, so
+# that cached features from older code are not reused (part of every cache key).
+FEATURE_CODE_VERSION = 1
+
+
 class FeatureCache:
     """``get(key)`` / ``put(key, **arrays)`` of npz files under ``$AVSSL_CACHE/features/<task>``."""
 
@@ -186,6 +191,9 @@ class FeatureCache:
         precision = pick(state().device).mixed_precision  # bf16 features differ from fp32 ones
         if precision != "no":  # (fp32 keys stay as they were before precision was picked)
             parts = {**parts, "precision": precision}
+        # the code that makes features: a fix to decoding, a transform or pooling must not reuse
+        # features the old code computed (bump FEATURE_CODE_VERSION with such a fix)
+        parts = {**parts, "feature_code": FEATURE_CODE_VERSION}
         text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -193,7 +201,18 @@ class FeatureCache:
         return self.root / f"{key}.npz"
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
-        if not self.enabled or not self.path(key).exists():
+        """The cached arrays, or None. Every process gets the same answer: a hit only when all
+        of them see the file, since a process that skipped extraction while the others run it
+        would leave them waiting in map_items' gather (another run can write the file between
+        two processes' checks; several machines may not share the cache folder)."""
+        found = self.enabled and self.path(key).exists()
+        if state().num_processes > 1:
+            import torch.distributed as dist
+
+            flags: list[Any] = [None] * state().num_processes
+            dist.all_gather_object(flags, found)
+            found = all(flags)
+        if not found:
             return None
         with np.load(self.path(key), allow_pickle=False) as f:
             return {k: f[k] for k in f.files}

@@ -95,7 +95,10 @@ class BenchModel:
         """What makes features differ between models (part of the feature cache key)."""
         if self.checkpoint_sha256:
             return f"ckpt:{self.checkpoint_sha256}"
-        return f"random-init:{self.seed}:{json.dumps(self.kwargs, sort_keys=True)}"
+        # both names: the towers are drawn from one seeded stream, video first, so even the
+        # audio tower's weights depend on which video encoder was built before it
+        return (f"random-init:{self.seed}:{self.video_name}:{self.audio_name}:"
+                f"{json.dumps(self.kwargs, sort_keys=True)}")
 
     def encoder_for(self, modality: str) -> nn.Module:
         enc = self.video if modality == "video" else self.audio

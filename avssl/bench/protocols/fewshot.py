@@ -61,7 +61,7 @@ def few_shot(
 
     stats = standardizer(train_x)
     x_train, x_test = standardize(train_x, stats), standardize(test_x, stats)
-    largest = max(shots)
+    largest = max(int(n) for n in shots)  # keys are str(int): shots=(1, 5.0) looks up "5"
     per_shot: dict[str, dict] = {}
     first: tuple[dict, np.ndarray] | None = None
     for n in sorted(set(int(n) for n in shots)):

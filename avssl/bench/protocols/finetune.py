@@ -66,16 +66,18 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
         train_ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.num_workers,
         pin_memory=fast.pin_memory, persistent_workers=fast.persistent_workers,
         generator=torch.Generator().manual_seed(args.seed))
-    steps = max(1, epochs * (len(loader) // accelerator.num_processes))
+    raw_opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
+    net, opt, loader = accelerator.prepare(net, raw_opt, loader)
+    steps = max(1, epochs * len(loader))  # optimizer steps: this process's share of batches
     warmup = max(1, steps // 10)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
+    # Not prepared: accelerate would step a prepared scheduler once per PROCESS on every
+    # optimizer step, so on N processes warm-up and cosine would run N times too fast.
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup
+        raw_opt, lambda s: (s + 1) / warmup if s < warmup
         else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup)))))
-    net, opt, loader, sched = accelerator.prepare(net, opt, loader, sched)
     net.train()
     bar = tqdm(total=steps, desc=f"{task.name} finetune", disable=not accelerator.is_main_process)
-    step = 0
+    step, lr_used = 0, args.lr
     for epoch in range(epochs):
         train_ds.set_epoch(epoch)
         loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
@@ -84,6 +86,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
+            lr_used = raw_opt.param_groups[0]["lr"]
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -109,7 +112,8 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     scores = per_item.reshape(len(test_ds) // test_ds.num_clips, test_ds.num_clips, -1).mean(1)
     labels = np.asarray(test_ds.labels, np.int64)
     metrics = classification_metrics(scores, labels, test_ds.class_names)
-    metrics.update(epochs=epochs, lr=args.lr, steps=step)
+    metrics.update(epochs=epochs, lr=args.lr, steps=step, warmup_steps=warmup,
+                   lr_last_step=lr_used)  # cosine end: near 0 but > 0 on any process count
     return {"metrics": metrics, "used": train_ds.num_used + test_ds.num_used,
             "expected": train_ds.num_listed + test_ds.num_listed,
             "manifest": F.manifest_hash(train_ds.records + test_ds.records)}
