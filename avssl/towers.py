@@ -12,6 +12,17 @@ from torch import nn
 from avssl.errors import AvsslError
 
 
+# An encoder's ``forward_features`` layout (its ``feature_layout`` attribute; default BCTHW for
+# video, BCFT for audio) -> the (B, C, T) series the bins pool. Layouts without a time axis
+# (e.g. BCHW of early fusion) are absent: such towers cannot be binned.
+_TO_BCT = {
+    "BCTHW": lambda m: m.mean(dim=(3, 4)),
+    "BTCHW": lambda m: m.mean(dim=(3, 4)).transpose(1, 2),
+    "BTC": lambda m: m.transpose(1, 2),
+    "BCFT": lambda m: m.mean(dim=2),
+}
+
+
 def projection(dim: int, out: int) -> nn.Module:
     """The two-layer MLP head of SimCLR / AVTS: Linear(dim, dim) -> ReLU -> Linear(dim, out)."""
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
@@ -21,8 +32,9 @@ class AVTowers(nn.Module):
     """Video and audio towers + projection heads -> embeddings for sync and correspondence.
 
     With ``temporal_bins`` = K > 0 each tower's last feature map keeps its time axis: video
-    (B, C, T', H', W') is averaged over space, audio (B, C, F', T'') over frequency, both pooled
-    to K time bins and flattened (B, C*K) before the projection, so the embeddings say *when*
+    (B, C, T', H', W') is averaged over space (the ViViT factorised encoder's temporal tokens
+    are used as they are), audio (B, C, F', T'') over frequency, both pooled to K time bins and
+    flattened (B, C*K) before the projection, so the embeddings say *when*
     things happen (a time-pooled embedding barely changes when the audio is shifted).
     """
 
@@ -36,13 +48,25 @@ class AVTowers(nn.Module):
     def _series(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not self.bins:
             return tower(x)
+        modality = getattr(tower, "modality", "video")
         maps = tower.forward_features(x)
-        if isinstance(maps, dict):  # ViT-style encoders return {"cls", "map"}
-            maps = maps.get("map")
-        if not isinstance(maps, torch.Tensor) or maps.ndim not in (4, 5):
-            raise AvsslError(f"{type(tower).__name__} gives no (B, C, ..., T) feature map; use "
+        if isinstance(maps, dict):
+            if "temporal" in maps:  # ViViT factorised encoder: the temporal transformer's frame
+                # tokens (B, 1 + T', D), CLS first; its spatial "map" would skip that transformer
+                series = maps["temporal"][:, 1:].transpose(1, 2)
+                return nn.functional.adaptive_avg_pool1d(series, self.bins).flatten(1)
+            maps = maps.get("map")  # other ViT-style encoders return {"cls", "map"}
+        # the time axis comes from the encoder's declared layout, never from the tensor's rank:
+        # 2D-trunk video baselines give (B, T, C, ...) maps, or maps without a time axis at all
+        layout = getattr(tower, "feature_layout", "BCTHW" if modality == "video" else "BCFT")
+        to_bct = _TO_BCT.get(layout)
+        series = to_bct(maps) if (to_bct is not None and isinstance(maps, torch.Tensor)
+                                  and maps.ndim == len(layout)) else None
+        if series is None or series.shape[1] != tower.embed_dim:
+            shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+            raise AvsslError(f"{type(tower).__name__} gives no time series of its {tower.embed_dim}"
+                             f"-d embedding to bin (feature map {shape}, layout {layout}); use "
                              f"--model.temporal_bins=0 with it")
-        series = maps.mean(dim=(3, 4)) if maps.ndim == 5 else maps.mean(dim=2)  # (B, C, T)
         return nn.functional.adaptive_avg_pool1d(series, self.bins).flatten(1)
 
     def embed_video(self, video: torch.Tensor) -> torch.Tensor:

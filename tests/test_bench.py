@@ -528,3 +528,35 @@ def test_random_init_feature_keys_tell_encoders_apart():
     assert not torch.equal(next(i3d.audio.parameters()), next(c3d.audio.parameters()))
     assert keys[0] != keys[1]
     assert i3d.identity() == random_model("i3d_r18_tiny", "audio_resnet18_tiny").identity()
+
+
+def test_temporal_bins_follow_each_encoders_declared_time_axis():
+    """AVTowers bins the time axis an encoder declares (feature_layout), not one guessed from the
+    map's rank: ViViT-FE bins its temporal transformer's tokens (so that transformer trains),
+    (B, T, C) baselines bin T, and encoders without a time series are a one-line error."""
+    from avssl.encoders import list_encoders
+    from avssl.errors import AvsslError
+
+    torch.manual_seed(0)
+    audio = build_encoder("audio_resnet18_tiny")
+    mel = torch.randn(2, 1, 64, 96)
+    binned, refused = [], []
+    for name in [n for n in list_encoders("video") if n.endswith("_tiny")]:
+        video = build_encoder(name)
+        towers = AVTowers(video, audio, 8, temporal_bins=2)
+        clip = torch.randn(2, *video.example_input_shape)
+        try:
+            out = towers(clip, mel, mel)
+        except AvsslError as e:
+            assert "--model.temporal_bins=0" in str(e) and "\n" not in str(e)
+            refused.append(name)
+            continue
+        binned.append(name)
+        out["video"].sum().backward()
+        idle = [n for n, p in video.named_parameters() if p.requires_grad and p.grad is None]
+        assert idle == [], (name, idle)
+        # reversing time changes the binned embedding: the bins really are along time
+        assert not torch.allclose(towers.embed_video(clip), towers.embed_video(clip.flip(2)))
+    assert {"vivit_fe_tiny", "i3d_r18_tiny", "lrcn_tiny", "late_fusion_pool_tiny",
+            "single_frame_tiny", "convgru_tiny"} <= set(binned)
+    assert {"early_fusion_tiny", "two_stream_tiny", "c3d_tiny", "late_fusion_fc_tiny"} <= set(refused)

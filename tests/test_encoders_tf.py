@@ -34,6 +34,13 @@ def test_naive_attention_equals_sdpa_with_and_without_mask():
     mask |= torch.eye(7, dtype=torch.bool)  # every query attends to something
     torch.testing.assert_close(naive(x, mask), sdpa(x, mask), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(sdpa(x, mask), sdpa(x), atol=1e-4)
+    # a query with every key masked: SDPA attends to nothing; naive must not give NaN
+    mask[3] = False
+    x.requires_grad_(True)
+    out = naive(x, mask)
+    torch.testing.assert_close(out, sdpa(x, mask), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
 
 
 def test_attention_rejects_bad_config():

@@ -102,6 +102,8 @@ class _VideoBaseline(nn.Module):
 class SingleFrame(_VideoBaseline):
     """2D CNN on every frame, features averaged over time: (B, 3, T, H, W) -> (B, C)."""
 
+    feature_layout = "BTC"  # forward_features: per-frame vectors (see avssl.towers)
+
     def __init__(self, trunk: str, num_frames: int, img_size: int):
         t = make_trunk(trunk)
         super().__init__(t.out_channels, num_frames, img_size)
@@ -118,6 +120,8 @@ class SingleFrame(_VideoBaseline):
 class LateFusionPool(SingleFrame):
     """Per-frame maps averaged over space and time: (B, 3, T, H, W) -> (B, C)."""
 
+    feature_layout = "BTCHW"  # forward_features: per-frame maps (see avssl.towers)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-frame feature maps (B, T, C, H', W')."""
         return per_frame(self.trunk, x)
@@ -131,6 +135,10 @@ class LateFusionFC(_VideoBaseline):
 
     The MLP is Linear(T·C·H'·W', hidden) -> ReLU -> Linear(hidden, hidden); input size is fixed.
     """
+
+    # forward_features gives per-frame maps (B, T, C, H', W'), but the embedding is an MLP over
+    # all frames at once: there is no per-time embedding for avssl.towers to bin
+    feature_layout = None
 
     def __init__(self, trunk: str, num_frames: int, img_size: int, hidden: int):
         super().__init__(hidden, num_frames, img_size)
@@ -151,6 +159,8 @@ class LateFusionFC(_VideoBaseline):
 class EarlyFusion(_VideoBaseline):
     """Frames stacked as 3T channels into a 2D CNN: (B, 3, T, H, W) -> (B, C); T is fixed."""
 
+    feature_layout = "BCHW"  # forward_features: time is folded into channels (see avssl.towers)
+
     def __init__(self, trunk: str, num_frames: int, img_size: int):
         t = make_trunk(trunk, in_chans=3 * num_frames)
         super().__init__(t.out_channels, num_frames, img_size)
@@ -168,6 +178,8 @@ class EarlyFusion(_VideoBaseline):
 
 class LRCN(_VideoBaseline):
     """Per-frame CNN features into an LSTM; last hidden state: (B, 3, T, H, W) -> (B, hidden)."""
+
+    feature_layout = "BTC"  # forward_features: LSTM outputs per step (see avssl.towers)
 
     def __init__(self, trunk: str, num_frames: int, img_size: int, hidden: int,
                  num_layers: int = 1):

@@ -105,7 +105,11 @@ class Attention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             if attn_mask is not None:
                 scores = scores.masked_fill(~attn_mask, float("-inf"))
-            out = F.dropout(scores.softmax(dim=-1), p=drop) @ v
+            weights = scores.softmax(dim=-1)
+            if attn_mask is not None:  # a query with every key masked attends to nothing (zeros,
+                # as SDPA gives) instead of softmax(-inf, ...) = NaN
+                weights = torch.where(attn_mask.any(dim=-1, keepdim=True), weights, 0.0)
+            out = F.dropout(weights, p=drop) @ v
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, D)))
 
 
