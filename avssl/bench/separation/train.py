@@ -15,8 +15,10 @@ Targets on the warped grid (``mag_n`` source, ``mag_mix`` mixture magnitudes, bo
 At test time the mask is unwarped to the linear grid (optionally binarised at ``threshold`` there,
 as SoP's code does for binary masks; soft by default) and applied to the mixture STFT with the mixture phase (:mod:`.spectrogram`).
 
-Training is seeded and deterministic on one process; with ``accelerate launch`` every process
-takes its share of each batch (data-parallel; BatchNorm statistics are per process).
+Training is seeded and deterministic. Under ``accelerate launch`` every process trains the same
+separator on the whole batch, as the localization and AVA heads do: splitting batches across
+processes would give BatchNorm per-process statistics and weight unequal shares differently, so
+the SDR would depend on the process count.
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
@@ -148,9 +149,10 @@ def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
                     spec: Spectrogram | None = None, progress: bool = True,
                     desc: str = "mix-and-separate") -> list[float]:
     """Train ``net`` in place on mixtures drawn from ``bank``; returns the loss of every step."""
+    from avssl.launch import process_state
+
     spec = spec or Spectrogram()
-    accelerator = Accelerator()
-    world, rank = accelerator.num_processes, accelerator.process_index
+    state = process_state()
     rng = np.random.default_rng([cfg.seed, 10])
     torch.manual_seed(cfg.seed)
     n = len(bank)
@@ -167,17 +169,15 @@ def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm
         else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, steps - warm)))))
-    net, opt, sched = accelerator.prepare(net, opt, sched)
-    device = accelerator.device
-    net.train()
+    device = state.device
+    net.to(device).train()
     losses: list[float] = []
-    bar = tqdm(total=steps, desc=desc, disable=not (progress and accelerator.is_main_process),
+    bar = tqdm(total=steps, desc=desc, disable=not (progress and state.is_main_process),
                leave=False)
     for _ in range(cfg.epochs):
         order = rng.permutation(n)
         for b in range(per_epoch):
             idx = draw_partners(bank.group, order[b * bs:(b + 1) * bs], cfg.num_mix, rng)
-            idx = idx[rank::world] if len(idx) >= world else idx  # this process's share
             sources = bank.audio[torch.from_numpy(idx)].to(device)
             conds = [bank.cond[torch.from_numpy(idx[:, k])].to(device)
                      for k in range(cfg.num_mix)]
@@ -187,8 +187,8 @@ def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
                               f"step skipped")
                 opt.zero_grad(set_to_none=True)
                 continue
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(net.parameters(), 5.0)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -196,7 +196,7 @@ def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
     bar.close()
-    accelerator.unwrap_model(net).eval()
+    net.eval()
     return losses
 
 
