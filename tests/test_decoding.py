@@ -49,7 +49,8 @@ def _expected_ids(start: float, end: float, fps: float, native: float) -> list[i
     """The spec, restated: frame shown at t = last frame i with i / native <= t + 1 ms."""
     n = round((end - start) * fps)
     ts = [start + k / fps for k in range(n)]
-    return [min(max(math.floor((t + 1e-3) * native), 0), T - 1) for t in ts]
+    # rounded before the floor: (1.0 + 1e-3) * 30000 / 1001 is 30 up to float error
+    return [min(max(math.floor(round((t + 1e-3) * native, 9)), 0), T - 1) for t in ts]
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +129,55 @@ def test_decode_video_window_picks_frames_by_time(media, key, backend):
     assert _ids(x) == _expected_ids(0.5, 1.0, native, native)
     y = decode_video(media[key], 0.31, 1.11, fps=10, backend=backend)
     assert _ids(y) == _expected_ids(0.31, 1.11, 10, native)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key", [".mp4@29.97", ".avi@29.97"])
+def test_frame_on_screen_exactly_at_the_tolerance_edge(media, key, backend):
+    """29.97 fps frame 30 has pts 1.001 s: at t = 1.0 it is on screen (<= t + 1 ms). decord's
+    float32 timestamps (1.0010000467) used to pick frame 29 there."""
+    x = decode_video(media[key], 0.0, 1.2, fps=25, backend=backend)
+    assert _ids(x) == _expected_ids(0.0, 1.2, 25, 30000 / 1001) and _ids(x)[25] == 30
+
+
+def test_clip_lengths_do_not_depend_on_the_start(media):
+    """A 0.5 s window at 25 fps is 12.5 frames: end - start's float error used to round it to 12
+    or 13 by start time, and clips of one length did not batch."""
+    rng = np.random.default_rng(0)
+    starts = rng.uniform(0, 1.4, 300)
+    assert {decoding.num_samples(s, s + 0.5, 25) for s in starts} == {12}
+    assert {decoding.num_samples(s, s + 0.5, 11025) for s in starts} == {5512}
+    s = next(s for s in starts if round((s + 0.5 - s) * 25) == 13)  # such starts exist
+    assert len(decode_video(media[".mp4@25"], s, s + 0.5, fps=25)) == 12
+    assert decode_audio(media[".mp4@25"], s, s + 0.5, sample_rate=11025).shape[1] == 5512
+
+
+@pytest.mark.skipif(not decoding._HAS_DECORD, reason="decord not installed")
+def test_decord_frames_are_on_the_files_clock_when_the_video_starts_late(tmp_path):
+    """An H.264 .mp4 without an edit list starts its video after 0 (B-frame delay, 0.08 s):
+    PyAV and the audio use the file's clock; decord counted from the stream's start and
+    returned frames 2 frames early."""
+    import av
+    from fractions import Fraction
+
+    path = str(tmp_path / "late.mp4")
+    with av.open(path, "w", options={"use_editlist": "0"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for k in range(T):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * k, np.uint8), format="rgb24")
+            f.pts, f.time_base = k, Fraction(1, 25)
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode(None):
+            c.mux(pkt)
+    with av.open(path) as c:
+        vs = c.streams.video[0]
+        start = float(vs.start_time * vs.time_base)
+    assert start > 0  # the case under test: the video stream starts late
+    got = {b: _ids(decode_video(path, 1.0, 1.4, fps=25, backend=b)) for b in BACKENDS}
+    first = round((1.0 - start) * 25)  # frame k is on screen from start + k / 25
+    assert got["decord"] == got["pyav"] == list(range(first, first + 10))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

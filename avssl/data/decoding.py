@@ -277,9 +277,29 @@ def decode_video(path: str | os.PathLike, start_s: float, end_s: float, *,
     return _guarded(p, timeout_s, work)
 
 
+def num_samples(start_s: float, end_s: float, rate: float) -> int:
+    """Frames or audio samples in the window: ``round((end_s - start_s) * rate)``, with the
+    window's length first rounded to a nanosecond. ``end_s - start_s`` carries float error
+    (0.5000000000000004 for a 0.5 s clip at some starts), which flipped x.5 counts, so clips
+    of one length came out 12 or 13 frames long and would not batch together."""
+    return max(0, int(round(round(end_s - start_s, 9) * rate)))
+
+
 def _sample_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
-    n = int(round((end_s - start_s) * fps))
-    return start_s + np.arange(max(n, 0), dtype=np.float64) / fps
+    return start_s + np.arange(num_samples(start_s, end_s, fps), dtype=np.float64) / fps
+
+
+@functools.lru_cache(maxsize=4096)
+def _video_start_s(path: str, mtime_ns: int, size: int) -> float:
+    """The video stream's start time in seconds (PyAV; 0 when unset). decord numbers its
+    timestamps from it, while PyAV and the audio use the file's clock: an H.264 .mp4 without an
+    edit list starts its video at 0.08 s, and decord's frames were that much early. Cached per
+    file version (``mtime_ns``, ``size``)."""
+    with av.open(path) as container:
+        vs = container.streams.video[0]
+        if vs.start_time is None or vs.time_base is None:
+            return 0.0
+        return float(vs.start_time * vs.time_base)
 
 
 def _pick(pts: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -300,7 +320,11 @@ def _decode_video_decord(path: str, start_s: float, end_s: float,
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     if len(reader) == 0:
         raise DecodeError(path, "no video frames")
-    pts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0].astype(np.float64)
+    # decord gives float32 seconds from the stream's start: put them on the file's clock and
+    # round to microseconds (1.001 s in float32 is 1.0010000467, past the 1 ms tolerance tie)
+    st = os.stat(path)
+    pts = np.round(reader.get_frame_timestamp(np.arange(len(reader)))[:, 0].astype(np.float64)
+                   + _video_start_s(path, st.st_mtime_ns, st.st_size), 6)
     times = _sample_times(start_s, end_s, fps or float(reader.get_avg_fps()))
     idx = _pick(pts, times)
     uniq, inverse = np.unique(idx, return_inverse=True)  # fetch each frame once
@@ -396,7 +420,7 @@ _RESAMPLE_PAD_S = 0.05  # context decoded on each side so the resampling filter 
 
 def _decode_audio(path: str, start_s: float, end_s: float, sr: int, mono: bool,
                   if_missing: str) -> torch.Tensor:
-    n_out = int(round((end_s - start_s) * sr))
+    n_out = num_samples(start_s, end_s, sr)
     with av.open(path) as container:
         if not container.streams.audio:
             if if_missing == "silence":

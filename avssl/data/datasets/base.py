@@ -403,7 +403,8 @@ class ClipDataset(Dataset):
         duration = self._media(rec)[0]
         shifted = shifted_window(start, self.clip_s, duration, *self.audio_shift, rng)
         if shifted is None or not has_audio:
-            audio = torch.zeros(1, round(self.clip_s * self.sample_rate), dtype=torch.float32)
+            audio = torch.zeros(1, decoding.num_samples(0.0, self.clip_s, self.sample_rate),
+                                dtype=torch.float32)
             valid, shifted = False, start
         else:
             audio, _ = self._audio(rec, shifted, shifted + self.clip_s, has_audio)
@@ -414,7 +415,7 @@ class ClipDataset(Dataset):
 
     def _audio(self, rec: VideoRecord, start: float, end: float,
                has_audio: bool | None) -> tuple[torch.Tensor, bool]:
-        num = round((end - start) * self.sample_rate)
+        num = decoding.num_samples(start, end, self.sample_rate)
         if has_audio is not False:
             try:
                 wav = decoding.decode_audio(rec.path, start, end, sample_rate=self.sample_rate,
