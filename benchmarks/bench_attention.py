@@ -32,7 +32,7 @@ import torch
 
 from avssl.encoders.layers import Attention
 
-from common import cpu_name, in_child  # benchmarks/common.py
+from common import cpu_name, in_child, in_process  # benchmarks/common.py
 
 DIM, HEADS = 768, 12
 
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in tokens:
         for impl in ("sdpa", "naive"):
             job = (impl, n, batch, args.warmup, steps, args.device, args.dtype, threads)
-            rows.append(measure(*job) if cuda else in_child(measure, *job, label={"impl": job[0], "tokens": job[1]}))
+            run_row = in_process if cuda else in_child
+            rows.append(run_row(measure, *job, label={"impl": job[0], "tokens": job[1]}))
             print(f"{rows[-1]}", file=sys.stderr, flush=True)
     # after the forked measurements: the parent's first torch op may start its thread pool
     if threads:

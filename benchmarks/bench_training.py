@@ -1,6 +1,6 @@
 """Training-step throughput and peak memory: fp32 eager vs bf16 autocast vs channels-last vs compile.
 
-    python benchmarks/bench_training.py --quick                  # CPU smoke run (< 60 s)
+    python benchmarks/bench_training.py --quick                  # CPU smoke run (~1 min; more with emulated bf16)
     python benchmarks/bench_training.py --device cuda            # paper sizes, batch 8
     python benchmarks/bench_training.py --batch 1 --video-input 3x8x112x112   # CPU, smaller clips
 
@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
-from common import cpu_name, in_child  # benchmarks/common.py
+from common import cpu_name, in_child, in_process  # benchmarks/common.py
 
 VARIANTS = ("fp32", "bf16", "channels_last", "compile")
 TV_R3D, TV_RESNET = "torchvision.r3d_18", "torchvision.resnet18"
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             job = (name, variant, batch, warmup, steps, args.device, vin, args.audio_input,
                    threads)
-            rows.append(in_child(measure, *job, label={"name": job[0], "variant": job[1]}) if args.device == "cpu" else measure(*job))
+            run_row = in_child if args.device == "cpu" else in_process
+            rows.append(run_row(measure, *job, label={"name": job[0], "variant": job[1]}))
             if args.device == "cuda":
                 torch.cuda.empty_cache()
                 torch._dynamo.reset()

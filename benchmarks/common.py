@@ -29,6 +29,16 @@ def _child(queue, fn: Callable[..., dict], label: dict, args: tuple) -> None:
         queue.put({**label, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]})
 
 
+def in_process(fn: Callable[..., dict], *args: Any, label: dict) -> dict:
+    """``fn(*args)`` here (the CUDA path: a forked child cannot use the parent's CUDA context);
+    an exception (out of memory, a compile failure) becomes an error row, as in a child, so the
+    rows already measured are still printed."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        return {**label, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}
+
+
 def in_child(fn: Callable[..., dict], *args: Any, label: dict, start: str = "fork") -> dict:
     """``fn(*args)`` in a fresh process, so its peak RSS is this row's alone; an exception comes
     back as ``{**label, "error": ...}``. ``fork`` inherits the imports (spawn re-imports torch,
@@ -37,6 +47,17 @@ def in_child(fn: Callable[..., dict], *args: Any, label: dict, start: str = "for
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, fn, label, args))
     proc.start()
-    row = queue.get()
+    while True:  # a child killed by a signal (the OOM killer's SIGKILL) never sends its row
+        try:
+            row = queue.get(timeout=1.0)
+            break
+        except Exception:  # queue.Empty
+            if not proc.is_alive():
+                try:
+                    row = queue.get(timeout=1.0)  # sent just before exiting
+                except Exception:
+                    row = {**label, "error": f"child process died (exit code {proc.exitcode}; "
+                                             f"-9 is SIGKILL, e.g. out of memory)"}
+                break
     proc.join()
     return row

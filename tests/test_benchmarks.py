@@ -131,3 +131,32 @@ def test_decoding_rejects_bad_workers(capsys):
     finally:
         sys.path.remove(str(BENCH))
     assert "--workers must all be >= 1" in capsys.readouterr().err
+
+
+def test_a_child_killed_by_a_signal_becomes_an_error_row():
+    """The OOM killer's SIGKILL sends no row back: the parent used to wait for it forever."""
+    import os
+    import signal
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import in_child
+    finally:
+        sys.path.remove(str(BENCH))
+    row = in_child(lambda: os.kill(os.getpid(), signal.SIGKILL), label={"name": "x"})
+    assert row["name"] == "x" and "exit code -9" in row["error"]
+    assert in_child(lambda: {"ok": 1}, label={"name": "y"}) == {"ok": 1}  # fn makes its row
+
+
+def test_an_exception_on_the_in_process_cuda_path_becomes_an_error_row():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import in_process
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def oom():
+        raise RuntimeError("CUDA out of memory")
+
+    assert in_process(oom, label={"impl": "naive"}) == {
+        "impl": "naive", "error": "RuntimeError: CUDA out of memory"}

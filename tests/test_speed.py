@@ -34,6 +34,15 @@ def test_bf16_gpu_gets_bf16_and_pinned_memory(monkeypatch):
     assert pick("cuda").mixed_precision == "no"
 
 
+
+def test_gpu_with_only_emulated_bf16_keeps_fp32(monkeypatch):
+    """torch's is_bf16_supported() says yes on a V100 / T4 (emulated); only native counts."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation)
+    s = pick("cuda")
+    assert s.mixed_precision == "no" and "no native bf16" in s.describe()
+
+
 def test_accelerate_flag_and_explicit_choice_win(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
