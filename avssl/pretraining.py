@@ -224,8 +224,9 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
     recipe_dir = Path(out) / recipe
     if not resume:
         run_dir = recipe_dir / (name or time.strftime("%Y%m%d-%H%M%S"))
-        held = sorted(p.name for p in run_dir.glob("step_*")) + (
-            ["config.json"] if (run_dir / "config.json").exists() else [])
+        # only checkpoints make a folder a run: one that stopped before its first checkpoint
+        # (a bad --data.path, a crash) holds nothing to continue and may be started again
+        held = sorted(p.name for p in run_dir.glob("step_*"))
         if held:
             raise AvsslError(f"{run_dir} already holds a run ({', '.join(held[-2:])}); pass "
                              f"--run.resume to continue it, or another --run.name for a new run")
@@ -297,6 +298,11 @@ def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
 def nonfinite_action(policy: str, step: int, loss: torch.Tensor, accelerator: Accelerator) -> None:
     """Raise (``stop``) or say that the update is skipped (``skip``)."""
     msg = f"non-finite loss or gradient at step {step} (loss={loss.item():.4g})"
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and accelerator.sync_gradients:  # fp16: clipping unscaled the
+        # gradients; without the update the skipped optimizer step would have made, the scale
+        # never drops and the next unscale_ raises "unscale_() has already been called"
+        scaler.update()
     if policy == "stop":
         raise AvsslError(msg + "; stopped before the optimizer update "
                          "(--run.on_nonfinite=skip skips such steps instead)")

@@ -6,7 +6,7 @@ and loader settings, and why. Each rule below cites a measurement in ``benchmark
 
 - **mixed precision**: bf16 autocast on a CUDA GPU that supports it (H100, r3d18 3x16x112^2
   forward+backward: 492 clips/s bf16 vs 338 fp32, 1.45x); fp32 on CPU (2-core Xeon, batch 2:
-  bf16 autocast is 0.97-1.0x for the 3D CNNs and 2x *slower* for the transformers; 2-core AMD
+  bf16 autocast gives 0.95-1.03x CPU time for the 3D CNNs and 2x *slower* for the transformers; 2-core AMD
   EPYC with AVX2 only: 4-28x slower, emulated).
   ``accelerate launch --mixed_precision bf16|fp16`` (``ACCELERATE_MIXED_PRECISION``) wins over
   the rule; its ``no`` does not, because ``accelerate launch`` writes ``no`` also when nothing was

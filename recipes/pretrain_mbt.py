@@ -41,6 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -61,6 +62,8 @@ from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_mbt"
+# logged per step (metrics.csv), each the mean over the step's micro-batches
+LOGGED = ("loss", "loss_cls", "loss_recon", "loss_contrast", "acc", "acc_sync")
 
 
 @dataclass
@@ -110,18 +113,32 @@ class Config:
     run: RunConfig = field(default_factory=lambda: RunConfig(save_every=240))
 
 
-def make_pairs(batch: dict, cfg: Config, step: int,
-               label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_generator(base: int, micro: int) -> torch.Generator:
+    """A CPU generator for one micro-batch: seeded by ``base`` (from the run seed and step) for
+    the first micro-batch, as before accumulation drew per micro-batch (so runs without
+    accumulation keep their numbers), and by (``base``, ``micro``) for the others."""
+    if micro == 0:
+        return torch.Generator().manual_seed(base)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(
+        [base % 2**32, micro]).generate_state(1)[0]))
+
+
+def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None = None, *,
+               micro: int = 0, rank: int = 0, world: int = 1
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Audio (B, 1, S) for each row and its pair type (B,): 0 in-sync, 1 shifted, 2 mismatched.
 
-    The types are drawn from a generator seeded by (run seed, step) unless ``label`` (B,) gives
-    them. Rows without a valid shifted window become mismatched. Mismatched audio is the next
-    row's (another video in a shuffled batch).
+    Unless ``label`` (B,) gives them, the types are drawn for the whole global batch (B x
+    ``world`` rows) from a generator seeded by (run seed, step, ``micro``-batch), and this
+    process keeps its ``rank``'s rows: every micro-batch draws anew, and N processes draw what
+    one process with the same global batch draws. Rows without a valid shifted window become
+    mismatched. Mismatched audio is the next row's (another video in a shuffled batch).
     """
     audio, shifted, valid = batch["audio"], batch["audio_shift"], batch["hard_valid"]
     if label is None:
-        g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
-        u = torch.rand(len(audio), generator=g).to(audio.device)
+        B = len(audio)
+        g = draw_generator(cfg.run.seed * 1_000_003 + step, micro)
+        u = torch.rand(B * world, generator=g)[rank * B:(rank + 1) * B].to(audio.device)
         p1, p2 = cfg.loss.shifted_fraction, cfg.loss.mismatched_fraction
         label = torch.where(u < p1, 1, torch.where(u < p1 + p2, 2, 0))
     label = torch.where((label == 1) & ~valid.bool(), 2, label)
@@ -133,20 +150,25 @@ def make_pairs(batch: dict, cfg: Config, step: int,
 
 
 def forward_loss(model, objective, batch, cfg: Config, step: int,
-                 label: torch.Tensor | None = None) -> dict:
+                 label: torch.Tensor | None = None, *, micro: int = 0, rank: int = 0,
+                 world: int = 1) -> dict:
     """The objective's dict for this step's pairs (types drawn, or ``label`` (B,)), plus their
-    ``pair_label`` (B,)."""
-    pair_audio, label = make_pairs(batch, cfg, step, label)
+    ``pair_label`` (B,). ``micro``, ``rank``, ``world``: see :func:`make_pairs` (the token masks
+    are drawn the same way)."""
+    pair_audio, label = make_pairs(batch, cfg, step, label, micro=micro, rank=rank, world=world)
     logmel = mel(pair_audio, cfg.data)
     kwargs = {}
     if cfg.loss.recon_weight > 0:
         m = model.module if hasattr(model, "module") else model
-        g = torch.Generator().manual_seed(cfg.run.seed * 7919 + step)
+        g = draw_generator(cfg.run.seed * 7919 + step, micro)
         nv = math.prod(m.video.tokenizer.grid_for(batch["video"].shape[2:]))
         na = math.prod(m.audio.tokenizer.grid_for(logmel.shape[2:]))
         B = len(label)
-        kwargs = {"video_mask": random_token_mask(B, nv, cfg.loss.mask_ratio, g).to(label.device),
-                  "audio_mask": random_token_mask(B, na, cfg.loss.mask_ratio, g).to(label.device)}
+        rows = slice(rank * B, (rank + 1) * B)  # this process's rows of the global batch's masks
+        kwargs = {"video_mask": random_token_mask(B * world, nv, cfg.loss.mask_ratio, g)[rows]
+                  .to(label.device),
+                  "audio_mask": random_token_mask(B * world, na, cfg.loss.mask_ratio, g)[rows]
+                  .to(label.device)}
     if cfg.loss.contrast_weight > 0:
         # the contrastive term compares every clip with every row's in-sync audio (B x B), so
         # it does not shrink to the third of the batch whose pair happens to be in sync
@@ -279,16 +301,20 @@ def main(argv: list[str] | None = None) -> dict:
                disable=not accelerator.is_main_process)
     history: list[dict] = []
     tic, clips = time.perf_counter(), 0
+    k, micro = cfg.optim.grad_accum, []
     model.train()
     while step < last:
         epoch, skip = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch)
         train_ds.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip * cfg.optim.grad_accum) if skip \
-            else loader
-        for batch in batches:
+        batches = accelerator.skip_first_batches(loader, skip * k) if skip else loader
+        for i, batch in enumerate(batches, start=skip * k):
+            if i >= steps_per_epoch * k:  # the last < k micro-batches make no full step: a
+                break  # forced short step would shift every later epoch and break resume
             with accelerator.accumulate(model):
-                out = forward_loss(model, objective, batch, cfg, step)
+                out = forward_loss(model, objective, batch, cfg, step, micro=i % k,
+                                   rank=accelerator.process_index,
+                                   world=accelerator.num_processes)
                 accelerator.backward(out["loss"])
                 norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
                         if accelerator.sync_gradients else None)
@@ -298,14 +324,18 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     nonfinite_action(cfg.run.on_nonfinite, step, out["loss"], accelerator)
                 optimizer.zero_grad(set_to_none=True)
+            micro.append(torch.stack([out[name].detach().float() for name in LOGGED]))
             clips += len(batch["video"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
+            lr = scheduler.get_last_lr()[0]  # the rate this step trained with
             scheduler.step()
             step += 1
-            logs = {k: out[k].item() for k in ("loss", "loss_cls", "loss_recon",
-                                               "loss_contrast", "acc", "acc_sync")}
-            logs.update(lr=scheduler.get_last_lr()[0], skipped=float(not finite),
+            # the step's numbers: the mean over its micro-batches (NaN ones, e.g. no valid hard
+            # negative in a micro-batch, left out)
+            logs = dict(zip(LOGGED, torch.stack(micro).nanmean(dim=0).tolist()))
+            micro = []
+            logs.update(lr=lr, skipped=float(not finite),
                         clips_per_s=clips / (time.perf_counter() - tic))
             history.append(logs)
             bar.update(1)

@@ -56,6 +56,8 @@ from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finit
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
+# logged per step (metrics.csv), each the mean over the step's micro-batches
+LOGGED = ("loss", "loss_easy", "loss_hard", "acc_easy", "acc_hard")
 
 
 @dataclass
@@ -210,14 +212,16 @@ def main(argv: list[str] | None = None) -> dict:
                disable=not accelerator.is_main_process)
     history: list[dict] = []
     tic, clips = time.perf_counter(), 0
+    k, micro = cfg.optim.grad_accum, []
     model.train()
     while step < last:
         epoch, skip = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch)  # the sampler's permutation and the clips' random windows
         train_ds.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip * cfg.optim.grad_accum) if skip \
-            else loader
-        for batch in batches:
+        batches = accelerator.skip_first_batches(loader, skip * k) if skip else loader
+        for i, batch in enumerate(batches, start=skip * k):
+            if i >= steps_per_epoch * k:  # the last < k micro-batches make no full step: a
+                break  # forced short step would shift every later epoch and break resume
             with accelerator.accumulate(model, objective):
                 out = forward_loss(model, objective, batch, cfg, step)
                 accelerator.backward(out["loss"])
@@ -229,14 +233,18 @@ def main(argv: list[str] | None = None) -> dict:
                 else:  # the update never sees a non-finite gradient
                     nonfinite_action(cfg.run.on_nonfinite, step, out["loss"], accelerator)
                 optimizer.zero_grad(set_to_none=True)
+            micro.append(torch.stack([out[name].detach().float() for name in LOGGED]))
             clips += len(batch["video"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
+            lr = scheduler.get_last_lr()[0]  # the rate this step trained with
             scheduler.step()
             step += 1
-            logs = {k: out[k].item() for k in ("loss", "loss_easy", "loss_hard", "acc_easy",
-                                               "acc_hard")}
-            logs.update(lr=scheduler.get_last_lr()[0], skipped=float(not finite),
+            # the step's numbers: the mean over its micro-batches (NaN ones, e.g. no valid hard
+            # negative in a micro-batch, left out)
+            logs = dict(zip(LOGGED, torch.stack(micro).nanmean(dim=0).tolist()))
+            micro = []
+            logs.update(lr=lr, skipped=float(not finite),
                         clips_per_s=clips / (time.perf_counter() - tic))
             history.append(logs)
             bar.update(1)

@@ -103,7 +103,7 @@ def test_run_folders_are_never_overwritten_and_resume_continues_the_named_run(tm
 
     again = run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=r", check=False)
     assert again.returncode != 0 and "Traceback" not in again.stderr
-    assert f"{r} already holds a run (step_0000002, config.json); pass --run.resume" in again.stderr
+    assert f"{r} already holds a run (step_0000002); pass --run.resume" in again.stderr
     changed = run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=r", "--run.resume",
                   "--optim.lr=0.01", check=False)
     assert changed.returncode != 0
@@ -440,3 +440,101 @@ def test_accelerate_cpu_launch_prints_the_warning(tmp_path, cache):
     cores = len(os.sched_getaffinity(0))
     if cores > 1:
         assert f"{cores} CPU thread(s) (cores / local processes" in proc.stdout
+
+
+def test_skipped_fp16_step_still_updates_the_loss_scale():
+    """Under fp16 the recipes clip (which unscales) and then skip a non-finite step; the scaler
+    must still update, or the next step's unscale_ raises and the scale never drops."""
+    from types import SimpleNamespace
+
+    from avssl.pretraining import nonfinite_action
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    acc = SimpleNamespace(scaler=scaler, sync_gradients=True, print=lambda *a: None)
+    for loss_scale in (float("inf"), 1.0):
+        loss = (w * loss_scale).sum()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # what accelerator.clip_grad_norm_ does under fp16
+        if not torch.isfinite(w.grad).all():
+            nonfinite_action("skip", 0, loss, acc)
+        else:
+            scaler.step(opt)
+            scaler.update()
+        opt.zero_grad(set_to_none=True)
+    assert scaler.get_scale() < 2.0 ** 16  # the overflow halved the scale
+    assert torch.equal(w.detach(), torch.full((3,), 0.9))  # only the finite step updated w
+
+
+def test_gradient_accumulation_steps_log_their_mean_and_drop_partial_steps(tmp_path, cache,
+                                                                          monkeypatch):
+    """K=2 micro-batches per step over 3 batches an epoch: each step uses exactly 2 (the third
+    batch makes no step; it used to be forced into a 1-micro-batch step that shifted the
+    epochs), and metrics.csv logs the mean of the step's micro-batch losses and the rate it
+    trained with."""
+    from accelerate.state import AcceleratorState
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import pretrain_sync
+
+    seen = []
+    real = pretrain_sync.forward_loss
+
+    def recording(*a, **k):
+        out = real(*a, **k)
+        seen.append(out["loss"].item())
+        return out
+
+    monkeypatch.setattr(pretrain_sync, "forward_loss", recording)
+    monkeypatch.setenv("AVSSL_CACHE", str(cache))
+    try:
+        pretrain_sync.main([*TINY, f"--run.out={tmp_path}", "--optim.steps=2",
+                            "--optim.grad_accum=2", "--optim.warmup_steps=2",
+                            "--run.save_every=100", "--run.name=r"])
+    finally:
+        AcceleratorState._reset_state(True)
+        sys.path.remove(str(ROOT / "recipes"))
+    assert len(seen) == 4  # 2 steps x 2 micro-batches; the leftover batches were not used
+    with open(tmp_path / "pretrain_sync" / "r" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(
+        [(seen[0] + seen[1]) / 2, (seen[2] + seen[3]) / 2], rel=1e-5)
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3 / 2)  # warm-up's first step: lr / 2
+
+
+def test_resume_is_exact_with_gradient_accumulation(tmp_path, cache):
+    """K=2 micro-batches of 4 clips: 3 batches an epoch = 1 step + 1 unused batch. The straight
+    run used to make the 3rd batch a short second step and then jump to epoch 2, while a run
+    resumed at step 1 went on with epoch 1: different data, different losses and weights."""
+    common = ["--optim.steps=3", "--optim.grad_accum=2", "--optim.warmup_steps=2",
+              "--run.save_every=100"]
+    run("pretrain_sync.py", tmp_path / "a", cache, *common, "--run.name=straight")
+    run("pretrain_sync.py", tmp_path / "b", cache, *common, "--run.name=split",
+        "--run.stop_after=1")
+    run("pretrain_sync.py", tmp_path / "b", cache, *common, "--run.resume")
+    straight = tmp_path / "a" / "pretrain_sync" / "straight"
+    split = tmp_path / "b" / "pretrain_sync" / "split"
+    assert losses(straight) == losses(split) and sorted(losses(split)) == [1, 2, 3]
+    a, b = weights(straight / "step_0000003"), weights(split / "step_0000003")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mbt_pair_types_are_drawn_per_micro_batch_and_per_global_batch():
+    """Each micro-batch draws its own pair types, and N processes draw what one process with the
+    same global batch draws (each keeping its rows) — they all used to get one vector."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        import pretrain_mbt
+    finally:
+        sys.path.remove(str(ROOT / "recipes"))
+    cfg = pretrain_mbt.Config()
+
+    def batch(n):
+        a = torch.randn(n, 1, 100)
+        return {"audio": a, "audio_shift": a + 1, "hard_valid": torch.ones(n, dtype=torch.bool)}
+
+    one = pretrain_mbt.make_pairs(batch(32), cfg, step=5)[1]
+    assert not torch.equal(one, pretrain_mbt.make_pairs(batch(32), cfg, step=5, micro=1)[1])
+    halves = [pretrain_mbt.make_pairs(batch(16), cfg, step=5, rank=r, world=2)[1] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), one)
