@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -120,7 +121,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         if isinstance(value, int):
             return value
-        try:
+        try:  # exact first: float() would round integers above 2**53
+            return int(str(value).strip())
+        except ValueError:
+            pass
+        try:  # then spellings such as 1e3 or 2.0
             f = float(value)
         except (TypeError, ValueError):
             raise bad from None
@@ -131,9 +136,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise bad
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise bad from None
+        if not math.isfinite(f):  # nan / inf: no setting means that, and JSON cannot hold it
+            raise ConfigError(f"--{key}: expected a finite number, got {value!r}")
+        return f
     if tp is str:
         if isinstance(value, str):
             return value
@@ -282,7 +290,7 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(to_dict(cfg), f, indent=2, sort_keys=True)
+        json.dump(to_dict(cfg), f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
     return path

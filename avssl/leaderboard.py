@@ -192,7 +192,9 @@ def validate(directory: str | os.PathLike = "leaderboard") -> dict[str, int]:
 
 # --------------------------------------------------------------------------------------- ranking
 def _split_key(split: str) -> tuple:
-    return (0, int(split), "") if split.isdigit() else (1, 0, split)
+    """Numeric splits first, in number order; the string itself stays in the key, so "1" and
+    "01" are different splits (isascii: str.isdigit() is also true for "²", which int() refuses)."""
+    return (0, int(split), split) if split.isascii() and split.isdigit() else (1, 0, split)
 
 
 def _group(r: ResultRow) -> tuple:

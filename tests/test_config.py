@@ -55,6 +55,8 @@ def test_bare_flag_means_true_and_none_resets():
     ("--data.shuffle=maybe", "expected bool"),
     ("--data.backend=ffmpeg", "one of auto, decord, pyav"),
     ("--optim.betas=1,2,3", "expected 2 values"),
+    ("--optim.lr=nan", "expected a finite number"),  # would write invalid JSON (NaN)
+    ("--optim.lr=inf", "expected a finite number"),
 ])
 def test_bad_values_are_one_line_errors(arg, msg):
     with pytest.raises(ConfigError, match=msg) as e:
@@ -124,3 +126,9 @@ class Overridden:
 
 def test_help_shows_section_defaults_set_by_factories():
     assert "--optim.lr=float  [0.5]" in format_help(Overridden)
+
+
+def test_large_integers_are_exact():
+    """Integers went through float(): above 2**53 they silently lost digits."""
+    assert parse_args(Train, ["--steps=12345678901234567891"]).steps == 12345678901234567891
+    assert parse_args(Train, ["--steps=1e3"]).steps == 1000  # float spellings still work

@@ -324,3 +324,13 @@ def test_cli_accepts_leaderboard_as_the_bench_name_for_dir(board):
     r = _cli("--leaderboard", str(board), "--render")
     assert r.returncode == 0, r.stderr
     assert L.is_rendered(board / "README.md")
+
+
+def test_splits_spelled_differently_rank_apart_and_odd_digits_do_not_crash():
+    """"1" and "01" used to share one ranking; "²" (str.isdigit() but not int()) crashed it."""
+    from avssl.leaderboard import format_table, ranked, ranks
+
+    rows = ranked([_row(encoder="a", split="1"), _row(encoder="b", split="01"),
+                   _row(split="²")])
+    assert ranks(rows) == [1, 1, 1]  # three splits, each its own ranking
+    assert "| ² |" in format_table(rows)
