@@ -6,6 +6,7 @@ import this module as ``common``.
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue as queue_mod
 import platform
 from typing import Any, Callable
 
@@ -22,11 +23,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _error_row(label: dict, e: Exception) -> dict:
+    return {**label, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}
+
+
 def _child(queue, fn: Callable[..., dict], label: dict, args: tuple) -> None:
     try:
         queue.put(fn(*args))
     except Exception as e:  # e.g. out of memory on one row: report it and go on with the others
-        queue.put({**label, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]})
+        queue.put(_error_row(label, e))
 
 
 def in_process(fn: Callable[..., dict], *args: Any, label: dict) -> dict:
@@ -36,7 +41,7 @@ def in_process(fn: Callable[..., dict], *args: Any, label: dict) -> dict:
     try:
         return fn(*args)
     except Exception as e:
-        return {**label, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}
+        return _error_row(label, e)
 
 
 def in_child(fn: Callable[..., dict], *args: Any, label: dict, start: str = "fork") -> dict:
@@ -51,11 +56,11 @@ def in_child(fn: Callable[..., dict], *args: Any, label: dict, start: str = "for
         try:
             row = queue.get(timeout=1.0)
             break
-        except Exception:  # queue.Empty
+        except queue_mod.Empty:
             if not proc.is_alive():
                 try:
                     row = queue.get(timeout=1.0)  # sent just before exiting
-                except Exception:
+                except queue_mod.Empty:
                     row = {**label, "error": f"child process died (exit code {proc.exitcode}; "
                                              f"-9 is SIGKILL, e.g. out of memory)"}
                 break
