@@ -459,3 +459,28 @@ def test_manifest_in_another_folder_finds_every_video(tree, tmp_path):
     write_manifest(df, tmp_path / "abs.csv")
     ds = folder_dataset(tmp_path / "abs.csv", mode="eval", **KW)
     assert (ds.num_listed, ds.num_used, ds.missing) == (7, 5, [])
+
+
+def test_transforms_get_the_generator_only_where_they_take_one(good_tree):
+    """A defaulted second parameter is a setting (normalize's mean, random_hflip's p), not the
+    generator: those transforms used to receive it positionally and crash."""
+    import functools
+
+    from avssl.data import transforms as T
+    from avssl.data.datasets.base import takes_generator
+
+    assert takes_generator(T.normalize) is None
+    assert takes_generator(T.to_float) is None
+    assert takes_generator(functools.partial(T.random_hflip, p=1.0)) == "keyword"
+    assert takes_generator(lambda x, g: x) == "positional"
+    assert takes_generator(VideoPipeline("eval", size=16)) == "keyword"
+    plain = folder_dataset(good_tree, mode="eval", **KW)[0]["video"]
+    norm = folder_dataset(good_tree, mode="eval", video_transform=T.normalize, **KW)[0]["video"]
+    torch.testing.assert_close(norm, T.normalize(plain))
+    flipped = folder_dataset(good_tree, mode="eval", **KW,
+                             video_transform=functools.partial(T.random_hflip, p=1.0))[0]
+    assert torch.equal(flipped["video"], plain.flip(-1))
+    seen = []
+    folder_dataset(good_tree, mode="eval", **KW,
+                   audio_transform=lambda a, g: seen.append(g) or a)[0]
+    assert len(seen) == 1 and isinstance(seen[0], torch.Generator)

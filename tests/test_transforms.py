@@ -139,6 +139,20 @@ def test_to_float_and_normalize_inverse():
         T.normalize(f, mean=(0.5,), std=(0.5,))
 
 
+def test_channels_last_and_integer_videos_are_refused_by_name():
+    """decord / numpy give (T, H, W, C) frames; a clear error beats a wrong-channel mean/std
+    message or a silently garbled crop. Non-uint8 integers have no defined range."""
+    v = _video(t=4)  # (T, C, H, W)
+    with pytest.raises(ConfigError, match="looks channels-last .*x.movedim"):
+        T.VideoPipeline("eval", size=16)(v.permute(0, 2, 3, 1).contiguous())
+    with pytest.raises(ConfigError, match="looks channels-last"):
+        T.center_crop(v.permute(0, 2, 3, 1), 16)
+    with pytest.raises(ConfigError, match="uint8 .* or float .* got torch.int64"):
+        T.normalize(v.long())
+    flow = torch.zeros(4, 2, 24, 32)  # two-channel optical flow is channels-first, and legal
+    assert T.center_crop(flow, 16).shape == (4, 2, 16, 16)
+
+
 def test_to_encoder_layout():
     v = _video(2, t=5)
     out = T.to_encoder_layout(v)
@@ -199,6 +213,23 @@ def test_log_mel_is_log_of_power_mel_plus_eps():
     spec = T.log_mel(x, 16000, n_mels=64, eps=1e-3)
     torch.testing.assert_close(spec, torch.full_like(spec, math.log(1e-3)))
     assert spec.shape == (2, 64, 11)
+
+
+def test_log_mel_scales_integer_pcm_and_refuses_too_short_audio():
+    """int16 PCM (a WAV reader's output) equals the float waveform it encodes (it used to come
+    out 2 ln 32768 = 20.8 higher); audio shorter than the centred frame's padding is refused."""
+    g = _gen(0)
+    x = torch.rand(1, 4000, generator=g) * 1.6 - 0.8
+    pcm = (x * 32768).round().to(torch.int16)
+    torch.testing.assert_close(T.log_mel(pcm, 16000, n_mels=32),
+                               T.log_mel(pcm.float() / 32768, 16000, n_mels=32))
+    assert (T.log_mel(pcm, 16000, n_mels=32) - T.log_mel(x, 16000, n_mels=32)).abs().mean() < 0.05
+    with pytest.raises(ConfigError, match="signed integer PCM, got torch.uint8"):
+        T.log_mel(pcm.to(torch.uint8), 16000)
+    with pytest.raises(ConfigError, match="500 samples is too short .* n_fft 1024: it needs more "
+                                          "than 512 samples \\(32 ms at 16000 Hz\\)"):
+        T.log_mel(torch.zeros(1, 500), 16000)
+    assert T.log_mel(torch.zeros(1, 513), 16000).shape[-1] == 513 // 160 + 1
 
 
 def test_spec_augment_masks_requested_widths():

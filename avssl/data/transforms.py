@@ -53,6 +53,11 @@ def _check_video(video: torch.Tensor) -> None:
         raise ConfigError(
             f"expected a video tensor (..., T, C, H, W) with at least 4 dims, got shape {tuple(video.shape)}"
         )
+    if video.shape[-3] > 4 and video.shape[-1] <= 3:  # decord / numpy frames are channels-last
+        raise ConfigError(
+            f"expected a video tensor (..., T, C, H, W), got shape {tuple(video.shape)}, which "
+            f"looks channels-last (..., T, H, W, C): permute it with x.movedim(-1, -3) first"
+        )
 
 
 def _rand(generator: torch.Generator | None, *shape: int) -> torch.Tensor:
@@ -226,6 +231,8 @@ def normalize(
 
     Returns a new float tensor (float32 for uint8 input); one allocation, the rest in place.
     """
+    if not (video.dtype == torch.uint8 or video.is_floating_point()):
+        raise ConfigError(f"expected a uint8 [0, 255] or float [0, 1] video, got {video.dtype}")
     if video.dtype == torch.uint8:
         # Fold the 1/255 of to_float into the constants: one pass instead of three.
         out = video.to(torch.float32)
@@ -323,9 +330,20 @@ def log_mel(
     HTK mel scale, Hann window, centred frames (``frames = S // hop_length + 1``). Defaults: 25 ms
     window, 10 ms hop, n_fft the next power of two >= 64 ms (16 kHz: win 400, hop 160, n_fft 1024),
     f_max = Nyquist.
-    Half-precision input is computed in float32 and cast back.
+    Half-precision input is computed in float32 and cast back. Signed integer PCM (int16 from
+    a WAV reader, ...) is scaled to [-1, 1) first, as ``torchaudio.load`` does.
     """
     nfft, win, hop = mel_params(sample_rate, n_fft, hop_length, win_length)
+    if not audio.is_floating_point():
+        if audio.dtype not in (torch.int8, torch.int16, torch.int32):
+            raise ConfigError(f"expected a float waveform in [-1, 1] or signed integer PCM, got "
+                              f"{audio.dtype}")
+        audio = audio.to(torch.float32) / float(torch.iinfo(audio.dtype).max + 1)
+    if audio.shape[-1] <= nfft // 2:  # centred frames reflect-pad n_fft / 2 on each side
+        raise ConfigError(
+            f"audio of {audio.shape[-1]} samples is too short for a log-mel with n_fft {nfft}: "
+            f"it needs more than {nfft // 2} samples ({1000 * (nfft // 2) / sample_rate:.0f} ms "
+            f"at {sample_rate} Hz); use a longer clip or a smaller n_fft")
     dtype = audio.dtype if audio.dtype in (torch.float32, torch.float64) else torch.float32
     mel = _mel_module(
         int(sample_rate), nfft, win, hop, float(f_min),

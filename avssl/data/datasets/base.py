@@ -76,16 +76,23 @@ class VideoRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def takes_generator(fn: Callable | None) -> bool:
-    """Whether a transform wants ``(tensor, generator)`` rather than ``(tensor)``."""
+def takes_generator(fn: Callable | None) -> str | None:
+    """How a transform takes the item's generator: ``"keyword"`` (a parameter named
+    ``generator``), ``"positional"`` (a second positional parameter without a default, as in
+    ``fn(x, gen)``) or None (``fn(x)``). A defaulted second parameter is a setting, not the
+    generator: ``normalize(x, mean=...)`` or ``partial(random_hflip, p=1.0)`` must not get it."""
     if fn is None or isinstance(fn, torch.nn.Module):  # torchvision transforms take *inputs
-        return False
+        return None
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return False
+        return None
+    if any(p.name == "generator" and p.kind != p.POSITIONAL_ONLY for p in params):
+        return "keyword"
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.name == "generator" for p in params)
+    if len(positional) >= 2 and positional[1].default is inspect.Parameter.empty:
+        return "positional"
+    return None
 
 
 def torch_generator(rng: np.random.Generator) -> torch.Generator:
@@ -94,7 +101,10 @@ def torch_generator(rng: np.random.Generator) -> torch.Generator:
 
 
 def apply_transform(fn: Callable, x: torch.Tensor, gen: torch.Generator,
-                    with_generator: bool) -> torch.Tensor:
+                    with_generator: str | None) -> torch.Tensor:
+    """``fn`` applied to ``x``, given ``gen`` the way :func:`takes_generator` found."""
+    if with_generator == "keyword":
+        return fn(x, generator=gen)
     return fn(x, gen) if with_generator else fn(x)
 
 
@@ -410,7 +420,7 @@ class ClipDataset(Dataset):
             audio, _ = self._audio(rec, shifted, shifted + self.clip_s, has_audio)
             valid = True
         if self.audio_transform is not None:
-            audio = self.audio_transform(audio, gen) if self._at_gen else self.audio_transform(audio)
+            audio = apply_transform(self.audio_transform, audio, gen, self._at_gen)
         return {"audio_shift": audio, "hard_valid": valid, "shift_s": float(shifted - start)}
 
     def _audio(self, rec: VideoRecord, start: float, end: float,
