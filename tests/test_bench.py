@@ -431,6 +431,8 @@ def test_cli_truncated_video_in_workers_is_one_line_naming_skip_bad(tmp_path, uc
     ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
     ({"num_workers": -1}, "--num-workers must be >= 0"),
     ({"crop": 0}, "--crop must be >= 1 pixel"),
+    ({"crop": 80}, "crop 80 is larger than the short side 32 the frames are resized to (from "
+                   "--size 32 and --crop 80); pass --size >= --crop"),
 ])
 def test_bad_numbers_are_refused_before_any_work(tmp_path, monkeypatch, opts, message):
     monkeypatch.setattr(F, "clip_features", _no_compute)
@@ -560,3 +562,21 @@ def test_temporal_bins_follow_each_encoders_declared_time_axis():
     assert {"vivit_fe_tiny", "i3d_r18_tiny", "lrcn_tiny", "late_fusion_pool_tiny",
             "single_frame_tiny", "convgru_tiny"} <= set(binned)
     assert {"early_fusion_tiny", "two_stream_tiny", "c3d_tiny", "late_fusion_fc_tiny"} <= set(refused)
+
+
+def test_three_crop_views_cover_the_whole_frame_as_in_slowfast():
+    """SlowFast's multi-view test resizes the short side to the crop size before the three
+    crops; with the one-crop short side (--size 64 for crop 56) the views dropped 4 rows at the
+    top and bottom of every frame."""
+    from avssl.bench.model import InputSpec
+    from avssl.data import transforms as T
+
+    spec = InputSpec(size=64, crop=56)
+    video = torch.randint(0, 256, (4, 3, 64, 96), dtype=torch.uint8)  # (T, C, H, W), 2:3
+    views = spec.video_transform(3)(video)  # (3, C, T, crop, crop)
+    small = T.resize_short_side(video, 56)  # (T, C, 56, 84): the crops' rows span all 56
+    expect = T.to_encoder_layout(T.normalize(T.three_crop(small, 56)))
+    torch.testing.assert_close(views, expect)
+    one = spec.video_transform(1)(video)  # one view keeps the SlowFast 1-crop test: 64 -> 56
+    torch.testing.assert_close(one, T.to_encoder_layout(T.normalize(
+        T.center_crop(T.resize_short_side(video, 64), 56))))

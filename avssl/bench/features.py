@@ -176,7 +176,8 @@ def manifest_hash(records) -> str:
 
 # Bumped whenever decoding, the transforms or feature pooling change what features come out, so
 # that cached features from older code are not reused (part of every cache key).
-FEATURE_CODE_VERSION = 1
+# 2: three-crop views are cut from frames resized to the crop size (SlowFast), not to --size.
+FEATURE_CODE_VERSION = 2
 
 
 class FeatureCache:

@@ -59,9 +59,13 @@ class InputSpec:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def video_transform(self, crops: int = 1) -> VideoPipeline:
+        """One centre ``crop`` of frames resized to short side ``size`` or, for three crops,
+        the SlowFast multi-view test: short side resized to ``crop`` itself, so that the three
+        crops along the long side cover the whole frame."""
         if crops not in (1, 3):
             raise ConfigError(f"views: crops must be 1 (centre) or 3 (three crops), got {crops}")
-        return VideoPipeline("eval", size=self.crop, short_side=self.size,
+        return VideoPipeline("eval", size=self.crop,
+                             short_side=self.crop if crops == 3 else self.size,
                              crop="three" if crops == 3 else "center", encoder_layout=True)
 
     def audio_transform(self) -> AudioPipeline:

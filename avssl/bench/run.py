@@ -113,6 +113,16 @@ def _check_numbers(args: BenchArgs) -> None:
             raise ConfigError(f"{flag} must be >= 1 pixel, got {value}")
 
 
+def _check_crop(size: int, crop: int, args: BenchArgs) -> None:
+    """The crop is cut from frames resized to short side ``size``: it cannot be larger. Checked
+    on the resolved settings (a checkpoint's own data settings fill in flags not given)."""
+    if crop > size:
+        given = " and ".join(f"--{k} {v}" for k, v in (("size", args.size), ("crop", args.crop))
+                             if v is not None) or "the checkpoint's data settings"
+        raise ConfigError(f"crop {crop} is larger than the short side {size} the frames are "
+                          f"resized to (from {given}); pass --size >= --crop")
+
+
 # what the tasks that do not take --views score instead (classification tasks take it)
 _FIXED_VIEWS = {"sync": "scores one clip per video against shifted copies of its audio",
                 "retrieval": "embeds one clip per video",
@@ -200,6 +210,7 @@ def run_bench(args: BenchArgs,
                           encoder_kwargs=args.encoder_kwargs, seed=args.seed,
                           spec_overrides={"clip_s": args.clip_s, "fps": args.fps,
                                           "size": args.size, "crop": args.crop})
+    _check_crop(model.spec.size, model.spec.crop, args)
     root = data_root(task, args.data_root)
     if task.run is not None:
         out = task.run(task, model, args, root, modality)
