@@ -114,11 +114,23 @@ def update_latest(run_root: str | os.PathLike, ckpt: str | os.PathLike,
     return link
 
 
+def _complete(step_dir: Path) -> bool:
+    return (step_dir / WEIGHTS).is_file() and (step_dir / "meta.json").is_file()
+
+
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from a folder, a ``latest`` link, or a run folder holding ``latest``."""
+    """A checkpoint folder from a checkpoint folder, a ``latest`` link, a recipe folder holding
+    ``latest`` (``runs/<recipe>``: the newest run) or a run folder (``runs/<recipe>/<run>``: its
+    newest complete ``step_N``)."""
     p = Path(path)
-    if p.is_dir() and not (p / WEIGHTS).exists() and (p / "latest").exists():
-        p = p / "latest"
+    if p.is_dir() and not (p / WEIGHTS).exists():
+        if (p / "latest").exists():
+            p = p / "latest"
+        else:
+            steps = sorted((d for d in p.glob("step_*") if d.name[5:].isdigit() and _complete(d)),
+                           key=lambda d: int(d.name[5:]))
+            if steps:
+                p = steps[-1]
     p = p.resolve()
     if not p.exists():
         raise AvsslError(f"checkpoint {path} does not exist; pass a checkpoint folder written by "

@@ -61,6 +61,10 @@ class PairDataConfig:
         if not 0 <= self.min_shift_s <= self.max_shift_s:
             raise ConfigError(f"--data.min_shift_s / max_shift_s must satisfy 0 <= min <= max, got "
                               f"{self.min_shift_s} and {self.max_shift_s}")
+        if self.min_shift_s < 1.0 / self.fps - 1e-9:  # 0 would make the positive its own negative
+            raise ConfigError(f"--data.min_shift_s must be at least one frame (1 / --data.fps = "
+                              f"{1.0 / self.fps:.3g} s), got {self.min_shift_s}: a shorter shift "
+                              f"leaves the shifted audio in sync with the same frames")
 
 
 @dataclass
@@ -103,6 +107,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0)
+        # one folder directly under runs/<recipe>/, beside the `latest` link: a nested name put
+        # its own `latest` one level down, and "latest" itself wrote into the linked checkpoint
+        name = self.name
+        if name is not None and (name in ("", "latest") or name.startswith(".")
+                                 or any(c in name for c in "/\\:") or not name.isprintable()):
+            raise ConfigError(f"--run.name must be one plain folder name (no / \\ :, not "
+                              f"starting with '.', not 'latest'), got {name!r}")
 
 
 def _at_least(section: str, cfg, **minimum: int) -> None:

@@ -111,7 +111,8 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     """Sync accuracy on held-out clips: hard (shifted) and easy (other clip) negatives.
 
     Every process scores all held-out clips with the unwrapped model and no gathering, so the
-    numbers do not depend on the number of processes (easy negatives: the evaluation batch).
+    numbers do not depend on the number of processes (easy negatives: the evaluation batch; a
+    last batch of one clip has none and is left out of ``val_clips``).
     """
     model, objective = accelerator.unwrap_model(model), accelerator.unwrap_model(objective)
     gather, objective.gather = objective.gather, False
@@ -119,6 +120,8 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     sums = torch.zeros(4, device=accelerator.device)
     try:
         for batch in held_out_batches(loader, accelerator):
+            if len(batch["video"]) < 2:  # a one-clip tail has no easy negative: the objective
+                continue  # refuses it, and the finished run would lose its final metrics
             out = forward_loss(model, objective, batch, cfg, step=cfg.loss.hard_start_step)
             nh = out["n_hard_valid"].float()
             n = torch.tensor(float(len(batch["video"])), device=accelerator.device)

@@ -57,6 +57,21 @@ def test_latest_link_and_resolution(tmp_path):
     assert file_sha256(tmp_path / "latest") == file_sha256(b / "model.safetensors")
 
 
+def test_a_run_folder_resolves_to_its_newest_complete_step(tmp_path):
+    """runs/<recipe>/<run> holds step folders but no `latest` (that link is one level up): it
+    used to be refused as 'not an avssl checkpoint'."""
+    run = tmp_path / "pretrain_sync" / "r1"
+    save_checkpoint(run / "step_0000009", _modules(), config={}, step=9)
+    newest = save_checkpoint(run / "step_0000010", _modules(), config={}, step=10)
+    (run / "step_0000011").mkdir()  # an unfinished folder without weights is not picked
+    other = save_checkpoint(tmp_path / "pretrain_sync" / "r2" / "step_0000001", _modules(),
+                            config={}, step=1)
+    update_latest(tmp_path / "pretrain_sync", other)  # the newest run is another one
+    assert resolve(run) == newest.resolve()
+    assert load_checkpoint(run).meta["step"] == 10
+    assert resolve(tmp_path / "pretrain_sync") == other.resolve()
+
+
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(AvsslError, match="not an avssl checkpoint"):

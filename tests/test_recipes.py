@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from avssl.checkpoints import load_checkpoint, load_encoder
+from avssl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data.synthetic_videos=14", "--data.synthetic_duration_s=2.5", "--data.val_videos=0",
@@ -127,6 +128,7 @@ def test_run_folders_are_never_overwritten_and_resume_continues_the_named_run(tm
     ("--run.save_every=0", "--run.save_every must be >= 1"),
     ("--data.fps=0", "--data.fps must be > 0"),
     ("--data.crop=100", "--data.crop=100 must be <= --data.size=32"),
+    ("--run.name=sweep/lr3", "--run.name must be one plain folder name"),
 ])
 def test_out_of_range_settings_are_one_line_errors_before_anything_runs(tmp_path, cache, flag,
                                                                         message):
@@ -135,6 +137,29 @@ def test_out_of_range_settings_are_one_line_errors_before_anything_runs(tmp_path
     assert proc.returncode != 0 and err.startswith("error: ") and "\n" not in err, err
     assert message in err
     assert "Traceback" not in proc.stderr and not (tmp_path / "pretrain_sync").exists()
+
+
+@pytest.mark.parametrize("name", ["latest", "a/b", "..", ".hidden", "x\\y", ""])
+def test_run_names_that_would_leave_their_folder_are_refused(name):
+    """'latest' wrote into the checkpoint the link points at; 'a/b' got its own 'latest' one
+    level down, so --run.resume continued an older run."""
+    from avssl.pretraining import RunConfig
+
+    with pytest.raises(ConfigError, match="--run.name must be one plain folder name"):
+        RunConfig(name=name)
+    assert RunConfig(name="lr3e-4_bs32").name == "lr3e-4_bs32"
+
+
+def test_hard_negatives_are_shifted_by_at_least_one_frame():
+    """min_shift_s 0 made the in-sync audio its own hard negative (acc_hard was noise)."""
+    from avssl.pretraining import PairDataConfig
+
+    with pytest.raises(ConfigError, match=r"min_shift_s must be at least one frame \(1 / "
+                                          r"--data.fps = 0.125 s\), got 0.0"):
+        PairDataConfig(min_shift_s=0.0, max_shift_s=0.0)
+    with pytest.raises(ConfigError, match="at least one frame"):
+        PairDataConfig(min_shift_s=0.03, fps=25.0)
+    assert PairDataConfig(min_shift_s=0.04, fps=25.0).min_shift_s == 0.04
 
 
 def test_resume_is_exact(tmp_path, cache):
@@ -383,6 +408,37 @@ def test_mbt_evaluation_scores_every_clip_with_all_three_pairs():
     # in-sync vs shifted on the 10 rows of those types: "always in sync" is right on 6
     assert results[0]["val_acc_sync"] == pytest.approx(6 / 10)
     assert results[1]["val_acc_sync"] == pytest.approx(4 / 10)
+
+
+def test_sync_evaluation_leaves_out_a_one_clip_tail_batch():
+    """36 held-out clips in batches of 7 end with one clip: it has no easy negative, and the
+    objective's refusal used to end a finished run without its final metrics."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import pretrain_sync
+
+    class InSync(torch.nn.Module):  # audio embeddings equal the video's; shifted ones differ
+        def forward(self, video, mel, mel_shift):
+            v = torch.nn.functional.one_hot(torch.arange(len(video)), 8).float()
+            return {"video": v, "audio": v, "audio_shift": -v}
+
+    cfg = pretrain_sync.Config()
+    def batch(n):
+        return {"video": torch.zeros(n, 3, 2, 8, 8), "audio": torch.randn(n, 1, 1600),
+                "audio_shift": torch.randn(n, 1, 1600), "hard_valid": torch.ones(n, dtype=bool)}
+    try:
+        acc = Accelerator(cpu=True)
+        objective = pretrain_sync.SyncObjective(cfg.loss.kind, cfg.loss.temperature,
+                                                cfg.loss.margin, cfg.loss.hard_weight,
+                                                cfg.loss.hard_start_step,
+                                                embed_dim=cfg.model.proj_dim)
+        out = pretrain_sync.evaluate(InSync(), objective, [batch(7), batch(1)], cfg, acc)
+    finally:
+        AcceleratorState._reset_state(True)
+        sys.path.remove(str(ROOT / "recipes"))
+    assert out == {"val_acc_hard": 1.0, "val_acc_easy": 1.0, "val_clips": 7}
 
 
 @pytest.mark.slow
