@@ -172,6 +172,31 @@ def test_sound_onsets_match_visual_events(label):
     assert np.abs(heard - seen).max() < 0.003 < 1 / fps
 
 
+@pytest.mark.parametrize("label", [ACTIONS.index("flash"), ACTIONS.index("bounce")])
+def test_event_frames_are_the_flashing_frames_off_the_frame_grid(label):
+    """A window starting 0.75 frame after a frame: each event shows on the frame within half a
+    frame of it (the flash's half-frame tolerance), not on the next one."""
+    s = render_clip(2, label, cfg=SOLO, start_s=0.03)
+    events = [e for e in s["events"] if e["actor"] == 0]
+    assert events
+    fps = s["fps"]
+    assert all(abs(e["time_s"] * fps - e["frame"]) <= 0.5 for e in events)
+    light = box_brightness(s["video"], s["boxes"][:, 0])
+    rises = set((np.flatnonzero(np.diff(light) > 20) + 1).tolist())
+    assert rises == {e["frame"] for e in events if e["frame"] >= 1}
+
+
+def test_durations_under_one_frame_are_refused(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="duration_s 0.02 is under one frame at 25.0 fps"):
+        WorldConfig(duration_s=0.02)
+    with pytest.raises(ConfigError, match="under one frame"):
+        write_layout("music", tmp_path / "m", clips_per_class=1, cfg=TINY, duration_s=0.02)
+    # an explicit --duration 0 is refused, not silently replaced by the 2 s default
+    assert cli_main(["--layout", "folder", "--out", str(tmp_path / "f"), "--clips-per-class",
+                     "1", "--size", "32", "--duration", "0"]) == 2
+    assert "must be > 0" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
 def test_windows_of_the_same_clip_line_up():
     cfg = WorldConfig(jitter=0)
     whole = render_clip(9, 8, cfg=cfg)  # bounce
@@ -286,7 +311,7 @@ def test_ucf101_files_match_their_ground_truth(layouts):
 
 
 def test_ucf101_labelled_test_lists(tmp_path):
-    root = write_layout("ucf101", tmp_path / "u", clips_per_class=1, cfg=TINY,
+    root = write_layout("ucf101", tmp_path / "u", clips_per_class=3, cfg=TINY,
                         labelled_test_lists=True)
     lists = root / "ucfTrainTestlist"
     names = [ln.split()[1] for ln in (lists / "classInd.txt").read_text().splitlines()]
@@ -297,6 +322,15 @@ def test_ucf101_labelled_test_lists(tmp_path):
         assert names[int(lab) - 1] == path.split("/")[0]
     with pytest.raises(ConfigError):
         write_layout("kinetics", tmp_path / "k", cfg=TINY, labelled_test_lists=True)
+    # three clips per class, the fewest accepted, fill every split's train and test list
+    for k in (1, 2, 3):
+        for kind in ("train", "test"):
+            assert (lists / f"{kind}list0{k}.txt").read_text().count("\n") >= len(names)
+    for layout, message in (("ucf101", "each split needs train and test clips"),
+                            ("kinetics", "one train, one validate and one test clip")):
+        with pytest.raises(ConfigError, match=f"clips_per_class must be >= 3 .*{message}.*got 2"):
+            write_layout(layout, tmp_path / layout, clips_per_class=2, cfg=TINY)
+        assert not (tmp_path / layout).exists()
 
 
 def test_hmdb51_layout(layouts):
@@ -490,12 +524,12 @@ def test_writer_same_options_keep_other_options_need_overwrite(tmp_path, capsys)
     with pytest.raises(ConfigError, match="other options .*seed 0 there, 1 now.*--overwrite"):
         write_layout("folder", out, clips_per_class=1, seed=1, cfg=TINY)
     with pytest.raises(ConfigError, match="layout folder there, ucf101 now"):
-        write_layout("ucf101", out, clips_per_class=1, cfg=TINY)
+        write_layout("ucf101", out, clips_per_class=3, cfg=TINY)
     assert _snapshot(out) == first
     # --overwrite replaces the avssl tree cleanly: exactly what a fresh write gives
-    assert cli_main(["--layout", "ucf101", "--out", str(out), "--clips-per-class", "1",
+    assert cli_main(["--layout", "ucf101", "--out", str(out), "--clips-per-class", "3",
                      "--size", "32", "--duration", "0.4", "--overwrite"]) == 0
-    fresh = write_layout("ucf101", tmp_path / "fresh", clips_per_class=1, cfg=TINY)
+    fresh = write_layout("ucf101", tmp_path / "fresh", clips_per_class=3, cfg=TINY)
     assert _snapshot(out) == _snapshot(fresh)
     # ... but never when a user's file sits in it
     (out / "UCF-101" / "mine.txt").write_text("mine")
@@ -543,5 +577,28 @@ def test_cached_synthetic_tree_and_manifest_still_work(tmp_path, monkeypatch):
     assert _snapshot(csv_path.parent) == before
     ds = folder_dataset(csv_path, mode="eval", clip_s=0.2, fps=5, size=16, progress=False)
     assert ds.num_listed == ds.num_used == 14
-    tree = synthetic_tree("ucf101", 1, seed=3, cfg=TINY, workers=1)
+    tree = synthetic_tree("ucf101", 3, seed=3, cfg=TINY, workers=1)
     assert (tree / "ground_truth.json").is_file()
+
+
+def test_a_failed_probe_is_never_cached(tmp_path, monkeypatch):
+    """A probe that failed once (a crashed worker process) used to be written into the cached
+    manifest as undecodable, and every later run refused the whole tree."""
+    from avssl.data import manifest
+    from avssl.data.synthetic.cache import synthetic_folder
+
+    monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache"))
+    real_scan = manifest.scan
+
+    def crashed(root, **kw):
+        table = real_scan(root, **kw)
+        table.loc[0, "decodable"], table.loc[0, "error"] = False, "probe worker crashed"
+        return table
+
+    monkeypatch.setattr(manifest, "scan", crashed)
+    with pytest.raises(AvsslError, match=r"failed for 1 of 14 files .*probe worker crashed.*"
+                                         r"nothing was cached, run again"):
+        synthetic_folder(14, seed=3, cfg=TINY, workers=1)
+    assert list((tmp_path / "cache" / "synthetic").iterdir()) == []
+    monkeypatch.setattr(manifest, "scan", real_scan)
+    assert synthetic_folder(14, seed=3, cfg=TINY, workers=1).is_file()

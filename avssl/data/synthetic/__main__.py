@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration is not None and args.layout == "music":
         options["duration_s"] = args.duration
     try:
-        cfg = WorldConfig(size=args.size, duration_s=args.duration or 2.0)
+        duration = 2.0 if args.duration is None else args.duration  # --duration 0 is refused
+        cfg = WorldConfig(size=args.size, duration_s=duration)
         root, wrote = _write_layout(args.layout, args.out, clips_per_class=args.clips_per_class,
                                     seed=args.seed, cfg=cfg, workers=args.workers,
                                     overwrite=args.overwrite, **options)

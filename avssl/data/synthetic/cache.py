@@ -18,6 +18,7 @@ from pathlib import Path
 
 from avssl.cache import cache_dir
 from avssl.data.synthetic.layouts import write_layout
+from avssl.errors import DataError
 from avssl.data.synthetic.motion import ACTIONS
 from avssl.data.synthetic.world import WORLD_VERSION, WorldConfig
 
@@ -52,8 +53,18 @@ def synthetic_tree(layout: str, clips_per_class: int, *, seed: int = 0,
         if manifest:
             from avssl.data.manifest import scan, write_manifest
 
+            table = scan(tmp, workers=nw)
+            bad = table[~table["decodable"].astype(bool)]
+            if len(bad):  # avssl wrote these files: a failed probe is this run's (a crashed
+                # worker, a timeout on a busy machine), and a cached manifest would keep it
+                first = bad.iloc[0]
+                if tmp != final:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise DataError(f"probing the cached synthetic tree {tmp} failed for {len(bad)} "
+                                f"of {len(table)} files (first: {first['path']}: "
+                                f"{first['error']}); nothing was cached, run again")
             # paths relative to the manifest's folder (the tree root): still right after the rename
-            write_manifest(scan(tmp, workers=nw), tmp / "manifest.csv", root=tmp)
+            write_manifest(table, tmp / "manifest.csv", root=tmp)
         if tmp != final:
             try:
                 os.replace(tmp, final)

@@ -162,9 +162,9 @@ def _ytids(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
-def _check(clips_per_class: int, minimum: int = 1) -> None:
+def _check(clips_per_class: int, minimum: int = 1, why: str = "") -> None:
     if clips_per_class < minimum:
-        raise ConfigError(f"clips_per_class must be >= {minimum}, got {clips_per_class}")
+        raise ConfigError(f"clips_per_class must be >= {minimum}{why}, got {clips_per_class}")
 
 
 # ---------------------------------------------------------------- UCF101
@@ -187,7 +187,9 @@ def write_ucf101(out: Path, *, clips_per_class: int = 4, seed: int = 0,
                  cfg: WorldConfig = WorldConfig(), workers: int = 1,
                  labelled_test_lists: bool = False) -> Path:
     """``out/UCF-101/<Class>/v_<Class>_gGG_cCC.avi`` and ``out/ucfTrainTestlist/`` (CRLF)."""
-    _check(clips_per_class)
+    # fewer clips would leave some split's train or test list empty (see ucf101_group)
+    _check(clips_per_class, 3, " (clips 0, 1, 2 of a class are the test clips of splits 1, 2, 3; "
+           "each split needs train and test clips)")
     jobs: list[Job] = []
     for ci, cls in enumerate(UCF101_CLASSES):
         fps, has_audio = ucf101_clip_format(ci)
@@ -267,10 +269,10 @@ def write_kinetics(out: Path, *, clips_per_class: int = 4, seed: int = 0,
                    cfg: WorldConfig = WorldConfig(), workers: int = 1) -> Path:
     """``out/{train,validate,test}.csv`` and ``out/<split>/<label>/<ytid>_<s:06d>_<e:06d>.mp4``
     (test clips flat in ``out/test/``); two listed train rows have no file."""
-    _check(clips_per_class)
+    _check(clips_per_class, 3, " (one train, one validate and one test clip per class)")
     rng = np.random.default_rng([seed, 400])
     n = clips_per_class
-    splits = ["train"] * max(1, n - 2) + ["val"] * (n >= 3) + ["test"] * (n >= 2)
+    splits = ["train"] * (n - 2) + ["val", "test"]
     ids = _ytids(rng, n * len(ACTIONS) + 2)
     jobs, rows = [], {"train": [], "val": [], "test": []}
     for ci, label in enumerate(KINETICS_CLASSES):

@@ -50,6 +50,9 @@ class WorldConfig:
         if self.fps <= 0 or self.duration_s <= 0 or self.sample_rate <= 0:
             raise ConfigError("WorldConfig fps, duration_s and sample_rate must be > 0, got "
                               f"{self.fps}, {self.duration_s}, {self.sample_rate}")
+        if round(self.duration_s * self.fps) < 1:
+            raise ConfigError(f"WorldConfig.duration_s {self.duration_s} is under one frame at "
+                              f"{self.fps} fps")
         if not 1 <= self.min_actors <= self.max_actors <= len(COLOURS):
             raise ConfigError(f"WorldConfig needs 1 <= min_actors <= max_actors <= "
                               f"{len(COLOURS)}, got {self.min_actors}, {self.max_actors}")
@@ -279,8 +282,10 @@ def render_clip(seed: int, index: int, *, cfg: WorldConfig = WorldConfig(),
                 label: int | None = None, start_s: float = 0.0) -> dict[str, Any]:
     """Render clip ``index`` of world ``seed``: the window ``[start_s, start_s + duration_s)``.
 
-    The motion and sound of a (seed, index) pair do not depend on ``start_s`` (only the noise
-    does), so windows of the same clip line up. Returns numpy arrays (default_collate turns them
+    The motion, the events and the accents of a (seed, index) pair do not depend on ``start_s``,
+    so windows of the same clip line up in time; their waveforms are not equal sample for sample
+    (the noise, the hum's starting phase and the mixture's peak scaling are drawn per window).
+    Returns numpy arrays (default_collate turns them
     into tensors), with A sounding actors, D distractors, T = round(duration_s * fps),
     S = round(duration_s * sample_rate):
 
@@ -294,7 +299,8 @@ def render_clip(seed: int, index: int, *, cfg: WorldConfig = WorldConfig(),
       balanced); the other actors do other actions;
     - ``events``: list of ``{"time_s", "frame", "actor", "kind"}`` for the sounding actors' events
       in the clip, time in seconds from the clip's first frame: the visual event is on that frame
-      and the sound onset on sample ``round(time_s * sample_rate)``;
+      (the frame at ``time_s``, or within half a frame of it when ``start_s`` is off the frame
+      grid) and the sound onset on sample ``round(time_s * sample_rate)``;
     - ``fps``, ``sample_rate``, ``clip_start_s``, ``video_id`` (``synth_<seed>_<index:06d>``),
       ``offset_s`` = 0.0 (true audio offset), ``seed``, ``index``.
     """
@@ -350,10 +356,12 @@ def render_clip(seed: int, index: int, *, cfg: WorldConfig = WorldConfig(),
     events = []
     for i, a in enumerate(sound_actors):
         for e in a.track.events.tolist():
-            k = e - first
-            if -1e-6 <= k <= n_frames - 1 + 1e-6:
+            # the frame that shows the event: _pulse lights frames from half a frame before it
+            # (k is whole when start_s is on the frame grid; then frame == k)
+            frame = int(math.ceil(e - first - 0.5 - 1e-6))
+            if 0 <= frame <= n_frames - 1:
                 kind = "accent" if e in a.accents else a.track.kind
-                events.append({"time_s": e / fps - start_s, "frame": int(math.ceil(k - 1e-6)),
+                events.append({"time_s": e / fps - start_s, "frame": frame,
                                "actor": i, "kind": kind})
     events.sort(key=lambda ev: (ev["time_s"], ev["actor"]))
 
