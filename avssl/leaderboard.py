@@ -143,6 +143,7 @@ def read_task(path: str | os.PathLike) -> list[ResultRow]:
     """Every row of one task CSV, validated; errors read ``<file>:<line>: <problem>``."""
     path = Path(path)
     rows: list[ResultRow] = []
+    direction: dict[str, tuple[bool, str]] = {}  # metric -> (higher_is_better, first row)
     try:
         f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
@@ -169,6 +170,12 @@ def read_task(path: str | os.PathLike) -> list[ResultRow]:
                 if row.task != path.stem:
                     raise DataError(f"{where}: row of task {row.task!r} in the file of task "
                                     f"{path.stem!r}; rows belong in <task>.csv")
+                first = direction.setdefault(row.metric, (row.higher_is_better, where))
+                if first[0] != row.higher_is_better:
+                    raise DataError(f"{where}: metric {row.metric!r} has higher_is_better "
+                                    f"{str(row.higher_is_better).lower()}, but "
+                                    f"{str(first[0]).lower()} at {first[1]}; one metric ranks "
+                                    f"one way")
                 rows.append(row)
         except csv.Error as e:
             raise DataError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
@@ -198,7 +205,16 @@ def _split_key(split: str) -> tuple:
 
 
 def _group(r: ResultRow) -> tuple:
-    return (r.task, _split_key(r.split), r.protocol, r.metric)
+    # a new task version changes the numbers (avssl.bench.tasks): its rows rank apart, newest
+    # version first
+    return (r.task, _version_key(r.task_version), _split_key(r.split), r.protocol, r.metric)
+
+
+def _version_key(version: str) -> tuple:
+    """Newest version first: numeric versions in descending number order, then other strings."""
+    if version.isascii() and version.isdigit():
+        return (0, -int(version), version)
+    return (1, 0, version)
 
 
 def _order(r: ResultRow) -> tuple:
@@ -222,7 +238,8 @@ def latest_only(rows: Iterable[ResultRow]) -> list[ResultRow]:
 
 def ranked(rows: Iterable[ResultRow], *, protocol: str | None = None, split: str | None = None,
            latest: bool = False) -> list[ResultRow]:
-    """Rows grouped by (task, split, protocol, metric), groups in that order, best row first in
+    """Rows grouped by (task, task version, split, protocol, metric), groups in that order (the
+    newest task version first), best row first in
     each (``higher_is_better``), ties broken by timestamp (earlier first). Every row is kept
     unless ``latest`` (see :func:`latest_only`)."""
     rows = [r for r in rows if (protocol is None or r.protocol == protocol)
@@ -287,15 +304,25 @@ def _highlights(secondary: dict, n: int = 3) -> str:
 
 
 def _cell(s: str) -> str:
-    return s.replace("|", "\\|") if s else "—"
+    # "|" would end the cell and "<" open an HTML tag on GitHub; a line break would end the row
+    if not s:
+        return "—"
+    return " ".join(s.splitlines()).replace("|", "\\|").replace("<", "&lt;")
+
+
+def _plain(s: str) -> str:
+    """Text matplotlib shows as written: a pair of "$" would be parsed as mathtext (and a bad
+    formula raises)."""
+    return s.replace("$", r"\$")
 
 
 def _commit(c: str) -> str:
     return c[:8] + (" (dirty)" if c.endswith("-dirty") else "")
 
 
-TABLE_COLUMNS = ["rank", "encoder", "recipe", "checkpoint", "protocol", "split", "views", "metric",
-                 "value", "secondary", "params (M)", "GMACs", "videos", "date", "commit"]
+TABLE_COLUMNS = ["rank", "encoder", "recipe", "checkpoint", "protocol", "split", "task v",
+                 "views", "metric", "value", "secondary", "params (M)", "GMACs", "videos", "date",
+                 "commit"]
 
 
 def format_table(rows: Iterable[ResultRow]) -> str:
@@ -305,8 +332,8 @@ def format_table(rows: Iterable[ResultRow]) -> str:
              "|" + "|".join("---:" if c in ("rank", "value", "params (M)", "GMACs") else "---"
                             for c in TABLE_COLUMNS) + "|"]
     for rank, r in zip(ranks(rows), rows):
-        cells = [str(rank), r.encoder, r.recipe, checkpoint_label(r), r.protocol, r.split, r.views,
-                 r.metric, f"{r.value:.2f}", _highlights(r.secondary), f"{r.params_m:.2f}",
+        cells = [str(rank), r.encoder, r.recipe, checkpoint_label(r), r.protocol, r.split,
+                 r.task_version, r.views, r.metric, f"{r.value:.2f}", _highlights(r.secondary), f"{r.params_m:.2f}",
                  "" if r.gmacs_per_clip is None else f"{r.gmacs_per_clip:.2f}",
                  f"{r.videos_used}/{r.videos_expected}", r.timestamp[:10], _commit(r.git_commit)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
@@ -323,7 +350,8 @@ def _plot(task: str, rows: list[ResultRow], out: Path) -> None:
 
     panels: dict[tuple, list[ResultRow]] = {}
     for r in ranked(rows):  # best first, so the first row per label is its best
-        bars = panels.setdefault((_split_key(r.split), r.split, r.metric), [])
+        bars = panels.setdefault((_version_key(r.task_version), r.task_version,
+                                  _split_key(r.split), r.split, r.metric), [])
         if all(run_label(b) != run_label(r) for b in bars):
             bars.append(r)
     protocols = sorted({r.protocol for r in rows})
@@ -334,16 +362,17 @@ def _plot(task: str, rows: list[ResultRow], out: Path) -> None:
     fig = Figure(figsize=(8, 0.8 + sum(heights)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, ((_, split, metric), bars) in zip(axes, panels.items()):
+    for ax, ((_, version, _, split, metric), bars) in zip(axes, panels.items()):
         y = list(range(len(bars)))[::-1]  # best on top
         ax.barh(y, [b.value for b in bars], color=[colours[b.protocol] for b in bars])
-        ax.set_yticks(y, [run_label(b) for b in bars], fontsize=8)
+        ax.set_yticks(y, [_plain(run_label(b)) for b in bars], fontsize=8)
         for yi, b in zip(y, bars):
             ax.text(b.value, yi, f" {b.value:.2f}", va="center", fontsize=7)
         arrow = "higher is better" if bars[0].higher_is_better else "lower is better"
-        ax.set_title(f"{task}: {metric} (split {split}; {arrow})", fontsize=9)
+        ax.set_title(_plain(f"{task} v{version}: {metric} (split {split}; {arrow})"),
+                     fontsize=9)
         ax.margins(x=0.15)
-    handles = [Patch(color=colours[p], label=p) for p in protocols]
+    handles = [Patch(color=colours[p], label=_plain(p)) for p in protocols]
     fig.legend(handles=handles, loc="upper right", fontsize=7, title="protocol", title_fontsize=7)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     tmp = out.with_name(f".{out.name}.tmp")

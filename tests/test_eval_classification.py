@@ -211,3 +211,19 @@ def test_help_lists_every_evaluator(capsys):
         # the description follows the name on its line, or alone on the next line
         desc = lines[i][len(name):].strip() or lines[i + 1]
         assert desc and desc.split()[0] not in EVALUATORS
+
+
+@pytest.mark.parametrize("labels,preds,match", [
+    ("id,label\nx,b\ny\nz,c\n", "id,prediction\nx,b\ny,c\nz,c\n",
+     r"labels file .*: id y \(line 3\) has no label"),
+    ("id,label\nx,b\ny, \n", "id,prediction\nx,b\ny,b\n", r"id y \(line 3\) has no label"),
+    ("id,label\nx,b\n,c\n", "id,prediction\nx,b\n,c\n", r"a row \(line 3\) has no id"),
+    ("id,label\nx,b\ny,c\n", "id,prediction\nx,b\ny,\n",
+     r"predictions file .*: id y \(line 3\) has no prediction"),
+])
+def test_blank_ids_labels_and_predictions_are_refused(tmp_path, labels, preds, match):
+    """A blank label used to be scored as a class named "" (its own per-class entry)."""
+    (tmp_path / "l.csv").write_text(labels)
+    (tmp_path / "p.csv").write_text(preds)
+    with pytest.raises(DataError, match=match):
+        evaluate_classification_files(tmp_path / "p.csv", tmp_path / "l.csv")

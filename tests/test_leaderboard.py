@@ -333,3 +333,34 @@ def test_splits_spelled_differently_rank_apart_and_odd_digits_do_not_crash():
                    _row(split="²")])
     assert ranks(rows) == [1, 1, 1]  # three splits, each its own ranking
     assert "| ² |" in format_table(rows)
+
+
+def test_task_versions_rank_apart_newest_first_and_directions_must_agree(tmp_path):
+    """A task's new version changes its numbers: an old-version row must not outrank the new
+    ones (it used to top the table); one metric cannot rank both ways."""
+    from avssl.leaderboard import format_table, ranked, ranks
+
+    rows = ranked([_row(encoder="old", task_version="1", value=40.0),
+                   _row(encoder="new", task_version="2", value=15.0),
+                   _row(encoder="new2", task_version="10", value=14.0)])
+    assert [r.encoder for r in rows] == ["new2", "new", "old"] and ranks(rows) == [1, 1, 1]
+    assert "| 1 | old | pretrain_sync |" in format_table(rows)
+    assert "| linear | 1 | 1 | 10x3 |" in format_table(rows)  # split, then the task version
+    L.append_row(_row(metric="err", higher_is_better=False, value=1.0), tmp_path)
+    L.append_row(_row(metric="err", higher_is_better=True, value=9.0), tmp_path)
+    with pytest.raises(DataError, match=r"synthetic.csv:3: metric 'err' has higher_is_better "
+                                        r"true, but false at .*synthetic.csv:2"):
+        L.read_task(tmp_path / "synthetic.csv")
+
+
+def test_odd_names_render_as_written(tmp_path):
+    """'$' pairs used to be parsed as matplotlib math (and a bad formula crashed --render); a
+    line break in a secondary key split the markdown row; '<x>' vanished as an HTML tag."""
+    with pytest.raises(DataError, match="control character"):
+        validate_row(_row(secondary={"a\nb": 1.0}).to_csv_dict())
+    L.append_row(_row(encoder="cost$\\foo$ <x> a|b", recipe="$5 vs $6"), tmp_path)
+    paths = L.render(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "| cost$\\foo$ &lt;x> a\\|b | $5 vs $6 |" in text
+    assert paths[1].read_bytes().startswith(PNG_MAGIC)
+    assert L._cell("two\nlines") == "two lines"

@@ -172,6 +172,8 @@ def _check_secondary(obj: Any, where: str) -> None:
     """Numbers (finite), lists of numbers, or nested dicts of those."""
     if isinstance(obj, dict):
         for k, v in obj.items():
+            if not str(k).isprintable():  # a decoded "\n" would break the rendered table row
+                raise ValueError(f"key {k!r} holds a control character")
             _check_secondary(v, f"{where}.{k}" if where else str(k))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):

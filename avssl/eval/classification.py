@@ -187,7 +187,15 @@ def _read_csv(path: str | os.PathLike, what: str, required: Sequence[str]):
     if missing or df.empty:
         raise DataError(f"{what} file {path}: expected a header with {', '.join(required)} and "
                         f"at least one row, got columns {list(df.columns)} and {len(df)} rows")
-    df["id"] = df["id"].str.strip()
+    for col in ("id", "label", "prediction"):  # a blank would be scored as a class named ""
+        if col in df.columns:
+            df[col] = df[col].fillna("").astype(str).str.strip()
+            blank = np.flatnonzero((df[col] == "").to_numpy())
+            if len(blank):
+                row = int(blank[0])
+                who = "a row" if col == "id" else f"id {df['id'].iloc[row]}"
+                raise DataError(f"{what} file {path}: {who} (line {row + 2}) has no {col}; "
+                                f"expected {', '.join(required)} on every line")
     dup = df["id"][df["id"].duplicated()].unique()
     if len(dup):
         raise DataError(f"{what} file {path}: {len(dup)} ids appear more than once "
