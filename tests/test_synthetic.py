@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avssl.errors import AvsslError, ConfigError
+from avssl.errors import AvsslError, ConfigError, DataError
 from avssl.data.synthetic import (ACTIONS, AUDIOSET_CLASSES, HMDB51_CLASSES, KINETICS_CLASSES,
                                   UCF101_CLASSES, VGGSOUND_CLASSES, WorldConfig, render_clip,
                                   render_long, write_layout)
@@ -215,7 +215,9 @@ def test_render_speed():
         t0 = time.perf_counter()
         render_clip(0, i)
         times.append(time.perf_counter() - t0)
-    assert np.median(times) < 0.05, times
+    # the fastest of 9: a guard against a 10x slowdown of the renderer that a busy machine
+    # (another test run beside this one) cannot trip; the speed itself is measured, not tested
+    assert min(times) < 0.05, times
 
 
 def test_render_long_segments_and_background():
@@ -326,11 +328,19 @@ def test_ucf101_labelled_test_lists(tmp_path):
     for k in (1, 2, 3):
         for kind in ("train", "test"):
             assert (lists / f"{kind}list0{k}.txt").read_text().count("\n") >= len(names)
-    for layout, message in (("ucf101", "each split needs train and test clips"),
-                            ("kinetics", "one train, one validate and one test clip")):
-        with pytest.raises(ConfigError, match=f"clips_per_class must be >= 3 .*{message}.*got 2"):
-            write_layout(layout, tmp_path / layout, clips_per_class=2, cfg=TINY)
+    for layout, n, message in (("ucf101", 1, "split 1 needs a second one to train on"),
+                               ("kinetics", 2, "one train, one validate and one test clip")):
+        with pytest.raises(ConfigError, match=f"clips_per_class must be >= {n + 1} .*{message}"
+                                              f".*got {n}"):
+            write_layout(layout, tmp_path / layout, clips_per_class=n, cfg=TINY)
         assert not (tmp_path / layout).exists()
+    # two clips: splits 1 and 2 load; split 3 has no test clip, and the loader says so
+    from avssl.data.datasets import ucf101
+
+    two = write_layout("ucf101", tmp_path / "two", clips_per_class=2, cfg=TINY)
+    assert len(ucf101(two, 1, True, progress=False)) == len(names)
+    with pytest.raises(DataError, match=r"testlist03.txt lists no videos; use another split"):
+        ucf101(two, 3, False, progress=False)
 
 
 def test_hmdb51_layout(layouts):
@@ -524,12 +534,12 @@ def test_writer_same_options_keep_other_options_need_overwrite(tmp_path, capsys)
     with pytest.raises(ConfigError, match="other options .*seed 0 there, 1 now.*--overwrite"):
         write_layout("folder", out, clips_per_class=1, seed=1, cfg=TINY)
     with pytest.raises(ConfigError, match="layout folder there, ucf101 now"):
-        write_layout("ucf101", out, clips_per_class=3, cfg=TINY)
+        write_layout("ucf101", out, clips_per_class=2, cfg=TINY)
     assert _snapshot(out) == first
     # --overwrite replaces the avssl tree cleanly: exactly what a fresh write gives
-    assert cli_main(["--layout", "ucf101", "--out", str(out), "--clips-per-class", "3",
+    assert cli_main(["--layout", "ucf101", "--out", str(out), "--clips-per-class", "2",
                      "--size", "32", "--duration", "0.4", "--overwrite"]) == 0
-    fresh = write_layout("ucf101", tmp_path / "fresh", clips_per_class=3, cfg=TINY)
+    fresh = write_layout("ucf101", tmp_path / "fresh", clips_per_class=2, cfg=TINY)
     assert _snapshot(out) == _snapshot(fresh)
     # ... but never when a user's file sits in it
     (out / "UCF-101" / "mine.txt").write_text("mine")
@@ -577,7 +587,7 @@ def test_cached_synthetic_tree_and_manifest_still_work(tmp_path, monkeypatch):
     assert _snapshot(csv_path.parent) == before
     ds = folder_dataset(csv_path, mode="eval", clip_s=0.2, fps=5, size=16, progress=False)
     assert ds.num_listed == ds.num_used == 14
-    tree = synthetic_tree("ucf101", 3, seed=3, cfg=TINY, workers=1)
+    tree = synthetic_tree("ucf101", 2, seed=3, cfg=TINY, workers=1)
     assert (tree / "ground_truth.json").is_file()
 
 

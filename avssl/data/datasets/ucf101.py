@@ -131,6 +131,9 @@ def ucf101(
             raise layout_error(name, "ucf101", root, _EXPECTED + f" (missing {needed.name})")
     classes = read_class_index(lists / "classInd.txt")
     entries = read_split_list(list_file, classes, train=train)
+    if not entries:  # not a data-root problem: the list itself is empty
+        raise DataError(f"{name}: {list_file} lists no videos; use another split (a synthetic "
+                        f"tree has test clips for split N only with --clips-per-class >= N)")
 
     records = []
     for rel, label in entries:

@@ -187,9 +187,10 @@ def write_ucf101(out: Path, *, clips_per_class: int = 4, seed: int = 0,
                  cfg: WorldConfig = WorldConfig(), workers: int = 1,
                  labelled_test_lists: bool = False) -> Path:
     """``out/UCF-101/<Class>/v_<Class>_gGG_cCC.avi`` and ``out/ucfTrainTestlist/`` (CRLF)."""
-    # fewer clips would leave some split's train or test list empty (see ucf101_group)
-    _check(clips_per_class, 3, " (clips 0, 1, 2 of a class are the test clips of splits 1, 2, 3; "
-           "each split needs train and test clips)")
+    # clip j < 3 of a class is split j + 1's test clip (see ucf101_group): one clip leaves split
+    # 1 without training clips; split 3 needs 3 (the loader names an empty list)
+    _check(clips_per_class, 2, " (clip 0 of a class is a split-1 test clip, so split 1 needs a "
+           "second one to train on; splits 2 and 3 need 2 and 3 clips)")
     jobs: list[Job] = []
     for ci, cls in enumerate(UCF101_CLASSES):
         fps, has_audio = ucf101_clip_format(ci)
