@@ -114,8 +114,11 @@ def update_latest(run_root: str | os.PathLike, ckpt: str | os.PathLike,
     return link
 
 
-def _complete(step_dir: Path) -> bool:
-    return (step_dir / WEIGHTS).is_file() and (step_dir / "meta.json").is_file()
+def newest_step(run_dir: str | os.PathLike) -> Path | None:
+    """The highest-numbered complete ``step_N`` checkpoint folder of a run folder, or None."""
+    steps = [d for d in Path(run_dir).glob("step_*") if d.name[5:].isdigit()
+             and (d / WEIGHTS).is_file() and (d / "meta.json").is_file()]
+    return max(steps, key=lambda d: int(d.name[5:]), default=None)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -126,11 +129,8 @@ def resolve(path: str | os.PathLike) -> Path:
     if p.is_dir() and not (p / WEIGHTS).exists():
         if (p / "latest").exists():
             p = p / "latest"
-        else:
-            steps = sorted((d for d in p.glob("step_*") if d.name[5:].isdigit() and _complete(d)),
-                           key=lambda d: int(d.name[5:]))
-            if steps:
-                p = steps[-1]
+        elif (step := newest_step(p)) is not None:
+            p = step
     p = p.resolve()
     if not p.exists():
         raise AvsslError(f"checkpoint {path} does not exist; pass a checkpoint folder written by "

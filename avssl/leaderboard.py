@@ -212,9 +212,8 @@ def _group(r: ResultRow) -> tuple:
 
 def _version_key(version: str) -> tuple:
     """Newest version first: numeric versions in descending number order, then other strings."""
-    if version.isascii() and version.isdigit():
-        return (0, -int(version), version)
-    return (1, 0, version)
+    kind, number, text = _split_key(version)
+    return (kind, -number, text)
 
 
 def _order(r: ResultRow) -> tuple:
@@ -333,7 +332,8 @@ def format_table(rows: Iterable[ResultRow]) -> str:
                             for c in TABLE_COLUMNS) + "|"]
     for rank, r in zip(ranks(rows), rows):
         cells = [str(rank), r.encoder, r.recipe, checkpoint_label(r), r.protocol, r.split,
-                 r.task_version, r.views, r.metric, f"{r.value:.2f}", _highlights(r.secondary), f"{r.params_m:.2f}",
+                 r.task_version, r.views, r.metric, f"{r.value:.2f}", _highlights(r.secondary),
+                 f"{r.params_m:.2f}",
                  "" if r.gmacs_per_clip is None else f"{r.gmacs_per_clip:.2f}",
                  f"{r.videos_used}/{r.videos_expected}", r.timestamp[:10], _commit(r.git_commit)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")

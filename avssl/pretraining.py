@@ -243,11 +243,10 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
                              f"--run.resume to continue it, or another --run.name for a new run")
         return run_dir, None, 0
     if name:
-        done = sorted(p for p in (recipe_dir / name).glob("step_*") if (p / "meta.json").is_file())
-        if not done:
+        ckpt = checkpoints.newest_step(recipe_dir / name)
+        if ckpt is None:
             raise AvsslError(f"--run.resume: {recipe_dir / name} holds no complete checkpoint "
                              f"(step_NNNNNNN/) to continue; drop --run.resume to start it")
-        ckpt = done[-1]
     else:
         if not (recipe_dir / "latest").exists():
             raise AvsslError(f"--run.resume: no {recipe_dir / 'latest'} to continue; start a run "
