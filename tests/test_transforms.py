@@ -48,6 +48,13 @@ def test_random_resized_crop_content_equals_slicing():
     assert len(set(top_left)) > 1  # the boxes really are random
 
 
+def test_random_resized_crop_of_an_empty_batch_is_empty_and_draws_nothing():
+    g = _gen(3)
+    out = T.random_resized_crop(_video(0, 2, t=3), (10, 12), generator=g)
+    assert out.shape == (0, 2, 3, 3, 10, 12) and out.dtype == torch.uint8
+    assert torch.equal(g.get_state(), _gen(3).get_state())
+
+
 def test_random_resized_crop_params_respect_scale_and_ratio():
     g = _gen(1)
     for _ in range(50):

@@ -71,11 +71,17 @@ def _randint(generator: torch.Generator | None, low: int, high: int) -> int:
     return low + int(_rand(generator, 1).item() * (high - low))
 
 
-def _per_clip(video: torch.Tensor, fn) -> torch.Tensor:
-    """Apply ``fn(clip (T, C, H, W)) -> tensor`` to every clip of ``(..., T, C, H, W)`` in order."""
+def _per_clip(video: torch.Tensor, fn, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Apply ``fn(clip (T, C, H, W)) -> (T, C, *out_hw)`` to every clip of ``(..., T, C, H, W)``.
+
+    Clips are processed in order (so a shared generator is consumed in a fixed order); an empty
+    batch gives an empty ``(..., T, C, *out_hw)`` tensor, as batched tensor ops do.
+    """
     if video.ndim == 4:
         return fn(video)
     lead = video.shape[:-4]
+    if math.prod(lead) == 0:
+        return video.new_empty(*lead, *video.shape[-4:-2], *out_hw)
     outs = [fn(clip) for clip in video.reshape(-1, *video.shape[-4:])]
     return torch.stack(outs).reshape(*lead, *outs[0].shape)
 
@@ -144,7 +150,7 @@ def random_resized_crop(
         top, left, h, w = random_resized_crop_params(H, W, scale, ratio, generator)
         return TF.resized_crop(clip, top, left, h, w, out_size, antialias=True)
 
-    return _per_clip(video, one)
+    return _per_clip(video, one, (out_size[0], out_size[1]))
 
 
 def _centre_offset(full: int, crop: int) -> int:

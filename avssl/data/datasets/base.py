@@ -6,7 +6,9 @@ behaviour of DESIGN.md, so every source behaves the same way.
 
 Sample dict (DESIGN.md contract) returned by ``ds[i]``:
 
-- ``video``: uint8 ``(T, C, H, W)`` (or whatever ``video_transform`` returns);
+- ``video``: uint8 ``(T, C, H, W)`` (or whatever ``video_transform`` returns); with ``fps=None``
+  each video keeps its own frame rate, so ``T`` differs between videos of different rates and
+  such items cannot be batched: pass ``fps`` to batch them;
 - ``audio``: float32 ``(1, S)`` with ``S = round(clip_s * sample_rate)`` when ``audio=True``
   (silence when the file has no audio stream), plus ``has_audio`` (bool);
 - ``fps`` (float), ``sample_rate`` (int), ``clip_start_s`` (float), ``video_id`` (str),
