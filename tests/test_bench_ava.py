@@ -153,3 +153,41 @@ def test_cached_roi_features_train_the_head_that_whole_maps_train(tree):
     a = np.concatenate(predict(by_maps, maps, [kf.boxes for kf in split.keyframes]))
     b = np.concatenate(predict_features(by_feats, rows))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_roi_feature_statistics_survive_bf16_autocast(tree, monkeypatch):
+    """On a bf16 GPU the bench extracts under bf16 autocast; the per-keyframe channel sums must
+    still be float32, or E[x^2] - mean^2 cancels to a zero std for a channel whose mean is large
+    against its spread (here mean 8, std ~0.2: bf16 sums of squares lose the spread entirely)."""
+    import torch
+    from torch import nn
+
+    from avssl.bench.detection import detection_size, keyframe_roi_features, stats_from_sums
+    from avssl.bench.model import resolve_model
+    from avssl.data.datasets.ava import ava
+
+    class Offset(nn.Module):  # a map with a large mean and a small, input-dependent spread
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(3, 4, (1, 8, 8), stride=(1, 8, 8))
+
+        def forward_features(self, x):
+            y = self.conv(x)
+            return 8.0 + 0.2 * torch.tanh(y)
+
+    model = resolve_model(None, None, None, encoder_kwargs={}, seed=0,
+                          spec_overrides={"clip_s": None, "fps": None, "size": None, "crop": 32})
+    enc = Offset().eval()
+    monkeypatch.setattr(model, "encoder_for", lambda modality: enc)
+    split = ava(str(tree), "train", boxes="groundtruth")
+    size = detection_size(model.spec)
+    stats = {}
+    for precision in ("no", "bf16"):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", precision)
+        roi = keyframe_roi_features(model, split.keyframes, size=size, batch_size=3)
+        stats[precision] = stats_from_sums(roi["sums"], float(roi["cells"]))
+    mean32, std32 = stats["no"]
+    mean16, std16 = stats["bf16"]
+    assert std32.min() > 0.01
+    np.testing.assert_allclose(mean16, mean32, rtol=1e-2)
+    np.testing.assert_allclose(std16, std32, rtol=0.1)

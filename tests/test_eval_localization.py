@@ -63,6 +63,18 @@ def test_duplicate_prediction_is_a_false_positive():
     assert ap(gt, preds, mode="thumos-matlab") == pytest.approx((6 + 5 * 2 / 3) / 11, abs=1e-12)
 
 
+def test_matlab_mode_uses_matlabs_recall_grid():
+    """The kit's prap() takes recall points 0:0.1:1, whose 4th is 3*0.1 = 0.30000000000000004 in
+    MATLAB: a class with 10 ground truths and a precision drop right after recall 3/10 does not
+    get that precision at the point 0.3 (k / 10 would give it)."""
+    gt = [seg("a", 10 * i, 10 * i + 5) for i in range(10)]
+    preds = [seg("a", 10 * i, 10 * i + 5, score=0.9 - 0.1 * i) for i in range(3)]
+    preds += [seg("a", 200, 205, score=0.6), seg("a", 30, 35, score=0.5)]
+    # recall .1 .2 .3 .3 .4 with precision 1 1 1 3/4 4/5: points 0..0.2 see 1, 0.3(+eps) and
+    # 0.4 see 4/5, 0.5..1 see 0
+    assert ap(gt, preds, mode="thumos-matlab") == pytest.approx((3 + 2 * 0.8) / 11, abs=1e-12)
+
+
 def test_threshold_is_inclusive_in_activitynet_and_strict_in_matlab_mode():
     gt = [seg("a", 0, 10)]
     at = [seg("a", 0, 5, score=1)]  # tIoU exactly 0.5

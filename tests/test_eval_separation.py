@@ -202,3 +202,26 @@ def test_unmatched_or_mismatched_files_are_one_line_errors(tmp_path, capsys, bre
                  str(tmp_path / "estimates"), "--mixtures", str(tmp_path / "mixtures")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32])
+def test_wav_reader_without_soundfile_scales_pcm_like_soundfile(tmp_path, monkeypatch, dtype):
+    """The scipy fallback (no soundfile) reads integer PCM as soundfile does; 8-bit WAV is
+    unsigned with silence at 128 (dividing by iinfo(uint8).min = 0 gave +-inf)."""
+    import sys
+
+    from scipy.io import wavfile
+
+    from avssl.eval.separation import read_wav
+
+    info = np.iinfo(dtype)
+    pcm = np.array([info.min, (int(info.min) + int(info.max) + 1) // 2, info.max, info.max // 3],
+                   dtype=dtype)
+    path = tmp_path / "x.wav"
+    wavfile.write(path, SR, pcm)
+    expected, sr = read_wav(path)  # soundfile
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import soundfile -> ImportError
+    got, sr2 = read_wav(path)
+    assert sr == sr2 == SR
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert got[0] == -1.0 and got[1] == 0.0

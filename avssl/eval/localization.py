@@ -106,9 +106,18 @@ def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx]))
 
 
+# MATLAB's 0:0.1:1, which the kit's prap() uses: the colon operator adds multiples of the step
+# to the start for the first half and subtracts them from the end for the second (a + k*d,
+# b - (n-k)*d, the middle (a+b)/2), so its 4th point is 3*0.1 = 0.30000000000000004, not 0.3:
+# a detection whose recall is exactly 3/10 does not count at that point there, nor here
+_MATLAB_RECALL_POINTS = tuple([k * 0.1 for k in range(5)] + [0.5] +
+                              [1 - (10 - k) * 0.1 for k in range(6, 11)])
+
+
 def _eleven_point_ap(precision: np.ndarray, recall: np.ndarray) -> float:
-    """11-point interpolated AP: mean over t = k/10 of the best precision at recall >= t."""
-    best = [precision[recall >= k / 10].max(initial=0.0) for k in range(11)]
+    """11-point interpolated AP: mean over MATLAB's ``0:0.1:1`` recall points t of the best
+    precision at recall >= t (the THUMOS14 kit's ``prap``)."""
+    best = [precision[recall >= t].max(initial=0.0) for t in _MATLAB_RECALL_POINTS]
     return float(sum(best) / 11)  # sum first: perfect detections give exactly 1.0
 
 

@@ -136,7 +136,9 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         from scipy.io import wavfile
 
         sr, data = wavfile.read(os.fspath(path))
-        if np.issubdtype(data.dtype, np.integer):
+        if data.dtype == np.uint8:  # 8-bit WAV is offset binary: 128 is silence
+            data = (data.astype(np.float64) - 128.0) / 128.0
+        elif np.issubdtype(data.dtype, np.integer):
             data = data / float(-np.iinfo(data.dtype).min)
         data = np.asarray(data, dtype=np.float64)
         return (data.mean(axis=1) if data.ndim == 2 else data), int(sr)

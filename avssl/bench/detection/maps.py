@@ -132,7 +132,9 @@ def keyframe_roi_features(model, keyframes: Sequence[Any], *, size: int, resolut
     width = max(1, max(len(b) for b in boxes))  # map_items needs one shape per item: pad
 
     def fn(batch):
-        maps = feature_map(encoder, batch["video"].to(device)).mean(dim=2)  # (B, C, H', W')
+        # float32 whatever the autocast: the sums of squares feed E[x^2] - mean^2, which bf16
+        # rounding (8-bit mantissa) cancels to a zero std when a channel's mean >> its std
+        maps = feature_map(encoder, batch["video"].to(device)).float().mean(dim=2)  # (B,C,H',W')
         b, c = maps.shape[:2]
         out = maps.new_full((b, width + 3, c), float("nan"))
         for j, i in enumerate(batch["index"].tolist()):
