@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -100,6 +100,9 @@ class LossConfig:
         if not (self.temperature > 0 and 0 <= self.mask_ratio < 1):
             raise ConfigError(f"--loss.temperature must be > 0 and mask_ratio in [0, 1), got "
                               f"{self.temperature} and {self.mask_ratio}")
+        if self.recon_weight > 0 and self.mask_ratio == 0:
+            raise ConfigError("--loss.recon_weight > 0 needs --loss.mask_ratio > 0 (nothing "
+                              "masked leaves nothing to reconstruct)")
 
 
 @dataclass
@@ -112,6 +115,11 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=480, warmup_steps=40))
     run: RunConfig = field(default_factory=lambda: RunConfig(save_every=240))
 
+    def __post_init__(self) -> None:
+        if self.data.batch_size < 2:  # a mismatched pair takes another clip's audio
+            raise ConfigError(f"--data.batch_size must be >= 2 per process for mismatched "
+                              f"pairs (another clip's audio), got {self.data.batch_size}")
+
 
 def draw_generator(base: int, micro: int) -> torch.Generator:
     """A CPU generator for one micro-batch: seeded by ``base`` (from the run seed and step) for
@@ -121,6 +129,14 @@ def draw_generator(base: int, micro: int) -> torch.Generator:
         return torch.Generator().manual_seed(base)
     return torch.Generator().manual_seed(int(np.random.SeedSequence(
         [base % 2**32, micro]).generate_state(1)[0]))
+
+
+def mask_seed(seed: int, step: int) -> int:
+    """The token masks' seed for (run seed, step): a stream of its own. (It was seed * 7919 +
+    step, equal to the pair draw's seed * 1_000_003 + step at seed 0: the masks' noise repeated
+    the pair-type draw, so row 0's first video token was masked exactly when its pair was
+    shifted.)"""
+    return int(np.random.SeedSequence([seed % 2**32, step % 2**32, 7919]).generate_state(1)[0])
 
 
 def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None = None, *,
@@ -142,6 +158,9 @@ def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None =
         p1, p2 = cfg.loss.shifted_fraction, cfg.loss.mismatched_fraction
         label = torch.where(u < p1, 1, torch.where(u < p1 + p2, 2, 0))
     label = torch.where((label == 1) & ~valid.bool(), 2, label)
+    if len(audio) < 2 and bool((label == 2).any()):  # roll(1) of one row is the row itself
+        raise ConfigError("mismatched pairs need at least 2 clips per batch (another clip's "
+                          "audio); got 1")
     choice = {0: audio, 1: shifted, 2: audio.roll(1, dims=0)}
     pair = torch.zeros_like(audio)
     for k, src in choice.items():
@@ -160,7 +179,7 @@ def forward_loss(model, objective, batch, cfg: Config, step: int,
     kwargs = {}
     if cfg.loss.recon_weight > 0:
         m = model.module if hasattr(model, "module") else model
-        g = draw_generator(cfg.run.seed * 7919 + step, micro)
+        g = draw_generator(mask_seed(cfg.run.seed, step), micro)
         nv = math.prod(m.video.tokenizer.grid_for(batch["video"].shape[2:]))
         na = math.prod(m.audio.tokenizer.grid_for(logmel.shape[2:]))
         B = len(label)
@@ -190,7 +209,12 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     training fractions about 1/3 each, this estimates the same accuracy from three times the
     rows (48 clips gave 0.40 and 0.52 for the same recipe on two CPUs with one pair per clip).
     """
-    model, objective = accelerator.unwrap_model(model), accelerator.unwrap_model(objective)
+    model = accelerator.unwrap_model(model)
+    # Scored on whole inputs: no token masks (with --loss.recon_weight > 0 training masks half
+    # the tokens, which would make the ablations' accuracies incomparable), and the pair
+    # classification alone (the accuracies need only the logits).
+    cfg = replace(cfg, loss=replace(cfg.loss, recon_weight=0.0, contrast_weight=0.0))
+    objective = FusionObjective(num_classes=accelerator.unwrap_model(objective).num_classes)
     model.eval()
     sums = torch.zeros(5, device=accelerator.device)  # acc * n, n, acc_sync * m, m, clips
     for i, batch in enumerate(held_out_batches(loader, accelerator)):

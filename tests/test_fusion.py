@@ -114,6 +114,9 @@ def test_contrast_embeddings_come_from_before_any_exchange(name, kw):
     assert not hasattr(_model(name, **kw, **fl), "contrast_video")
     with pytest.raises(ConfigError, match="head"):
         _model(name, **kw, **fl, head="bilinear")
+    if name != "late":  # no isolated layer: the CLS would be one learned vector for all clips
+        with pytest.raises(ConfigError, match="fusion_layer >= 1"):
+            _model(name, **kw, fusion_layer=0, contrast_dim=5)
 
 
 def test_bottleneck_exchanges_only_through_its_tokens():
@@ -177,6 +180,38 @@ def test_masked_tokens_hide_their_content_and_reconstruction_trains_everything()
     assert no_grad == []
     with pytest.raises(ConfigError, match="recon=True"):
         _model("late")(video, logmel, video_mask=vmask)
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_masked_content_reaches_no_output_whatever_the_stem(stem):
+    """A conv stem reaches across patch borders (3x3 convs, a temporal conv, GroupNorm over the
+    clip): unless the masked patches' pixels are hidden from it, the visible tokens carry what
+    the masked ones must reconstruct (CAV-MAE / MAE mask before any cross-patch mixing)."""
+    video = build_encoder("vit_video_tiny", **VIDEO_KW, stem=stem)
+    audio = AudioViT(D, L, 2, spec_size=(32, 48), stem=stem)
+    model = build_fusion("bottleneck", video_encoder=video, audio_encoder=audio, fusion_layer=1,
+                         recon=True).eval()
+    video_in, logmel = _inputs()
+    vmask = torch.zeros(2, 8, dtype=torch.bool)
+    amask = torch.zeros(2, 6, dtype=torch.bool)
+    vmask[0, 0] = amask[0, 0] = True  # token 0: frames 0-1 x rows 0-15 x cols 0-15; mel 0-15
+    poked_v, poked_a = video_in.clone(), logmel.clone()
+    poked_v[0, :, 0:2, 0:16, 0:16] += 3.0
+    poked_a[0, :, 0:16, 0:16] += 3.0
+    with torch.no_grad():
+        base = model(video_in, logmel, video_mask=vmask, audio_mask=amask)
+        poked = model(poked_v, poked_a, video_mask=vmask, audio_mask=amask)
+    for key in ("fused", "video_tokens", "audio_tokens"):
+        torch.testing.assert_close(poked[key], base[key], rtol=0, atol=1e-6)
+    for k in ("video", "audio"):  # the targets do see the change: they are what is hidden
+        assert not torch.equal(poked["recon_target"][k], base["recon_target"][k])
+
+
+def test_reconstruction_refuses_overlapping_audio_patches():
+    video = build_encoder("vit_video_tiny", **VIDEO_KW)
+    audio = AudioViT(D, L, 2, spec_size=(32, 48), patch=16, patch_stride=8)
+    with pytest.raises(ConfigError, match="non-overlapping audio patches"):
+        build_fusion("late", video_encoder=video, audio_encoder=audio, recon=True)
 
 
 def test_patchify_matches_the_tokenizer_order():

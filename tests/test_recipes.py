@@ -576,6 +576,91 @@ def test_resume_is_exact_with_gradient_accumulation(tmp_path, cache):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _mbt_recipe():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        import pretrain_mbt
+    finally:
+        sys.path.remove(str(ROOT / "recipes"))
+    return pretrain_mbt
+
+
+class _MaskSpy(torch.nn.Module):
+    """Stands in for the fusion model: records the keyword arguments of each call."""
+
+    def __init__(self):
+        super().__init__()
+        from types import SimpleNamespace
+
+        grid = SimpleNamespace(grid_for=lambda size: (4, 2))  # 8 tokens per stream
+        self.video = self.audio = SimpleNamespace(tokenizer=grid)
+        self.calls: list[dict] = []
+
+    def forward(self, video, logmel, **kw):
+        self.calls.append(kw)
+        return {"logits": torch.zeros(len(video), 3)}
+
+
+def _pair_batch(n: int, valid: bool = True) -> dict:
+    a = torch.randn(n, 1, 1600)
+    return {"video": torch.zeros(n, 3, 2, 8, 8), "audio": a, "audio_shift": a + 1,
+            "hard_valid": torch.full((n,), valid)}
+
+
+def test_mbt_token_masks_do_not_repeat_the_pair_type_draw():
+    """The masks' noise and the pair types' noise are independent streams: at seed 0 both were
+    seeded by the step alone, so row 0's first video token was masked exactly when its pair was
+    shifted, a label shortcut for the classifier."""
+    pretrain_mbt = _mbt_recipe()
+    cfg = pretrain_mbt.Config()
+    cfg.loss.recon_weight, cfg.loss.contrast_weight = 1.0, 0.0
+    spy, masked_by_label = _MaskSpy(), {0: [], 1: []}
+    for step in range(300):
+        out = pretrain_mbt.forward_loss(spy, lambda o, b: {}, _pair_batch(8), cfg, step)
+        label = int(out["pair_label"][0])
+        if label in masked_by_label:
+            masked_by_label[label].append(bool(spy.calls[-1]["video_mask"][0, 0]))
+    rates = {k: sum(v) / len(v) for k, v in masked_by_label.items()}
+    assert all(0.3 < r < 0.7 for r in rates.values()), rates  # mask ratio 0.5 either way
+
+
+def test_mbt_held_out_accuracy_is_measured_without_token_masks():
+    """With --loss.recon_weight > 0 training masks half of the tokens; the held-out pair
+    accuracies must see whole inputs, as every other ablation's do."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    pretrain_mbt = _mbt_recipe()
+    from avssl.objectives.fusion import FusionObjective
+
+    cfg = pretrain_mbt.Config()
+    cfg.loss.recon_weight = 1.0
+    spy = _MaskSpy()
+    try:
+        out = pretrain_mbt.evaluate(spy, FusionObjective(recon_weight=1.0, contrast_weight=1.0),
+                                    [_pair_batch(4)], cfg, Accelerator(cpu=True))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert out["val_pairs"] == 12 and len(spy.calls) == 3
+    assert all(call == {} for call in spy.calls)
+
+
+def test_mbt_refuses_what_would_silently_train_nothing():
+    pretrain_mbt = _mbt_recipe()
+    from avssl.pretraining import PairDataConfig
+
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        pretrain_mbt.Config(data=PairDataConfig(batch_size=1))
+    with pytest.raises(ConfigError, match="mask_ratio > 0"):
+        pretrain_mbt.LossConfig(recon_weight=1.0, mask_ratio=0.0)
+    # one clip cannot have a mismatched pair: rolling the batch gives its own audio back
+    cfg = pretrain_mbt.Config()
+    with pytest.raises(ConfigError, match="at least 2 clips"):
+        pretrain_mbt.make_pairs(_pair_batch(1), cfg, 0, torch.tensor([2]))
+    audio, label = pretrain_mbt.make_pairs(_pair_batch(1), cfg, 0, torch.tensor([1]))
+    assert label.tolist() == [1]
+
+
 def test_mbt_pair_types_are_drawn_per_micro_batch_and_per_global_batch():
     """Each micro-batch draws its own pair types, and N processes draw what one process with the
     same global batch draws (each keeping its rows) — they all used to get one vector."""

@@ -25,7 +25,9 @@ returns a dict:
   classify), through the audio stream's isolated layers alone;
 - ``"video_tokens"`` (B, Nv, D), ``"audio_tokens"`` (B, Na, D): final patch tokens (no CLS);
 - with masks (bool (B, Nv) / (B, Na), True = replace the token by a learned mask token plus its
-  positional embedding, SimMIM-style; needs ``recon=True``): ``"recon_pred"``,
+  positional embedding, SimMIM-style, after zeroing the masked patches' input pixels, so a
+  conv stem cannot carry them into visible tokens; needs ``recon=True`` and non-overlapping
+  patches): ``"recon_pred"``,
   ``"recon_target"``, ``"recon_mask"``, each a dict keyed by the masked modalities
   (``"video"``, ``"audio"``) holding (B, N, P) predicted patches from ``recon_head_*`` (a linear
   decoder), (B, N, P) target patches (:func:`patchify_video` / :func:`patchify_audio` of the
@@ -68,6 +70,26 @@ def patchify_audio(x: torch.Tensor, patch: int, stride: int | None = None) -> to
     return F.unfold(x, kernel_size=patch, stride=stride or patch).transpose(1, 2)
 
 
+def _patch_size(tokenizer: nn.Module) -> tuple[int, ...]:
+    """A tokenizer's patch extent per input axis: (t, p, q) for video, (p, p) for audio."""
+    if hasattr(tokenizer, "tubelet"):
+        return tuple(tokenizer.tubelet)
+    return (tokenizer.patch, tokenizer.patch)
+
+
+def _pixel_mask(mask: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, ...],
+                size: tuple[int, ...]) -> torch.Tensor:
+    """Token mask (B, prod(grid)) of non-overlapping patches -> input mask (B, *size), True on
+    the pixels of masked patches (a remainder no token covers stays False)."""
+    m = mask.reshape(mask.shape[0], *grid)
+    for axis, k in enumerate(patch):
+        m = m.repeat_interleave(k, dim=axis + 1)
+    pad = []
+    for axis in reversed(range(len(grid))):
+        pad += [0, size[axis] - m.shape[axis + 1]]
+    return F.pad(m, pad, value=False)
+
+
 def _check_stream(stream: nn.Module, name: str) -> None:
     for attr in ("tokenizer", "cls_token", "transformer"):
         if not hasattr(stream, attr):
@@ -106,6 +128,10 @@ class FusionModel(nn.Module):
             raise ConfigError(f"fusion head must be one of {', '.join(HEADS)}, got {head!r}")
         if contrast_dim < 0:
             raise ConfigError(f"contrast_dim must be >= 0 (0: no embeddings), got {contrast_dim}")
+        if contrast_dim and fusion_layer == 0:  # the embeddings read the CLS after layer L_f-1
+            raise ConfigError("contrastive embeddings (contrast_dim > 0) need fusion_layer >= 1: "
+                              "with no isolated layer the CLS they read is the same learned "
+                              "vector for every clip; use contrast_dim=0 or fusion_layer >= 1")
         self.head = head
         if head == "linear":
             self.classifier = nn.Linear(2 * dv, num_classes)
@@ -123,6 +149,10 @@ class FusionModel(nn.Module):
         self.recon = recon
         if recon:
             vt, at = video.tokenizer, audio.tokenizer
+            if at.stride != at.patch:  # a visible patch would show part of a masked one
+                raise ConfigError(f"masked reconstruction needs non-overlapping audio patches, "
+                                  f"got patch {at.patch} with stride {at.stride}; build the "
+                                  f"audio encoder with patch_stride={at.patch}")
             self.mask_token_video = nn.Parameter(torch.zeros(1, 1, dv))
             self.mask_token_audio = nn.Parameter(torch.zeros(1, 1, dv))
             self.recon_head_video = nn.Linear(dv, vt.in_chans * math.prod(vt.tubelet))
@@ -144,15 +174,24 @@ class FusionModel(nn.Module):
 
     def _embed(self, stream: nn.Module, x: torch.Tensor, mask: torch.Tensor | None,
                mask_token: torch.Tensor | None, name: str) -> torch.Tensor:
-        """Input -> [CLS; tokens] (B, 1+N, D), masked tokens replaced by mask token + pos."""
-        tokens, grid = stream.tokenizer(x)
+        """Input -> [CLS; tokens] (B, 1+N, D), masked tokens replaced by mask token + pos.
+
+        The masked patches' pixels are zeroed before the tokenizer as well: a conv stem reaches
+        across patch borders (3x3 convs, a temporal conv, GroupNorm over the clip), so the
+        visible tokens would otherwise carry what the masked ones must reconstruct.
+        """
         if mask is not None:
             if mask_token is None:
                 raise ConfigError(f"{name}_mask given but the fusion model has no mask tokens; "
                                   "build it with recon=True")
-            if mask.shape != tokens.shape[:2]:
-                raise ConfigError(f"{name}_mask must be bool (B, N) = {tuple(tokens.shape[:2])}, "
-                                  f"got {tuple(mask.shape)}")
+            grid = stream.tokenizer.grid_for(tuple(x.shape[2:]))
+            if mask.shape != (x.shape[0], math.prod(grid)):
+                raise ConfigError(f"{name}_mask must be bool (B, N) = "
+                                  f"{(x.shape[0], math.prod(grid))}, got {tuple(mask.shape)}")
+            x = x * ~_pixel_mask(mask.bool(), grid, _patch_size(stream.tokenizer),
+                                 x.shape[2:])[:, None]
+        tokens, grid = stream.tokenizer(x)
+        if mask is not None:
             tok = stream.tokenizer
             pos = interpolate_pos_embed(tok.pos_embed, tok.grid, grid)
             tokens = torch.where(mask.bool()[..., None], mask_token + pos, tokens)
