@@ -23,6 +23,20 @@ _TO_BCT = {
 }
 
 
+def _layout(tower: nn.Module) -> str | None:
+    modality = getattr(tower, "modality", "video")
+    return getattr(tower, "feature_layout", "BCTHW" if modality == "video" else "BCFT")
+
+
+def _check_binnable(tower: nn.Module) -> None:
+    """AvsslError unless ``tower``'s declared features have a time axis of its embedding (its
+    ``feature_layout`` is one the bins read, and it does not declare ``time_series = False``)."""
+    layout = _layout(tower)
+    if layout not in _TO_BCT or not getattr(tower, "time_series", True):
+        raise AvsslError(f"{type(tower).__name__} gives no time series of its embedding to bin "
+                         f"(feature layout {layout}); use --model.temporal_bins=0 with it")
+
+
 def projection(dim: int, out: int) -> nn.Module:
     """The two-layer MLP head of SimCLR / AVTS: Linear(dim, dim) -> ReLU -> Linear(dim, out)."""
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, out))
@@ -40,6 +54,9 @@ class AVTowers(nn.Module):
 
     def __init__(self, video: nn.Module, audio: nn.Module, proj_dim: int, temporal_bins: int = 0):
         super().__init__()
+        if temporal_bins:  # refused here, not at the first forward, so callers can fall back
+            for tower in (video, audio):
+                _check_binnable(tower)
         self.video, self.audio, self.bins = video, audio, temporal_bins
         k = max(1, temporal_bins)
         self.video_proj = projection(video.embed_dim * k, proj_dim)
@@ -48,7 +65,6 @@ class AVTowers(nn.Module):
     def _series(self, tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not self.bins:
             return tower(x)
-        modality = getattr(tower, "modality", "video")
         maps = tower.forward_features(x)
         if isinstance(maps, dict):
             if "temporal" in maps:  # ViViT factorised encoder: the temporal transformer's frame
@@ -58,7 +74,7 @@ class AVTowers(nn.Module):
             maps = maps.get("map")  # other ViT-style encoders return {"cls", "map"}
         # the time axis comes from the encoder's declared layout, never from the tensor's rank:
         # 2D-trunk video baselines give (B, T, C, ...) maps, or maps without a time axis at all
-        layout = getattr(tower, "feature_layout", "BCTHW" if modality == "video" else "BCFT")
+        layout = _layout(tower)
         to_bct = _TO_BCT.get(layout)
         series = to_bct(maps) if (to_bct is not None and isinstance(maps, torch.Tensor)
                                   and maps.ndim == len(layout)) else None

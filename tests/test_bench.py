@@ -535,7 +535,10 @@ def test_random_init_feature_keys_tell_encoders_apart():
 def test_temporal_bins_follow_each_encoders_declared_time_axis():
     """AVTowers bins the time axis an encoder declares (feature_layout), not one guessed from the
     map's rank: ViViT-FE bins its temporal transformer's tokens (so that transformer trains),
-    (B, T, C) baselines bin T, and encoders without a time series are a one-line error."""
+    (B, T, C) baselines bin T, and encoders without a time series are a one-line error when the
+    towers are built (so the bench's random-init baseline falls back to bins=0; raised at the
+    first forward, it crashed the bench for c3d, two_stream, early/late-fc fusion and MViT)."""
+    from avssl.bench.model import DEFAULT_PROJ, random_model
     from avssl.encoders import list_encoders
     from avssl.errors import AvsslError
 
@@ -545,14 +548,17 @@ def test_temporal_bins_follow_each_encoders_declared_time_axis():
     binned, refused = [], []
     for name in [n for n in list_encoders("video") if n.endswith("_tiny")]:
         video = build_encoder(name)
-        towers = AVTowers(video, audio, 8, temporal_bins=2)
         clip = torch.randn(2, *video.example_input_shape)
         try:
-            out = towers(clip, mel, mel)
+            towers = AVTowers(video, audio, 8, temporal_bins=2)
         except AvsslError as e:
             assert "--model.temporal_bins=0" in str(e) and "\n" not in str(e)
             refused.append(name)
+            baseline = random_model(name, "audio_resnet18_tiny")
+            assert baseline.towers.bins == 0
+            assert baseline.towers.embed_video(clip).shape == (2, DEFAULT_PROJ["proj_dim"])
             continue
+        out = towers(clip, mel, mel)
         binned.append(name)
         out["video"].sum().backward()
         idle = [n for n, p in video.named_parameters() if p.requires_grad and p.grad is None]

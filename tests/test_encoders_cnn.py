@@ -52,6 +52,30 @@ def test_contract_shape_determinism_gradients(name, shape):
     assert not dead, f"no gradient reaches {dead[:5]}"
 
 
+@pytest.mark.parametrize("name", ["s3d", "r3d18"])
+def test_random_init_features_keep_their_scale(name):
+    """Random-init features are every pretraining run's baseline: they must differ between clips
+    by far more than the linear probe's std floor (1e-6). torchvision's S3D, with PyTorch's
+    default conv init, gave features ~1e-7 whose spread across clips was ~4e-10."""
+    torch.manual_seed(0)
+    model = build_encoder(name).eval()
+    with torch.no_grad():
+        f = model(torch.rand(4, 3, 8, 64, 64) * 2 - 1)
+    assert f.abs().mean() > 1e-2
+    assert f.std(dim=0).median() > 1e-3
+
+
+@pytest.mark.parametrize("name,frames", [("c3d_tiny", 16), ("slow_fusion_tiny", 8)])
+def test_clips_in_the_dataset_layout_get_a_layout_error(name, frames):
+    """(B, T, C, H, W), what stacking dataset samples gives, used to get advice about clip
+    sizes (C3D: 'build it with input_size=(3, 32, 32)'; slow fusion: '>= 4 frames, got 3')."""
+    model = build_encoder(name)
+    x = torch.zeros(2, frames, 3, 32, 32)
+    for call in (model, model.forward_features):
+        with pytest.raises(ConfigError, match=r"\(B, C=3, T, H, W\).*to_encoder_layout"):
+            call(x)
+
+
 def test_c3d_paper_cost_matches_lecture_table():
     model = build_encoder("c3d", num_classes=101)
     cost = count_cost(model, (3, 16, 112, 112))
@@ -189,6 +213,17 @@ def test_i3d_time_kernels_strides_and_bad_keys():
         build_encoder("i3d_r18_tiny", time_kernels={"conv1": 4})
     with pytest.raises(ConfigError, match="nonlocal_stages"):
         build_encoder("i3d_r18_tiny", nonlocal_stages=(5,))
+    with pytest.raises(ConfigError, match="integer"):  # 3.0 used to fail later, in Conv3d
+        build_encoder("i3d_r18_tiny", time_kernels={"conv1": 3.0})
+    # a residual branch strided in time needs its shortcut strided alike (they are added): the
+    # forward used to fail with a broadcast error
+    with pytest.raises(ConfigError, match=r"time_strides\['layer3.0.downsample.0'\] = 2"):
+        build_encoder("i3d_r18_tiny", time_strides={"layer3.0.conv1": 2})
+    with pytest.raises(ConfigError, match="downsample conv"):
+        build_encoder("i3d_r18_tiny", time_strides={"layer1.0.conv2": 2})
+    both = build_encoder("i3d_r18_tiny", time_strides={"layer3.0.conv1": 2,
+                                                       "layer3.0.downsample.0": 2}).eval()
+    assert both.forward_features(torch.randn(1, 3, 8, 32, 32)).shape[2] == 1  # 8 / 2 / 2 / 2
 
 
 def test_nonlocal_block_starts_as_identity_then_attends():

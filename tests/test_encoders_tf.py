@@ -119,6 +119,8 @@ def test_conv_stem_keeps_the_patch_grid_and_is_per_sample():
         VideoTokenizer(16, (4, 30, 30), tubelet=(2, 10, 10), stem="conv")
     with pytest.raises(ConfigError, match="patch_stride must equal patch"):
         AudioTokenizer(16, (64, 96), patch=16, stride=10, stem="conv")
+    with pytest.raises(ConfigError, match="got dim=100"):  # not torch's GroupNorm ValueError
+        VideoTokenizer(100, (4, 32, 32), stem="conv")
     # the registered encoders take it as a keyword, and still load into the same shape
     v = build_encoder("vit_video_tiny", stem="conv")
     a = build_encoder("audio_vit_tiny", stem="conv")

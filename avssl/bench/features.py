@@ -177,7 +177,8 @@ def manifest_hash(records) -> str:
 # Bumped whenever decoding, the transforms or feature pooling change what features come out, so
 # that cached features from older code are not reused (part of every cache key).
 # 2: three-crop views are cut from frames resized to the crop size (SlowFast), not to --size.
-FEATURE_CODE_VERSION = 2
+# 3: random-init s3d is He-initialised (its features were ~1e-7); AVA RoI sums kept in float32.
+FEATURE_CODE_VERSION = 3
 
 
 class FeatureCache:

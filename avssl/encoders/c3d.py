@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from avssl.encoders import register_encoder
-from avssl.encoders.layers import load_pretrained
+from avssl.encoders.layers import check_video_batch, load_pretrained
 from avssl.errors import ConfigError
 
 
@@ -52,6 +52,7 @@ class C3D(nn.Module):
     """
 
     modality = "video"
+    time_series = False  # conv5b's channels are not the fc7 embedding: nothing to bin in time
 
     def __init__(
         self,
@@ -110,6 +111,7 @@ class C3D(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, T, H, W)`` -> conv5b activations ``(B, C5, T/8, H/16, W/16)``."""
+        check_video_batch(x, self.conv1.in_channels, "C3D")
         r = self.relu
         x = self.pool1(r(self.conv1(x)))
         x = self.pool2(r(self.conv2(x)))
@@ -119,6 +121,7 @@ class C3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, T, H, W)`` -> fc7 features ``(B, embed_dim)``."""
+        check_video_batch(x, self.conv1.in_channels, "C3D")
         if tuple(x.shape[2:]) != self.input_size:
             raise ConfigError(
                 f"this C3D was built for clips of T x H x W = {self.input_size}, got "

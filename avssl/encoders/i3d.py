@@ -28,6 +28,7 @@ Input ``(B, 3, T, H, W)`` float (ImageNet-normalised when initialised from Image
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -128,10 +129,23 @@ def _check_time_args(resnet: ResNet, time_kernels: Mapping[str, int],
                 raise ConfigError(f"{what} key {key!r} is not a conv/pool of this ResNet"
                                   f"{did_you_mean(key, inflatable)}; use 2D module names like "
                                   "'conv1', 'maxpool', 'layer3.0.conv1'")
-            if int(val) < 1 or (what == "time_kernels" and int(val) % 2 == 0):
+            if (not isinstance(val, int) or isinstance(val, bool) or val < 1
+                    or (what == "time_kernels" and val % 2 == 0)):
                 kind = "positive odd" if what == "time_kernels" else "positive"
                 raise ConfigError(f"{what}[{key!r}] must be a {kind} integer (odd kernels keep "
                                   f"frames centred), got {val!r}")
+    # A residual block adds its branch to its shortcut: both must stride time alike.
+    blocks = {n for n, m in resnet.named_modules() if hasattr(m, "conv2") and hasattr(m, "bn2")}
+    for block in sorted(blocks):
+        branch = math.prod(time_strides.get(f"{block}.conv{i}", 1) for i in (1, 2, 3))
+        shortcut = time_strides.get(f"{block}.downsample.0", 1)
+        if branch != shortcut:
+            has_conv = f"{block}.downsample.0" in inflatable
+            fix = (f"set time_strides['{block}.downsample.0'] = {branch}" if has_conv else
+                   "stride time in a block with a downsample conv (e.g. 'layer3.0'), or in "
+                   "'conv1' / 'maxpool'")
+            raise ConfigError(f"time_strides stride {block}'s residual branch by {branch} and its "
+                              f"shortcut by {shortcut}; they are added, so {fix}")
 
 
 class I3DResNet(nn.Module):

@@ -21,6 +21,16 @@ ATTN_IMPLS = ("sdpa", "naive")
 STEMS = ("patch", "conv")
 
 
+def check_video_batch(x: torch.Tensor, channels: int, name: str) -> None:
+    """ConfigError unless ``x`` is a (B, ``channels``, T, H, W) batch; names the data layout
+    mistake (clips stacked as the datasets give them, (B, T, C, H, W)) instead of failing
+    later with advice about clip sizes."""
+    if x.ndim != 5 or x.shape[1] != channels:
+        raise ConfigError(f"{name} expects a video batch (B, C={channels}, T, H, W), got "
+                          f"{tuple(x.shape)}; clips stacked as datasets give them, (B, T, C, H, "
+                          f"W), go through avssl.data.transforms.to_encoder_layout first")
+
+
 def _check_stem(stem: str, patch: tuple[int, ...]) -> None:
     if stem not in STEMS:
         raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
@@ -42,6 +52,9 @@ def conv_stem(in_chans: int, dim: int, patch: tuple[int, ...]) -> nn.Sequential:
     tiny MBT streams on the synthetic world learned cross-modal retrieval only with it.
     """
     c1, c2 = max(16, dim // 4), max(32, dim // 2)
+    if c1 % 8 or c2 % 8:
+        raise ConfigError(f"the conv stem's GroupNorm(8) needs dim / 4 and dim / 2 divisible by "
+                          f"8 (dim a multiple of 32, or <= 64), got dim={dim}")
     if len(patch) == 3:
         t, p, q = patch
         return nn.Sequential(

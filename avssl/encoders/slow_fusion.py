@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from avssl.encoders import register_encoder
-from avssl.encoders.layers import load_pretrained
+from avssl.encoders.layers import check_video_batch, load_pretrained
 from avssl.errors import ConfigError
 
 
@@ -54,7 +54,7 @@ class SlowFusion(nn.Module):
                  in_channels: int = 3):
         super().__init__()
         blocks = []
-        cin = in_channels
+        cin = self.in_channels = in_channels
         for spec in layers:
             mods: list[nn.Module] = [
                 nn.Conv3d(cin, spec.out_channels, spec.kernel, spec.stride, spec.padding,
@@ -83,6 +83,7 @@ class SlowFusion(nn.Module):
         return t
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_video_batch(x, self.in_channels, "slow fusion")
         if x.shape[2] < self.min_frames:
             raise ConfigError(f"slow fusion needs clips of >= {self.min_frames} frames, got "
                               f"{x.shape[2]}; sample longer clips")

@@ -61,6 +61,13 @@ class S3DEncoder(nn.Module):
         self.features = net.features
         self.embed_dim = net.classifier[1].in_channels
         self.example_input_shape = (3, 16, 224, 224)
+        # torchvision's S3D keeps PyTorch's default conv init, under which activations shrink
+        # 3-4x per block (eval-mode BN of fresh running stats is the identity): random-init
+        # features came out ~1e-7, below the linear probe's std floor, so the random-init
+        # baseline measured nothing. He (fan-in) init, as our C3D, keeps their scale.
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -77,6 +84,7 @@ class MViTEncoder(nn.Module):
     """
 
     modality = "video"
+    time_series = False  # pooled tokens without their grid: nothing to bin in time
 
     def __init__(self, net: tvv.MViT):
         super().__init__()

@@ -116,6 +116,7 @@ class TwoStream(nn.Module):
     """
 
     modality = "video"
+    time_series = False  # one RGB frame and stacked flow: 2D maps, no time axis to bin
 
     def __init__(self, trunk: str, num_frames: int, img_size: int,
                  mean: tuple[float, float, float] = KINETICS_MEAN,
