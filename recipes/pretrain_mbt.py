@@ -53,6 +53,7 @@ from avssl.errors import AvsslError, ConfigError
 from avssl.fusion import build_fusion
 from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.fusion import FusionObjective
+from avssl.objectives.gather import gather_rows
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
@@ -115,11 +116,6 @@ class Config:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=480, warmup_steps=40))
     run: RunConfig = field(default_factory=lambda: RunConfig(save_every=240))
 
-    def __post_init__(self) -> None:
-        if self.data.batch_size < 2:  # a mismatched pair takes another clip's audio
-            raise ConfigError(f"--data.batch_size must be >= 2 per process for mismatched "
-                              f"pairs (another clip's audio), got {self.data.batch_size}")
-
 
 def draw_generator(base: int, micro: int) -> torch.Generator:
     """A CPU generator for one micro-batch: seeded by ``base`` (from the run seed and step) for
@@ -139,29 +135,46 @@ def mask_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, step % 2**32, 7919]).generate_state(1)[0])
 
 
+def previous_rows(audio: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Each row's mismatched audio (B, 1, S): the previous row's in the global batch (rank-major;
+    the first row takes the last), so N processes pair what one process with the same global
+    batch pairs (a local roll would pair other clips, and nothing on one-row processes)."""
+    if world == 1:
+        return audio.roll(1, dims=0)
+    B = len(audio)
+    return gather_rows(audio).roll(1, dims=0)[rank * B:(rank + 1) * B]
+
+
+def draw_pair_types(rows: int, cfg: Config, step: int, *, micro: int = 0, rank: int = 0,
+                    world: int = 1) -> torch.Tensor:
+    """Pair types (``rows``,) of this process's rows: drawn for the global batch (``rows`` x
+    ``world``) from a generator seeded by (run seed, step, ``micro``-batch), ``rank``'s part."""
+    g = draw_generator(cfg.run.seed * 1_000_003 + step, micro)
+    u = torch.rand(rows * world, generator=g)[rank * rows:(rank + 1) * rows]
+    p1, p2 = cfg.loss.shifted_fraction, cfg.loss.mismatched_fraction
+    return torch.where(u < p1, 1, torch.where(u < p1 + p2, 2, 0))
+
+
 def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None = None, *,
                micro: int = 0, rank: int = 0, world: int = 1
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Audio (B, 1, S) for each row and its pair type (B,): 0 in-sync, 1 shifted, 2 mismatched.
 
-    Unless ``label`` (B,) gives them, the types are drawn for the whole global batch (B x
-    ``world`` rows) from a generator seeded by (run seed, step, ``micro``-batch), and this
-    process keeps its ``rank``'s rows: every micro-batch draws anew, and N processes draw what
-    one process with the same global batch draws. Rows without a valid shifted window become
-    mismatched. Mismatched audio is the next row's (another video in a shuffled batch).
+    Unless ``label`` (B,) gives them, the types are drawn by :func:`draw_pair_types`: every
+    micro-batch draws anew, and N processes draw what one process with the same global batch
+    draws. Rows without a valid shifted window become
+    mismatched. Mismatched audio is the previous row's of the global batch (another video in a
+    shuffled batch; :func:`previous_rows`).
     """
     audio, shifted, valid = batch["audio"], batch["audio_shift"], batch["hard_valid"]
     if label is None:
-        B = len(audio)
-        g = draw_generator(cfg.run.seed * 1_000_003 + step, micro)
-        u = torch.rand(B * world, generator=g)[rank * B:(rank + 1) * B].to(audio.device)
-        p1, p2 = cfg.loss.shifted_fraction, cfg.loss.mismatched_fraction
-        label = torch.where(u < p1, 1, torch.where(u < p1 + p2, 2, 0))
+        label = draw_pair_types(len(audio), cfg, step, micro=micro, rank=rank,
+                                world=world).to(audio.device)
     label = torch.where((label == 1) & ~valid.bool(), 2, label)
-    if len(audio) < 2 and bool((label == 2).any()):  # roll(1) of one row is the row itself
-        raise ConfigError("mismatched pairs need at least 2 clips per batch (another clip's "
-                          "audio); got 1")
-    choice = {0: audio, 1: shifted, 2: audio.roll(1, dims=0)}
+    if len(audio) * world < 2 and bool((label == 2).any()):  # roll(1) of one row is itself
+        raise ConfigError("mismatched pairs need a global batch of at least 2 clips (another "
+                          "clip's audio); got 1")
+    choice = {0: audio, 1: shifted, 2: previous_rows(audio, rank, world)}
     pair = torch.zeros_like(audio)
     for k, src in choice.items():
         pair = torch.where((label == k)[:, None, None], src, pair)
@@ -255,6 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
         log_with=default_trackers(run_dir.name, run_dir, step if resume_from else None),
         project_dir=str(run_dir),
     )
+    if cfg.data.batch_size * accelerator.num_processes < 2:  # mismatched: another clip's audio
+        raise ConfigError(f"pretrain_mbt needs a global batch of >= 2 clips for mismatched "
+                          f"pairs, got --data.batch_size={cfg.data.batch_size} on "
+                          f"{accelerator.num_processes} process(es)")
     if (warning := launch_warning(accelerator.num_processes)) is not None:
         accelerator.print(warning)
     set_seed(cfg.run.seed)
@@ -279,9 +296,10 @@ def main(argv: list[str] | None = None) -> dict:
                          contrast_dim=m.contrast_dim if cfg.loss.contrast_weight > 0 else 0,
                          **fusion_kw)
     prepare_module(model, speed)
+    # gather: the contrast's negatives come from the global batch, as on one process
     objective = FusionObjective(num_classes=3, recon_weight=cfg.loss.recon_weight,
                                 contrast_weight=cfg.loss.contrast_weight,
-                                temperature=cfg.loss.temperature)
+                                temperature=cfg.loss.temperature, gather=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -357,7 +375,12 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             # the step's numbers: the mean over its micro-batches (NaN ones, e.g. no valid hard
             # negative in a micro-batch, left out)
-            logs = dict(zip(LOGGED, torch.stack(micro).nanmean(dim=0).tolist()))
+            means = torch.stack(micro).nanmean(dim=0)
+            if accelerator.num_processes > 1:  # the global batch's numbers, not this process's
+                # rows (equal row counts: the mean of the processes' means; acc_sync, averaged
+                # over a varying number of rows per process, is approximately the global one)
+                means = accelerator.gather(means[None]).nanmean(dim=0)
+            logs = dict(zip(LOGGED, means.tolist()))
             micro = []
             logs.update(lr=lr, skipped=float(not finite),
                         clips_per_s=clips / (time.perf_counter() - tic))

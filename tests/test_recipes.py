@@ -213,6 +213,23 @@ def test_two_processes_match_one(tmp_path, cache, one_process_losses):
         assert two[step] == pytest.approx(one[step], abs=1e-5)
 
 
+def test_mbt_two_processes_match_one(tmp_path, cache):
+    """gloo, 2 x batch 2 == 1 x batch 4 for the MBT recipe too: pair types and masks are drawn
+    for the global batch, a mismatched pair takes the previous clip of the global batch, and the
+    contrastive term gathers its negatives from every process."""
+    common = ["--optim.steps=3", "--run.save_every=100", "--run.name=r",
+              "--loss.recon_weight=1.0"]
+    run("pretrain_mbt.py", tmp_path / "one", cache, *common)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+              "--num_processes", "2", "--main_process_port", str(_free_port())]
+    run("pretrain_mbt.py", tmp_path / "two", cache, *common, "--data.batch_size=2",
+        launch=launch, env={"ACCELERATE_USE_CPU": "true"})
+    one, two = (losses(tmp_path / n / "pretrain_mbt" / "r") for n in ("one", "two"))
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5)
+
+
 def test_held_out_metrics_do_not_depend_on_the_process_count(tmp_path, cache):
     """12 held-out clips do not split evenly into batches of 5 on 2 processes: a sharded loader
     would pad with repeated clips. Every process scores all 12 instead, in batches of the global
@@ -645,12 +662,11 @@ def test_mbt_held_out_accuracy_is_measured_without_token_masks():
     assert all(call == {} for call in spy.calls)
 
 
-def test_mbt_refuses_what_would_silently_train_nothing():
+def test_mbt_refuses_what_would_silently_train_nothing(tmp_path, cache):
     pretrain_mbt = _mbt_recipe()
-    from avssl.pretraining import PairDataConfig
-
-    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
-        pretrain_mbt.Config(data=PairDataConfig(batch_size=1))
+    proc = run("pretrain_mbt.py", tmp_path, cache, "--data.batch_size=1", check=False)
+    assert proc.returncode != 0
+    assert "global batch of >= 2 clips" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(ConfigError, match="mask_ratio > 0"):
         pretrain_mbt.LossConfig(recon_weight=1.0, mask_ratio=0.0)
     # one clip cannot have a mismatched pair: rolling the batch gives its own audio back
@@ -677,5 +693,5 @@ def test_mbt_pair_types_are_drawn_per_micro_batch_and_per_global_batch():
 
     one = pretrain_mbt.make_pairs(batch(32), cfg, step=5)[1]
     assert not torch.equal(one, pretrain_mbt.make_pairs(batch(32), cfg, step=5, micro=1)[1])
-    halves = [pretrain_mbt.make_pairs(batch(16), cfg, step=5, rank=r, world=2)[1] for r in (0, 1)]
+    halves = [pretrain_mbt.draw_pair_types(16, cfg, step=5, rank=r, world=2) for r in (0, 1)]
     assert torch.equal(torch.cat(halves), one)

@@ -28,7 +28,9 @@ Interface (``objective(outputs, batch) -> dict``):
   another row's video's audio (a second positive). Fewer than two in-sync rows give 0. When
   the embeddings' audio is not the pair's (the model's ``embed_logmel``), ``batch["embed_label"]``
   (B,) gives its pair type instead: all zeros (every row's in-sync audio) make it the full
-  B x B InfoNCE of CLIP / CAV-MAE.
+  B x B InfoNCE of CLIP / CAV-MAE. With ``gather=True`` the embeddings and labels are
+  all-gathered over processes first, so N processes compute the contrast of one process with
+  the same global batch (:mod:`avssl.objectives.gather`; identity on one process).
 
 Returned (0-dim tensors): ``loss = loss_cls + recon_weight * loss_recon + contrast_weight *
 loss_contrast``; ``loss_cls`` (cross-entropy); ``loss_recon`` (0 without recon outputs);
@@ -45,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avssl.errors import ConfigError
+from avssl.objectives.gather import gather_rows
 from avssl.objectives.masked import masked_reconstruction_loss
 
 PAIR_TYPES = ("in_sync", "shifted", "mismatched")
@@ -54,8 +57,9 @@ class FusionObjective(nn.Module):
     """Pair-type classification (+ optional masked reconstruction); see module docstring."""
 
     def __init__(self, num_classes: int = 3, recon_weight: float = 0.0, norm_pix: bool = False,
-                 contrast_weight: float = 0.0, temperature: float = 0.07):
+                 contrast_weight: float = 0.0, temperature: float = 0.07, gather: bool = False):
         super().__init__()
+        self.gather = gather
         if num_classes < 2:
             raise ConfigError(f"fusion objective needs num_classes >= 2, got {num_classes}")
         if recon_weight < 0 or contrast_weight < 0:
@@ -75,6 +79,8 @@ class FusionObjective(nn.Module):
                               "build the fusion model with contrast_dim > 0")
         v = F.normalize(outputs["video_embed"].float(), dim=-1)
         a = F.normalize(outputs["audio_embed"].float(), dim=-1)
+        if self.gather:  # the global batch's rows on every rank (see avssl.objectives.gather)
+            v, a, label = gather_rows(v), gather_rows(a), gather_rows(label)
         cand = torch.nonzero(label <= 1).squeeze(1)
         is_query = label[cand] == 0
         if int(is_query.sum()) < 2:
