@@ -32,7 +32,8 @@ import torch
 
 from avssl.encoders.layers import Attention
 
-from common import cpu_name, in_child, in_process  # benchmarks/common.py
+from common import (  # benchmarks/common.py
+    cli, cpu_name, in_child, in_process, nonnegative_int, positive_float, positive_int)
 
 DIM, HEADS = 768, 12
 
@@ -113,15 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=_tokens, default=None,
                    help="token counts N (default CPU 196,392,784,1568; CUDA up to 3136; quick "
                         "64,196,392)")
-    p.add_argument("--batch", type=int, default=None, help="clips (default CPU 1, CUDA 8)")
+    p.add_argument("--batch", type=positive_int, default=None, help="clips (default CPU 1, CUDA 8)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 5, quick 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps (default 1)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None, help="timed steps (default 5, quick 3)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed steps (default 1)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default 1: oversubscribed threads on a shared machine make "
                         "timings erratic)")
-    p.add_argument("--atol", type=float, default=None,
+    p.add_argument("--atol", type=positive_float, default=None,
                    help="allowed SDPA vs naive difference (default 1e-4 fp32, 3e-2 bf16)")
     p.add_argument("--quick", action="store_true", help="small token counts, few steps")
     args = p.parse_args(argv)
@@ -177,4 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

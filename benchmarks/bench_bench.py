@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import cpu_name  # benchmarks/common.py
+from common import cli, cpu_name, nonnegative_int  # benchmarks/common.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None, help="a UCF101-format tree (default: the task's "
                    "own synthetic tree; quick: a small one written here)")
     p.add_argument("--protocol", default="linear", help="bench protocol (default linear)")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers "
+    p.add_argument("--num-workers", type=nonnegative_int, default=None, help="DataLoader workers "
                    "(default 2, quick 0)")
     p.add_argument("--quick", action="store_true", help="14 classes x 2 clips at 32 px")
     args = p.parse_args(argv)
@@ -84,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

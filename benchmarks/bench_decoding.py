@@ -40,6 +40,7 @@ from avssl.data.clips import random_window
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.manifest import find_videos
 from avssl.data.transforms import VideoPipeline
+from common import cli, positive_int  # benchmarks/common.py
 
 CLIP_FRAMES = 16
 BATCH = 8
@@ -73,8 +74,8 @@ def make_videos(folder: Path, n: int, seconds: float, fps: int = 25, h: int = 24
 class RawClips(Dataset):
     """decode_video only, on the same windows ClipDataset draws for (seed, epoch 0, index)."""
 
-    def __init__(self, records: list[VideoRecord], clip_s: float, backend: str):
-        self.records, self.clip_s, self.backend = records, clip_s, backend
+    def __init__(self, records: list[VideoRecord], clip_s: float, fps: float, backend: str):
+        self.records, self.clip_s, self.fps, self.backend = records, clip_s, fps, backend
 
     def __len__(self) -> int:
         return len(self.records)
@@ -83,7 +84,7 @@ class RawClips(Dataset):
         rec = self.records[index]
         rng = np.random.default_rng([SEED, 0, index, 0])
         start, end = random_window(rec.extra["duration_s"], self.clip_s, rng)
-        return decoding.decode_video(rec.path, start, end, backend=self.backend)
+        return decoding.decode_video(rec.path, start, end, fps=self.fps, backend=self.backend)
 
 
 def _as_list(batch: list) -> list:
@@ -122,12 +123,12 @@ SOURCES = {"320x240": (8, 10.0, 240, 320, 112), "1080p": (4, 4.0, 1080, 1920, 22
 
 
 def build(mode: str, backend: str, workers: int, records: list[VideoRecord], clip_s: float,
-          size: int = 112) -> DataLoader:
+          fps: float, size: int = 112) -> DataLoader:
     if mode == "raw":
-        ds = RawClips(records, clip_s, backend)
+        ds = RawClips(records, clip_s, fps, backend)
         return DataLoader(ds, batch_size=BATCH, num_workers=workers, collate_fn=_as_list)
     ds = ClipDataset(
-        records, mode="train", clip_s=clip_s, audio=False, backend=backend, seed=SEED,
+        records, mode="train", clip_s=clip_s, fps=fps, audio=False, backend=backend, seed=SEED,
         video_transform=VideoPipeline(mode="train", size=size), progress=False, name="bench",
     )
     return DataLoader(ds, batch_size=BATCH, num_workers=workers)
@@ -148,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="folder of videos to read instead of generated ones")
     ap.add_argument("--quick", action="store_true", help="short run: 3 batches, 1 repeat")
-    ap.add_argument("--batches", type=int, help="timed batches per measurement (default 20, quick 3)")
-    ap.add_argument("--repeats", type=int, help="repeats per setting, median reported (default 3, quick 1)")
+    ap.add_argument("--batches", type=positive_int, help="timed batches per measurement (default 20, quick 3)")
+    ap.add_argument("--repeats", type=positive_int, help="repeats per setting, median reported (default 3, quick 1)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="DataLoader worker counts to measure, e.g. --workers 1 2 4")
     ap.add_argument("--source", choices=sorted(SOURCES), default="320x240",
                     help="generated videos: 8 x 10 s 320x240 (crop 112) or 4 x 4 s 1080p (crop 224)")
-    ap.add_argument("--size", type=int, default=None, help="crop size (default: the source's)")
+    ap.add_argument("--size", type=positive_int, default=None, help="crop size (default: the source's)")
     ap.add_argument("--backends", nargs="+", default=["decord", "pyav"], choices=["decord", "pyav"])
     args = ap.parse_args(argv)
     if min(args.workers) < 1:
@@ -176,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no videos found under {args.data}", file=sys.stderr)
         return 2
     infos = [decoding.probe(p) for p in paths]
-    clip_s = CLIP_FRAMES / infos[0].fps
+    # one frame rate for every clip (the most common one): a folder of mixed rates (UCF101 has
+    # 25 and 29.97 fps) is resampled to it, as the recipes and the bench do, so clips batch
+    fps = statistics.mode(i.fps for i in infos)
+    clip_s = CLIP_FRAMES / fps
     base = [VideoRecord(str(p), p.stem, extra={"duration_s": i.duration_s, "fps": i.fps, "has_audio": i.has_audio})
             for p, i in zip(paths, infos)]
 
@@ -192,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[tuple[float, float]]] = {"raw": [], "full": []}
             for _ in range(repeats):  # alternate raw/full so machine-load drift hits both
                 for mode in ("raw", "full"):
-                    runs[mode].append(measure(build(mode, backend, workers, records, clip_s, size),
-                                              warmup, batches))
+                    loader = build(mode, backend, workers, records, clip_s, fps, size)
+                    runs[mode].append(measure(loader, warmup, batches))
             for mode, values in runs.items():
                 results.append({
                     "backend": backend, "workers": workers, "mode": mode,
@@ -212,10 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             raw, full = get(backend, workers, "raw", "clips_per_s"), get(backend, workers, "full", "clips_per_s")
             craw, cfull = get(backend, workers, "raw", "cpu_ms_per_clip"), get(backend, workers, "full", "cpu_ms_per_clip")
-            ref = get("decord", workers, "raw", "clips_per_s") if "decord" in args.backends else float("nan")
-            ratios[f"{backend}/{workers}"] = round(full / ref, 3)
+            # against raw decord decoding; without a decord run there is no reference (null in
+            # the JSON line: NaN is not JSON)
+            ref = get("decord", workers, "raw", "clips_per_s") if "decord" in args.backends else None
+            ratios[f"{backend}/{workers}"] = None if ref is None else round(full / ref, 3)
             cpu_ratios[f"{backend}/{workers}"] = round(craw / cfull, 3)
-            print(f"{backend:8} {workers:>7} {raw:>11.1f} {full:>12.1f} {full / raw:>8.2f} {full / ref:>15.2f} "
+            vs_decord = "-" if ref is None else f"{full / ref:.2f}"
+            print(f"{backend:8} {workers:>7} {raw:>11.1f} {full:>12.1f} {full / raw:>8.2f} {vs_decord:>15} "
                   f"{craw:>10.1f} {cfull:>11.1f} {craw / cfull:>12.2f}")
     target = [v >= 0.8 for k, v in ratios.items() if k.startswith("decord/")]
     summary = {
@@ -234,4 +241,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

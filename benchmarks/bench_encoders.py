@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 
 import torch
 
-from common import cpu_name, in_child  # benchmarks/common.py
+from common import (  # benchmarks/common.py
+    cli, cpu_name, dims, in_child, nonnegative_int, positive_int)
 
 REFERENCE = "torchvision.r3d_18"  # torchvision's builder itself, not our wrapper
 GPU_DEFAULT = [("r3d18", (3, 16, 112, 112)), (REFERENCE, (3, 16, 112, 112)),
@@ -116,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", default=None,
                    help=f"comma-separated encoders (and/or {REFERENCE}); default: all *_tiny on "
                         "CPU, r3d18 + reference + vivit_fe_base on CUDA")
-    p.add_argument("--input", default=None, help="one input shape for all, e.g. 3x16x112x112")
+    p.add_argument("--input", type=dims, default=None,
+                   help="one input shape for all, e.g. 3x16x112x112")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--batch", type=int, default=None, help="clips per step (CPU 2, CUDA 8)")
-    p.add_argument("--iters", type=int, default=None, help="timed steps (default 20, quick 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3, quick 2)")
+    p.add_argument("--batch", type=positive_int, default=None, help="clips per step (CPU 2, CUDA 8)")
+    p.add_argument("--iters", type=positive_int, default=None, help="timed steps (default 20, quick 5)")
+    p.add_argument("--warmup", type=nonnegative_int, default=None, help="untimed steps (default 3, quick 2)")
     p.add_argument("--attn-impl", default=None, choices=["sdpa", "naive"],
                    help="pass attn_impl to the (transformer) encoders")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: torch's); 1 is steadier on a busy machine")
     p.add_argument("--quick", action="store_true", help="fewer steps")
     args = p.parse_args(argv)
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --device cuda but no CUDA GPU is visible; run on a GPU machine or drop "
               "--device", file=sys.stderr)
         return 2
-    override = tuple(int(s) for s in args.input.split("x")) if args.input else None
+    override = args.input
     if args.names:
         plan = [(n.strip(), override) for n in args.names.split(",") if n.strip()]
     elif args.device == "cuda":
@@ -170,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

@@ -35,7 +35,7 @@ import torch
 
 from avssl.retrieval import Index, faiss_gpu_available, l2_normalize
 
-from common import cpu_name  # benchmarks/common.py
+from common import cli, cpu_name, positive_int  # benchmarks/common.py
 
 K = 10
 
@@ -72,14 +72,14 @@ def recall(ids: np.ndarray, exact: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gallery", type=int, default=None, help="gallery size (default 100000; "
+    p.add_argument("--gallery", type=positive_int, default=None, help="gallery size (default 100000; "
                    "quick 20000)")
-    p.add_argument("--dim", type=int, default=None, help="embedding dim (default 512, quick 128)")
-    p.add_argument("--queries", type=int, default=None, help="queries (default 1000, quick 500)")
-    p.add_argument("--block", type=int, default=256, help="queries per search call")
-    p.add_argument("--nlist", type=int, default=1024, help="IVF cells")
-    p.add_argument("--m", type=int, default=64, help="PQ sub-quantizers")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF cells visited per query")
+    p.add_argument("--dim", type=positive_int, default=None, help="embedding dim (default 512, quick 128)")
+    p.add_argument("--queries", type=positive_int, default=None, help="queries (default 1000, quick 500)")
+    p.add_argument("--block", type=positive_int, default=256, help="queries per search call")
+    p.add_argument("--nlist", type=positive_int, default=1024, help="IVF cells")
+    p.add_argument("--m", type=positive_int, default=64, help="PQ sub-quantizers")
+    p.add_argument("--nprobe", type=positive_int, default=32, help="IVF cells visited per query")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where torch_topk runs (FAISS: its GPU index when installed)")
     p.add_argument("--quick", action="store_true", help="20k x 128 gallery, 500 queries")
@@ -152,4 +152,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

@@ -48,7 +48,8 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
-from common import cpu_name, in_child, in_process  # benchmarks/common.py
+from common import (  # benchmarks/common.py
+    cli, cpu_name, in_child, in_process, nonnegative_int, positive_int)
 
 VARIANTS = ("fp32", "bf16", "channels_last", "compile")
 TV_R3D, TV_RESNET = "torchvision.r3d_18", "torchvision.resnet18"
@@ -201,7 +202,7 @@ def format_table(rows: list[dict], cuda: bool) -> str:
     for r in rows:
         if "error" in r or "skipped" in r:
             why = f"error: {r['error']}" if "error" in r else f"skipped ({r['skipped']})"
-            lines.append(f"| {r['name']} | {r['variant']} | {why} |" + " |" * (8 + cuda))
+            lines.append(f"| {r['name']} | {r['variant']} | {why} |" + " |" * (7 + cuda))
             continue
         line = (f"| {r['name']} | {r['variant']} | {r['input']} | {r['batch']} | "
                 f"{r['clips_per_s']:.2f} | {r['step_ms']:.1f} | {r['cpu_ms_per_step']:.0f} | "
@@ -242,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of " + ",".join(VARIANTS) + " (default: all; "
                         "quick: fp32,bf16,channels_last)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=None, help="clips per step (default CPU 2, CUDA 8)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 10, quick 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3, quick 1)")
+    p.add_argument("--batch", type=positive_int, default=None, help="clips per step (default CPU 2, CUDA 8)")
+    p.add_argument("--steps", type=positive_int, default=None, help="timed steps (default 10, quick 3)")
+    p.add_argument("--warmup", type=nonnegative_int, default=None, help="untimed steps (default 3, quick 1)")
     p.add_argument("--video-input", type=_shape, default=None, help="video input, e.g. 3x8x112x112")
     p.add_argument("--audio-input", type=_shape, default=None, help="audio input, e.g. 1x128x500")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads per run (default 1 on CPU: on this shared 2-core machine "
                         "2 OpenMP threads made small steps up to 60x slower; CUDA: torch's)")
     p.add_argument("--quick", action="store_true", help="tiny models / small clips, few steps")
@@ -316,4 +317,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(main))

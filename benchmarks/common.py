@@ -5,10 +5,55 @@ import this module as ``common``.
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import queue as queue_mod
 import platform
+import sys
 from typing import Any, Callable
+
+
+def _number(kind: type, low: float, what: str) -> Callable[[str], Any]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value >= low or (kind is float and value != value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+# argparse types: a bad value is argparse's one-line usage error, not a traceback, and 0 is
+# refused where it means nothing (the scripts read "not given" as None, never as 0)
+positive_int = _number(int, 1, "an integer >= 1")
+nonnegative_int = _number(int, 0, "an integer >= 0")
+positive_float = _number(float, 1e-300, "a number > 0")
+
+
+def dims(text: str) -> tuple[int, ...]:
+    """argparse type of an input shape without the batch, e.g. ``3x16x112x112``."""
+    try:
+        shape = tuple(int(t) for t in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected a shape like 3x16x112x112, got {text!r}")
+    return shape
+
+
+def cli(main: Callable[[], int]) -> int:
+    """``main()``'s exit code; an avssl error (a bad name, an unknown protocol) is printed as
+    one ``error: ...`` line with exit code 2, as the avssl commands do."""
+    from avssl.errors import AvsslError
+
+    try:
+        return main()
+    except AvsslError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 def cpu_name() -> str:

@@ -586,3 +586,26 @@ def test_three_crop_views_cover_the_whole_frame_as_in_slowfast():
     one = spec.video_transform(1)(video)  # one view keeps the SlowFast 1-crop test: 64 -> 56
     torch.testing.assert_close(one, T.to_encoder_layout(T.normalize(
         T.center_crop(T.resize_short_side(video, 64), 56))))
+
+
+def test_data_errors_suggest_data_root_only_for_missing_data():
+    """'then pass --data-root DIR' follows a loader's 'write a stand-in with ... --out DIR'; an
+    error about the data's content (e.g. av-sync's clips too short) already had its root."""
+    from avssl.bench.run import _load
+    from avssl.bench.tasks import TASKS
+
+    task = TASKS.get("av-sync")
+
+    def missing(root):
+        raise DataError(f"expected videos under {root}; write a synthetic stand-in with "
+                        f"`python -m avssl.data.synthetic --layout folder --out DIR`")
+
+    def too_short(root):
+        raise DataError("no listed video is long enough for these offsets (need about 4.0 s each)")
+
+    with pytest.raises(DataError, match=r"--out DIR`, then pass --data-root DIR\. Data: "):
+        _load(task, missing, "/nowhere")
+    with pytest.raises(DataError) as err:
+        _load(task, too_short, "clips.csv")
+    assert str(err.value).startswith("task av-sync: no listed video is long enough")
+    assert "--data-root" not in str(err.value) and "Data: " in str(err.value)

@@ -160,3 +160,53 @@ def test_an_exception_on_the_in_process_cuda_path_becomes_an_error_row():
 
     assert in_process(oom, label={"impl": "naive"}) == {
         "impl": "naive", "error": "RuntimeError: CUDA out of memory"}
+
+
+def test_decoding_a_folder_of_mixed_frame_rates(tmp_path, capsys):
+    """A --data folder mixing frame rates (UCF101 has 25 and 29.97 fps) is resampled to one rate
+    so clips batch (the clip length came from the first video alone, and batching crashed); with
+    no decord run the ratio to decord is null, not NaN, which JSON has no literal for."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_decoding
+
+        for sub, fps in (("a", 25), ("b", 30)):
+            (tmp_path / sub).mkdir()
+            bench_decoding.make_videos(tmp_path / sub, n=2, seconds=1.5, fps=fps, h=64, w=80)
+    finally:
+        sys.path.remove(str(BENCH))
+    out = _main("bench_decoding", ["--data", str(tmp_path), "--quick", "--backends", "pyav",
+                                   "--workers", "1", "--batches", "1", "--size", "32"], capsys)
+    assert out["videos"] == 4 and out["clip"] == "16x32x32"
+    assert all(r["clips_per_s"] > 0 for r in out["results"])
+    assert out["full_over_raw_decord"] == {"pyav/1": None} and out["target_met"] is None
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("bench_retrieval.py", ["--quick", "--dim", "0"], "argument --dim: expected an integer >= 1"),
+    ("bench_encoders.py", ["--input", "abc"], "argument --input: expected a shape like"),
+    ("bench_attention.py", ["--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
+    ("bench_training.py", ["--names", "bogus_model"], "error: unknown encoder 'bogus_model'"),
+])
+def test_bad_arguments_are_one_line_errors(script, args, message):
+    """0 used to fall back to the default (--gallery 0 started a full 100k run), and bad shapes
+    or names ended in a traceback."""
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_training_table_rows_have_the_header_cells(cuda):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_training
+    finally:
+        sys.path.remove(str(BENCH))
+    full = {"name": "m", "variant": "fp32", "input": "3x4x16x16", "batch": 2, "clips_per_s": 1.0,
+            "step_ms": 1.0, "cpu_ms_per_step": 1.0, "peak_mem_mb": 1.0, "tflops": 0.1, "mfu": 0.1}
+    rows = [full, {"name": "m", "variant": "channels_last", "skipped": "transformer"},
+            {"name": "m", "variant": "bf16", "error": "OutOfMemoryError"}]
+    lines = bench_training.format_table(rows, cuda=cuda).splitlines()
+    assert len({line.count("|") for line in lines}) == 1, lines

@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-encoder", help="registered audio encoder, random init")
     p.add_argument("--encoder-kwargs", type=json.loads, default={},
                    help="JSON keyword arguments of --encoder")
-    p.add_argument("--protocol", help="linear | knn | fewshot | finetune | retrieval (per task)")
+    p.add_argument("--protocol", help="one of the task's protocols (see --list): linear, knn, "
+                                      "fewshot, finetune, retrieval, zeroshot, actionformer, "
+                                      "roi-linear, frozen")
     p.add_argument("--split", help="split to evaluate (task default: the first)")
     p.add_argument("--data-root", help="dataset root (task default if omitted)")
     p.add_argument("--views", help="test views CLIPSxCROPS, crops 1 or 3 (e.g. 10x3)")

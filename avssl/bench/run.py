@@ -93,8 +93,10 @@ def _load(task: Task, fn, root: str, *args, **kw):
         return fn(root, *args, **kw)
     except DataError as err:
         msg = str(err).rstrip(".")
-        raise DataError(f"task {task.name}: {msg}, then pass --data-root DIR. Data: "
-                        f"{task.data}") from None
+        # "then pass --data-root DIR" ends the loaders' "write a stand-in with ... --out DIR";
+        # an error about the data's content (videos too short, ...) is not cured by that
+        then = ", then pass --data-root DIR" if "--out DIR" in msg else ""
+        raise DataError(f"task {task.name}: {msg}{then}. Data: {task.data}") from None
 
 
 def _check_numbers(args: BenchArgs) -> None:
