@@ -162,9 +162,8 @@ def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None =
 
     Unless ``label`` (B,) gives them, the types are drawn by :func:`draw_pair_types`: every
     micro-batch draws anew, and N processes draw what one process with the same global batch
-    draws. Rows without a valid shifted window become
-    mismatched. Mismatched audio is the previous row's of the global batch (another video in a
-    shuffled batch; :func:`previous_rows`).
+    draws. Rows without a valid shifted window become mismatched. Mismatched audio is the
+    previous row's of the global batch (another video in a shuffled batch; :func:`previous_rows`).
     """
     audio, shifted, valid = batch["audio"], batch["audio_shift"], batch["hard_valid"]
     if label is None:
