@@ -44,7 +44,7 @@ def test_sync_pretraining_transfers_to_av_sync(sync_checkpoint):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
+@pytest.mark.xfail(strict=True, reason=(
     "issue 7: measured 2026-11-27 on task version 2, linear top-1 random-init 15.5 vs "
     "pretrain_sync 14.9: sync features (brightness-onset detectors) do not classify the "
     "synthetic world's actions better than random ones (960 sync steps: 10.7), and supervised "
@@ -129,7 +129,7 @@ def test_separator_raises_sdr_clearly_above_the_mixture(music_results):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
+@pytest.mark.xfail(strict=True, reason=(
     "issue 10: at 16 clips per class sync features separate worse than random ones (SDR -0.27 "
     "vs 4.28 on 74 test mixtures): Sound of Pixels conditions on a time-pooled embedding that "
     "must name the instrument, and the 240-step sync tower keeps event timing, not appearance "

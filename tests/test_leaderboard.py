@@ -156,6 +156,22 @@ def test_concurrent_process_appends_lose_nothing(tmp_path):
     assert L.validate(tmp_path) == {"synthetic": 200}
 
 
+def test_a_writer_waits_for_the_lock_before_touching_the_file(tmp_path):
+    """The lock, not append-mode writes, serialises writers: whole-line appends alone already
+    keep 8 x 25 rows intact, so this holds the lock here and checks a writer process waits
+    for it (the header of a new file and the torn-line check rely on that)."""
+    (tmp_path / "go").touch()
+    with L._locked(tmp_path / "synthetic.csv.lock"):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), "0", "1"])
+        try:
+            proc.wait(timeout=3)  # the writer cannot finish while the lock is held
+        except subprocess.TimeoutExpired:
+            pass
+        assert proc.poll() is None and not (tmp_path / "synthetic.csv").exists()
+    assert proc.wait(timeout=120) == 0
+    assert len(L.read_task(tmp_path / "synthetic.csv")) == 1
+
+
 def test_foreign_header_is_refused_and_file_left_byte_identical(tmp_path):
     path = tmp_path / "synthetic.csv"
     original = b"name,score\r\nmine,1\r\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -63,7 +64,7 @@ def test_recipe_runs_and_leaves_a_loadable_checkpoint(tmp_path, cache, recipe, e
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_0000002", "step_0000003"]
     assert os.readlink(tmp_path / name / "latest").endswith("step_0000003")
     assert sorted(losses(run_dir)) == [1, 2, 3]
-    assert all(v == v for v in losses(run_dir).values())  # finite, logged every step
+    assert all(math.isfinite(v) for v in losses(run_dir).values())  # logged every step
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["optim"]["steps"] == 3 and cfg["data"]["crop"] == 32
     ckpt = load_checkpoint(tmp_path / name / "latest")
@@ -73,6 +74,12 @@ def test_recipe_runs_and_leaves_a_loadable_checkpoint(tmp_path, cache, recipe, e
     with torch.no_grad():
         assert video(torch.randn(2, 3, 8, 32, 32)).shape == (2, video.embed_dim)
         assert audio(torch.randn(2, 1, 64, 101)).shape == (2, audio.embed_dim)
+    # the encoders carry the trained weights of the file, every tensor of them
+    saved = weights(run_dir / "step_0000003")
+    for prefix, enc in (("video.", video), ("audio.", audio)):
+        state = enc.state_dict()
+        assert {prefix + k for k in state} == {k for k in saved if k.startswith(prefix)}
+        assert all(torch.equal(v, saved[prefix + k]) for k, v in state.items())
 
 
 def test_help_lists_options_with_defaults():
