@@ -477,10 +477,12 @@ def test_default_mbt_run_learns_the_pair_types(tmp_path):
     """The README's default MBT run (6-9 minutes): held-out 3-way pair-type accuracy above
     chance (1/3) by a margin, on 504 pairs (168 clips x in-sync, shifted, mismatched; standard
     error about 0.02). Measured 0.429 on the AMD EPYC; plain MBT stayed at 0.23-0.35 (scored
-    with one drawn pair per clip)."""
+    with one drawn pair per clip). The bar is chance + 3 standard errors, a learning claim that
+    another machine's run-to-run spread (about one standard error) does not trip."""
     final = default_run_metrics("pretrain_mbt", tmp_path)
-    assert final["val_acc"] >= 0.42, final
-    assert final["train_acc"] >= 0.42, final
+    se = math.sqrt((1 / 3) * (2 / 3) / final["val_pairs"])
+    assert final["val_pairs"] == 504 and final["val_acc"] >= 1 / 3 + 3 * se, final
+    assert final["train_acc"] >= 1 / 3 + 3 * se, final
 
 
 def test_launches_that_start_one_process_or_unjoined_processes_are_called_out():
