@@ -121,19 +121,94 @@ def test_checkpoint_changes_features_and_provenance(tmp_path, ucf, checkpoint, c
 
 
 @pytest.mark.parametrize("protocol,metric", [("retrieval", "R@1"), ("fewshot", "top1")])
-def test_other_protocols(tmp_path, ucf, protocol, metric):
+def test_other_protocols(tmp_path, ucf, cache, protocol, metric):
     out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol=protocol, shots=(1, 2))
     assert out["metric"] == metric and 0 <= out["value"] <= 100
     if protocol == "fewshot":
         assert set(out["metrics"]["shots"]) == {"1", "2"}
+    else:
+        # recompute class-match retrieval by hand from the cached features: test clips query
+        # train clips by cosine, a hit at k when fewer than k other-class items are at least as
+        # close as the best same-class one
+        from avssl.bench.tasks import TASKS
+
+        feats = {len(x): x for x in (np.load(p)["x"].astype(np.float64) for p in
+                                     (cache / "features" / "synthetic").glob("*.npz"))}
+        train, test = feats[42], feats[14]
+        load = TASKS.get("synthetic").load
+        train_y = np.asarray(load(str(ucf), "1", True, mode="eval").labels)
+        test_y = np.asarray(load(str(ucf), "1", False, mode="eval").labels)
+        q = test / np.linalg.norm(test, axis=1, keepdims=True)
+        g = train / np.linalg.norm(train, axis=1, keepdims=True)
+        sims = q @ g.T
+        same = test_y[:, None] == train_y[None, :]
+        best = np.where(same, sims, -np.inf).max(axis=1, keepdims=True)
+        ahead = ((sims >= best) & ~same).sum(axis=1)
+        for k in (1, 5, 10):
+            assert out["metrics"][f"R@{k}"] == pytest.approx(100 * np.mean(ahead < k)), k
+        assert out["metrics"]["num_queries"] == 14
 
 
-def test_finetune_trains_and_tests_multi_view(tmp_path, ucf):
+def test_finetune_trains_and_tests_multi_view(tmp_path, ucf, monkeypatch):
+    import avssl.eval.classification as C
+    from avssl.bench.protocols import finetune as FT
+
+    nets, initial, datasets, scored, fns = [], [], [], [], []
+
+    class Recorded(FT.Classifier):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            nets.append(self)
+            initial.append({n: p.detach().clone() for n, p in self.named_parameters()})
+
+    real_map, real_metrics = F.map_items, C.classification_metrics
+
+    def map_items(dataset, fn, **kw):
+        datasets.append(dataset)
+        fns.append(fn)
+        return real_map(dataset, fn, **kw)
+
+    def metrics(scores, *a, **k):
+        scored.append(np.array(scores))
+        return real_metrics(scores, *a, **k)
+
+    monkeypatch.setattr(FT, "Classifier", Recorded)
+    monkeypatch.setattr(F, "map_items", map_items)
+    monkeypatch.setattr(C, "classification_metrics", metrics)
     out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="finetune", epochs=1,
                 views="2x3")
     assert out["metrics"]["steps"] == 42 // 8 and out["metrics"]["num_samples"] == 14
     assert out["metrics"]["lr_last_step"] == pytest.approx(_cosine_end(out["metrics"]))
     assert out["row"].views == "2x3" and out["row"].encoder == "i3d_r18_tiny"
+    # the encoder was finetuned, not only the head
+    (net,), (before,), (test_ds,), (scores,), (fn,) = nets, initial, datasets, scored, fns
+    after = dict(net.named_parameters())
+    tower = [n for n in before if n.startswith("towers.")]
+    changed = [n for n in tower if not torch.equal(before[n], after[n].detach())]
+    assert len(changed) > len(tower) // 2, f"{len(changed)}/{len(tower)} encoder tensors trained"
+    assert not torch.equal(before["head.weight"], after["head.weight"].detach())
+    # test scores = softmax of every view (2 clips x 3 crops), averaged per video; item
+    # i of the eval dataset is clip i % 2 of video i // 2 (computed here one view at a time)
+    net.eval()
+    probs = []
+    with torch.no_grad():
+        for i in range(len(test_ds)):
+            item = test_ds[i]
+            assert item["index"] == i and item["video"].shape[0] == 3  # (crops, C, T, H, W)
+            probs.append([net({"video": crop[None]}).softmax(-1)[0].numpy()
+                          for crop in item["video"]])
+    views = np.asarray(probs).reshape(14, 2 * 3, -1)  # (videos, clip x crop, classes)
+    np.testing.assert_allclose(scores, views.mean(axis=1), atol=1e-5)
+    # the clips really disagree, so scoring one clip would not pass
+    assert np.abs(views - views.mean(axis=1, keepdims=True)).max() > 1e-3
+    # the 3 crops of these square 32-px frames are the same pixels: the crop average is
+    # checked on the test batch function with crops that differ
+    torch.manual_seed(0)
+    crops = torch.randn(2, *test_ds[0]["video"].shape)  # (B, crops, C, T, H, W)
+    with torch.no_grad():
+        each = torch.stack([net({"video": crops[:, k]}).softmax(-1) for k in range(3)], 1)
+    torch.testing.assert_close(fn({"video": crops}), each.mean(1), atol=1e-5, rtol=1e-5)
+    assert (each - each.mean(1, keepdim=True)).abs().max() > 1e-3
 
 
 def _cosine_end(m: dict) -> float:
@@ -163,23 +238,61 @@ def test_finetune_schedule_on_two_processes_is_the_one_of_each_processes_steps(t
     assert m["lr_last_step"] == pytest.approx(_cosine_end(m))
 
 
-def test_av_sync_and_retrieval(tmp_path, folder, checkpoint):
+def _cached(cache: Path, task: str, name: str) -> np.ndarray:
+    """The one cached array ``name`` of ``task`` (float64)."""
+    files = list((cache / "features" / task).glob("*.npz"))
+    assert len(files) == 1, files
+    return np.load(files[0])[name].astype(np.float64)
+
+
+def _paired_ranks(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """1-based rank of gallery row i for query row i by cosine (ties count against)."""
+    s = queries @ gallery.T
+    return 1 + ((s >= np.diag(s)[:, None]).sum(axis=1) - 1)
+
+
+def test_av_sync_and_retrieval(tmp_path, folder, checkpoint, cache):
     sync = bench(tmp_path, task="av-sync", data_root=str(folder), checkpoint=str(checkpoint),
                  fps=None, size=None, crop=None)
     m = sync["metrics"]
     assert sync["metric"] == "acc_hard" and 0 <= m["acc_hard"] <= 100
     assert m["num_hard"] == m["num_easy"] == m["num_offset"] == 24  # 28 clips, 4 without sound
     assert m["grid"] == [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0]
-    assert m["offset_acc"] <= m["offset_acc_1"]
+    # recomputed by hand from the cached unit embeddings (N, 1 + 9 grid offsets + hard, D):
+    # the in-sync pair is grid offset 0 (column 4), the hard negative the last column
+    emb = _cached(cache, "av-sync", "emb")
+    assert emb.shape[:2] == (24, 11)
+    scores = np.einsum("nd,nkd->nk", emb[:, 0], emb[:, 1:])
+    grid, hard = scores[:, :9], scores[:, 9]
+    assert m["acc_hard"] == pytest.approx(100 * np.mean(grid[:, 4] > hard))
+    others = np.delete(grid, 4, axis=1).max(axis=1)
+    assert m["offset_acc"] == pytest.approx(100 * np.mean(grid[:, 4] > others))
+    near, far = grid[:, 3:6].max(axis=1), np.delete(grid, [3, 4, 5], axis=1).max(axis=1)
+    assert m["offset_acc_1"] == pytest.approx(100 * np.mean(near > far))
     ret = bench(tmp_path, task="av-retrieval", data_root=str(folder), checkpoint=str(checkpoint),
                 fps=None, size=None, crop=None)
     assert ret["metric"] == "v2a_R@1" and 1 <= ret["metrics"]["a2v_median_rank"] <= 24
     assert ret["videos_used"] == ret["videos_expected"] == 24
+    # paired retrieval recomputed by hand: clip i's video and its in-sync audio are the pair
+    emb = _cached(cache, "av-retrieval", "emb")
+    video, audio = emb[:, 0], emb[:, 1]
+    for d, ranks in (("v2a", _paired_ranks(video, audio)), ("a2v", _paired_ranks(audio, video))):
+        for k in (1, 5, 10):
+            assert ret["metrics"][f"{d}_R@{k}"] == pytest.approx(100 * np.mean(ranks <= k))
+        assert ret["metrics"][f"{d}_median_rank"] == pytest.approx(np.median(ranks))
+        assert ret["metrics"][f"{d}_mean_rank"] == pytest.approx(ranks.mean())
     with pytest.warns(UserWarning):  # IVF-PQ shrinks its lists and codes for 24 vectors
         approx = bench(tmp_path, task="av-retrieval", index="ivfpq", data_root=str(folder),
                        checkpoint=str(checkpoint), fps=None, size=None, crop=None)
     assert approx["row"].protocol == approx["protocol"] == "retrieval-ivfpq"
-    assert 0 <= approx["metrics"]["v2a_R@10"] <= 100
+    # the same pairs through an IVF-PQ index built directly on the cached embeddings
+    from avssl.retrieval import true_ranks
+
+    with pytest.warns(UserWarning):
+        ranks = true_ranks(video.astype(np.float32), audio.astype(np.float32), kind="ivfpq")
+    for k in (1, 5, 10):
+        assert approx["metrics"][f"v2a_R@{k}"] == pytest.approx(100 * np.mean(ranks <= k))
+    assert approx["metrics"]["v2a_num_queries"] == 24
     # the printed table names the protocol as the row does
     from avssl.bench.__main__ import _table
 
@@ -283,6 +396,55 @@ def test_map_items_keeps_order_and_batches():
     out = F.map_items(data, fn, batch_size=4)
     np.testing.assert_array_equal(out[:, 0], np.arange(11) * 2.0)
     assert seen == [4, 4, 3]
+
+
+class _MeanEncoder(torch.nn.Module):
+    """Features (B, 2): each input's mean and mean + 1000 (a second feature column)."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([m, m + 1000], dim=1)
+
+
+class _ConstantClips(torch.utils.data.Dataset):
+    """Eval-mode items of 3 videos x 2 clips; every view is a constant tensor: video ``v``,
+    clip ``c``, crop ``k`` holds 100 v + 10 c + k**2 (3 crops), its audio 7 v + c."""
+
+    num_clips = 2
+
+    def __len__(self):
+        return 3 * self.num_clips
+
+    def __getitem__(self, i):
+        v, c = divmod(i, self.num_clips)
+        video = torch.stack([torch.full((3, 2, 4, 4), 100.0 * v + 10 * c + k ** 2)
+                             for k in range(3)])  # (crops, C, T, H, W)
+        return {"video": video, "audio": torch.full((1, 8, 6), 7.0 * v + c)}
+
+
+def test_clip_features_average_crops_then_clips():
+    """Per video: the mean over its 3 crops (k**2: 0, 1, 4 -> 5/3) and then its 2 clips
+    (10 c: 0, 10 -> 5), i.e. 100 v + 5 + 5/3; audio (one view per clip): 7 v + 0.5."""
+
+    class Model:
+        def encoder_for(self, m):
+            return _MeanEncoder()
+
+    # batch size 4 splits video 1's clips across batches
+    video = F.clip_features(Model(), _ConstantClips(), "video", batch_size=4, num_workers=0,
+                            desc="t")
+    expect = np.array([[100.0 * v + 5 + 5 / 3] for v in range(3)])
+    np.testing.assert_allclose(video, np.hstack([expect, expect + 1000]), rtol=1e-6)
+    av = F.clip_features(Model(), _ConstantClips(), "av", batch_size=4, num_workers=0, desc="t")
+    sound = np.array([[7.0 * v + 0.5] for v in range(3)])
+    np.testing.assert_allclose(av, np.hstack([expect, expect + 1000, sound, sound + 1000]),
+                               rtol=1e-6)
+    # encode: crops averaged per sample (not mixed across the batch); 5-D input passes through
+    x = torch.stack([_ConstantClips()[i]["video"] for i in (0, 3)])  # video 0 clip 0, 1 clip 1
+    np.testing.assert_allclose(F.encode(_MeanEncoder(), x, "cpu")[:, 0].numpy(),
+                               [5 / 3, 110 + 5 / 3], rtol=1e-6)
+    np.testing.assert_allclose(F.encode(_MeanEncoder(), x[:, 2], "cpu")[:, 0].numpy(),
+                               [4.0, 114.0])
 
 
 def test_saved_predictions_give_the_same_numbers_through_the_evaluators(tmp_path, ucf, folder,

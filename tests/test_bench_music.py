@@ -90,10 +90,30 @@ def test_music_frozen_end_to_end_and_the_evaluator_agrees(tree, tmp_path):
     assert rows[0].value == pytest.approx(m["SDR"]) and rows[0].protocol == "frozen"
 
 
-def test_music_finetune_trains_the_encoder_too(tree):
+def test_music_finetune_trains_the_encoder_too(tree, monkeypatch):
+    from avssl.bench.separation import benchmark
+
+    built, initial = [], []
+    real = benchmark.build_separator
+
+    def build(*a, **k):
+        net = real(*a, **k)
+        built.append(net)
+        initial.append({n: p.detach().clone() for n, p in net.named_parameters()})
+        return net
+
+    monkeypatch.setattr(benchmark, "build_separator", build)
     res = run_bench(_args(tree, protocol="finetune", seed=5))
     assert res["protocol"] == "finetune" and res["metrics"]["num_samples"] == 3
     assert np.isfinite(res["metrics"]["SDR"])
+    # the separator conditions on clips through its own copy of the video encoder, and
+    # training moved that encoder's weights (a frozen one would keep them all)
+    (net,), (before,) = built, initial
+    assert net.encoder is not None
+    enc = [n for n in before if n.startswith("encoder.")]
+    changed = [n for n, p in net.named_parameters()
+               if n in enc and not torch.equal(before[n], p.detach())]
+    assert enc and len(changed) > len(enc) // 2, f"{len(changed)}/{len(enc)} encoder tensors"
     # --seed varies training, never which videos are test videos: the one published split
     assert [p.name for p in (tree / "splits").iterdir()] == ["music_solo_seed0_v1.csv"]
 

@@ -216,6 +216,32 @@ def test_few_shot_summary_matches_its_runs(noise):
     assert top1_strict(res["scores"], vy) == pytest.approx(res["shots"]["3"]["runs"][0])
 
 
+def test_few_shot_trains_on_n_per_class_and_reports_short_classes(monkeypatch, noise):
+    """Each fit sees exactly n examples of every class (n * C rows), not the largest n's; a class
+    with fewer than n train examples gives all it has and is listed in short_classes."""
+    import avssl.bench.protocols.fewshot as fewshot_mod
+
+    counts = [6, 6, 6, 6, 2]  # class 4 has only 2 train examples
+    ty = np.repeat(np.arange(C), counts)
+    tx = np.random.default_rng(8).normal(size=(len(ty), D)).astype(np.float32)
+    calls = []
+
+    def recording_fit(x, y, num_classes, weight_decay, max_iter):
+        calls.append(np.bincount(np.asarray(y), minlength=num_classes).tolist())
+        assert len(x) == len(y)
+        return fit_logistic(x, y, num_classes, weight_decay, max_iter)
+
+    monkeypatch.setattr(fewshot_mod, "fit_logistic", recording_fit)
+    seeds = (0, 1)
+    res = few_shot(tx, ty, noise[2], noise[3], C, shots=(3, 1), seeds=seeds, weight_decay=1e-2,
+                   max_iter=10)
+    # shots run in increasing n, one fit per seed
+    assert calls == [[1] * C] * len(seeds) + [[3, 3, 3, 3, 2]] * len(seeds), calls
+    assert [sum(c) for c in calls] == [1 * C] * 2 + [3 * C - 1] * 2
+    assert res["shots"]["1"]["short_classes"] == {}
+    assert res["shots"]["3"]["short_classes"] == {"4": 2}
+
+
 def test_bad_inputs_raise_one_line_errors(separated):
     tx, ty, vx, vy = separated
     with pytest.raises(DataError, match=r"labels in \[0, 3\)"):

@@ -32,6 +32,21 @@ def test_resize_short_side_keeps_aspect_and_dtype():
     assert tall.shape == (2, 3, 20, 10)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_resize_short_side_values_are_antialiased_bilinear(dtype):
+    v = _video(2, t=2, h=24, w=32, seed=4)
+    v = v if dtype == torch.uint8 else v.float() / 255
+    out = T.resize_short_side(v, 10)  # downscale by 2.4: antialiasing and the kernel both matter
+    assert out.shape == (2, 2, 3, 10, 13) and out.dtype == dtype
+    expected = TF.resize(v, [10, 13], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    torch.testing.assert_close(out, expected, atol=1 if dtype == torch.uint8 else 1e-6, rtol=0)
+    for other in (TF.InterpolationMode.NEAREST, TF.InterpolationMode.BICUBIC):
+        wrong = TF.resize(v, [10, 13], interpolation=other, antialias=True)
+        assert (wrong.float() - out.float()).abs().max() > (10 if dtype == torch.uint8 else 0.04)
+    no_aa = TF.resize(v, [10, 13], antialias=False)
+    assert (no_aa.float() - out.float()).abs().max() > (10 if dtype == torch.uint8 else 0.04)
+
+
 def test_random_resized_crop_content_equals_slicing():
     v = _video(2, t=3).float()
     top_left = []
@@ -129,6 +144,24 @@ def test_same_generator_seed_same_output_other_seed_differs():
     c = pipe(v, _gen(8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_video_pipeline_train_flips_with_flip_p():
+    """flip_p=1 gives the mirror image of flip_p=0 with the same seed (same crop boxes: the flip
+    draws come after the crop draws); flip_p=0.5 flips some clips of a batch and not others."""
+    v = _video(24, t=2, h=12, w=16, seed=5)
+    kw = dict(mode="train", size=8, scale=(0.5, 1.0))
+    never = T.VideoPipeline(flip_p=0.0, **kw)(v, _gen(11))
+    always = T.VideoPipeline(flip_p=1.0, **kw)(v, _gen(11))
+    crop_only = T.normalize(T.random_resized_crop(v, 8, scale=(0.5, 1.0), generator=_gen(11)))
+    assert torch.equal(never, crop_only)  # flip_p=0 never flips
+    assert torch.equal(always, T.hflip(never))
+    assert not torch.equal(always, never)
+    half = T.VideoPipeline(flip_p=0.5, **kw)(v, _gen(11))
+    flipped = [bool(torch.equal(h, T.hflip(n))) for h, n in zip(half, never)]
+    kept = [bool(torch.equal(h, n)) for h, n in zip(half, never)]
+    assert all(f != k for f, k in zip(flipped, kept))  # every clip is exactly one of the two
+    assert 4 <= sum(flipped) <= 20, sum(flipped)
 
 
 def test_to_float_and_normalize_inverse():
@@ -270,6 +303,43 @@ def test_spec_augment_mean_fill_and_determinism():
     # both channels share the masks; masked cells hold the clip mean
     assert torch.equal(changed[0], changed[1])
     torch.testing.assert_close(a[changed], torch.full_like(a[changed], float(spec.mean())))
+
+
+def _runs(band: torch.Tensor) -> int:
+    """Number of contiguous True runs in a 1-D bool tensor."""
+    b = band.int()
+    return int(b[0]) + int(((b[1:] - b[:-1]) == 1).sum())
+
+
+def test_spec_augment_draws_num_masks_bands():
+    spec = torch.randn(4, 1, 60, 120) + 10.0  # no natural zeros
+    for num_masks in (1, 2, 3):
+        most_f = most_t = 0
+        for seed in range(6):
+            out = T.spec_augment(spec, freq_mask=4, time_mask=6, num_masks=num_masks,
+                                 generator=_gen(seed))
+            for clip in out:
+                zero = clip[0] == 0
+                rows, cols = zero.all(dim=1), zero.all(dim=0)
+                assert torch.equal(zero, rows[:, None] | cols[None, :])
+                assert int(rows.sum()) <= 4 * num_masks and int(cols.sum()) <= 6 * num_masks
+                nf, nt = _runs(rows), _runs(cols)
+                assert nf <= num_masks and nt <= num_masks
+                most_f, most_t = max(most_f, nf), max(most_t, nt)
+        # narrow bands in a wide spectrogram: some clip shows them all separately
+        assert most_f == num_masks and most_t == num_masks, (num_masks, most_f, most_t)
+
+
+def test_spec_augment_mean_fill_uses_each_clips_own_mean():
+    g = _gen(0)
+    spec = torch.randn(2, 2, 20, 30, generator=g)
+    spec += torch.tensor([[0.0, 10.0], [100.0, 300.0]]).reshape(2, 2, 1, 1)  # per clip, channel
+    out = T.spec_augment(spec, 6, 8, num_masks=2, fill="mean", generator=_gen(3))
+    for clip, orig in zip(out, spec):
+        changed = clip != orig
+        assert changed.any() and torch.equal(changed[0], changed[1])  # channels share the mask
+        own = float(orig.mean())  # the clip's mean over its channels: 5 and 200
+        torch.testing.assert_close(clip[changed], torch.full_like(clip[changed], own))
 
 
 def test_audio_pipeline_train_masks_eval_does_not():
