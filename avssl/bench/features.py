@@ -178,7 +178,8 @@ def manifest_hash(records) -> str:
 # that cached features from older code are not reused (part of every cache key).
 # 2: three-crop views are cut from frames resized to the crop size (SlowFast), not to --size.
 # 3: random-init s3d is He-initialised (its features were ~1e-7); AVA RoI sums kept in float32.
-FEATURE_CODE_VERSION = 3
+# 4: Matroska/WebM audio laid end to end; clips start at the video's first timestamp.
+FEATURE_CODE_VERSION = 4
 
 
 class FeatureCache:

@@ -62,6 +62,7 @@ class MediaInfo:
     has_audio: bool
     sample_rate: int | None  # native audio rate; None without audio
     audio_channels: int  # 0 without audio
+    start_s: float = 0.0  # first video timestamp on the file's clock (windows start here)
 
 
 # --------------------------------------------------------------------------- watchdog + errors
@@ -169,10 +170,15 @@ def _probe(path: str) -> MediaInfo:
         if not rate:
             raise DecodeError(path, "video stream has no frame rate")
         fps = float(rate)
+        from_container = False
+        tagged = _tag_seconds(vs.metadata.get("DURATION"))  # Matroska / WebM per-stream length
         if vs.duration is not None and vs.time_base is not None:
             duration = float(vs.duration * vs.time_base)
+        elif tagged is not None:
+            duration = tagged
         elif container.duration is not None:
-            duration = container.duration / av.time_base
+            # the longest stream's length: audio often outlasts the video by a few frames
+            duration, from_container = container.duration / av.time_base, True
         else:
             duration = 0.0
         num_frames = int(vs.frames) if vs.frames else int(round(duration * fps))
@@ -190,20 +196,42 @@ def _probe(path: str) -> MediaInfo:
         first = _first_frame_time(container, vs)
         if first is None:
             raise DecodeError(path, "no decodable video frame")
+        origin = _stream_start_s(vs)
         if not width or not height:
             raise DecodeError(path, "video stream has no frame size")
         # Prove the end decodes: a truncated file often keeps a header claiming the full length
         # (AVI: the frame count in its header; the duration is then re-estimated from packets).
         claimed = max(duration, (vs.frames or 0) / fps)
-        last = _last_frame_time(container, vs, claimed)
-        if last is None or last < claimed - 3.0 / fps - 0.05:
+        last = _last_frame_time(container, vs, origin + claimed)
+        if from_container and last is not None:  # the container's length is not the video's
+            duration = claimed = min(claimed, last - origin + 1.0 / fps)
+            num_frames = int(vs.frames) if vs.frames else int(round(duration * fps))
+        if last is None or last - origin < claimed - 3.0 / fps - 0.05:
             got = "none" if last is None else f"the last at {last:.2f} s"
             raise DecodeError(path, f"truncated: the header claims {claimed:.2f} s of video but "
                                     f"frames near the end do not decode ({got})")
     return MediaInfo(path=path, duration_s=duration, fps=fps, num_frames=num_frames,
                      width=width, height=height, has_audio=has_audio,
                      sample_rate=sample_rate if has_audio else None,
-                     audio_channels=int(channels or 0) if has_audio else 0)
+                     audio_channels=int(channels or 0) if has_audio else 0, start_s=origin)
+
+
+def _tag_seconds(tag: str | None) -> float | None:
+    """'00:00:04.000000000' (a Matroska DURATION tag) -> 4.0; None when absent or unreadable."""
+    try:
+        h, m, sec = str(tag).strip().split(":")
+        value = int(h) * 3600 + int(m) * 60 + float(sec)
+    except (ValueError, AttributeError):
+        return None
+    return value if value > 0 else None
+
+
+def _stream_start_s(vs: av.VideoStream | None) -> float:
+    """The video stream's first timestamp in seconds (0 when unset or without video): the
+    origin of every window, as players and annotations count time from the first frame."""
+    if vs is None or vs.start_time is None or vs.time_base is None:
+        return 0.0
+    return float(vs.start_time * vs.time_base)
 
 
 def _frame_time(frame: av.VideoFrame) -> float | None:
@@ -364,6 +392,8 @@ def _decode_video_pyav(path: str, start_s: float, end_s: float,
                 out[k] = prev_rgb
                 k += 1
             if k == len(times):
+                if prev is None:  # the window lies wholly before the first frame
+                    prev = frame
                 break
             prev, prev_rgb = frame, None
         if prev is None:
@@ -461,10 +491,15 @@ def _fill_audio(container: av.container.InputContainer, ast: av.AudioStream, buf
     n_in = buf.shape[1]
     if seek_s > 0:
         container.seek(int(seek_s / ast.time_base), stream=ast, backward=True, any_frame=False)
-    pos = None  # running sample index, for frames without pts
+    pos = None  # running sample index: frames are contiguous unless their pts really jumps
+    # A coarse time base (Matroska/WebM: 1 ms) rounds each frame's pts; placing every frame at
+    # its rounded pts dropped or zero-filled up to half a tick of samples at each frame boundary.
+    slack = int(math.ceil(float(ast.time_base) * native)) + 1 if ast.time_base else 1
     for frame in container.decode(ast):
         if frame.pts is not None:
-            pos = int(round(float(frame.pts * frame.time_base) * native))
+            at = int(round(float(frame.pts * frame.time_base) * native))
+            if pos is None or abs(at - pos) > slack:
+                pos = at
         elif pos is None:
             pos = 0
         data = _frame_samples(frame)

@@ -2,8 +2,11 @@
 
 Manifest CSV columns, exactly and in this order::
 
-    path,duration_s,fps,num_frames,width,height,has_audio,sample_rate,decodable,error
+    path,duration_s,fps,num_frames,width,height,has_audio,sample_rate,decodable,error,start_s
 
+``start_s`` is the video stream's first timestamp (0 for most files; 10 for a video cut with
+``ffmpeg -copyts -ss 10``): clip windows start there. Manifests from before it existed (the first
+ten columns) are still read, with ``start_s`` empty and clips counted from 0.
 In a manifest file, a relative ``path`` (``/`` separators) is relative to **the manifest file's
 own folder**, wherever that is; an absolute path (written only when no relative one exists, e.g.
 on another drive) is used as is. :func:`scan` returns paths relative to the scanned root, and
@@ -41,10 +44,13 @@ log = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
     "path", "duration_s", "fps", "num_frames", "width", "height",
-    "has_audio", "sample_rate", "decodable", "error",
+    "has_audio", "sample_rate", "decodable", "error", "start_s",
 )
-VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"})
-_FLOAT_COLS = ("duration_s", "fps")
+# Manifests written before start_s existed; read with start_s empty (clips then count from 0).
+_COLUMNS_V1 = COLUMNS[:-1]
+# In order of preference where one clip exists in several containers.
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+_FLOAT_COLS = ("duration_s", "fps", "start_s")
 _INT_COLS = ("num_frames", "width", "height", "sample_rate")
 _BOOL_COLS = ("has_audio", "decodable")
 
@@ -85,7 +91,7 @@ def _probe_row(root: str, rel: str, timeout_s: float) -> dict:
         duration_s=float(info.duration_s), fps=float(info.fps), num_frames=int(info.num_frames),
         width=int(info.width), height=int(info.height), has_audio=bool(info.has_audio),
         sample_rate=int(info.sample_rate) if info.has_audio and info.sample_rate else None,
-        decodable=True,
+        decodable=True, start_s=float(info.start_s),
     )
     return row
 
@@ -284,6 +290,8 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
                         f"python -m avssl.data.manifest scan DIR --out {path}")
     raw = read_text_csv(path, f"the columns {','.join(COLUMNS)}", skipinitialspace=False,
                         what="manifest")
+    if tuple(raw.columns) == _COLUMNS_V1:
+        raw["start_s"] = ""
     if tuple(raw.columns) != COLUMNS:
         raise DataError(
             f"manifest {str(path)!r} has columns {','.join(map(str, raw.columns))}; expected exactly "

@@ -56,13 +56,14 @@ class AVClips(Dataset):
         self.too_short: list[str] = []
         for i, rec in enumerate(records):
             duration = rec.extra.get("duration_s")
+            origin = float(rec.extra.get("start_s", 0.0))  # the video's first timestamp
             if duration is None or rec.extra.get("has_audio") is None:
                 try:
                     info = decoding.probe(rec.path, timeout_s=timeout_s)
                 except DecodeError as err:
                     raise DataError(f"cannot decode {rec.path} ({err.reason}); pass --skip-bad "
                                     f"to leave unreadable videos out") from err
-                duration = info.duration_s
+                duration, origin = info.duration_s, info.start_s
                 if not info.has_audio:  # a silent video is a normal case: not part of the task
                     self.num_listed -= 1
                     continue
@@ -70,7 +71,7 @@ class AVClips(Dataset):
             if placed is None:
                 self.too_short.append(rec.path)
             else:
-                self.items.append((rec, *placed))
+                self.items.append((rec, placed[0] + origin, placed[1]))
         if not self.items:
             need = clip_s + 2 * max(max(abs(g) for g in self.grid), hard[1] if hard else 0)
             raise DataError(f"no listed video is long enough for these offsets (need about "

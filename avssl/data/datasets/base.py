@@ -249,7 +249,8 @@ class ClipDataset(Dataset):
                 except DecodeError as err:
                     self.bad.append((r.path, err.reason))
                     continue
-                r.extra.update(duration_s=info.duration_s, fps=info.fps, has_audio=info.has_audio)
+                r.extra.update(duration_s=info.duration_s, fps=info.fps, has_audio=info.has_audio,
+                               start_s=info.start_s)
             kept.append(r)
         return kept
 
@@ -302,8 +303,9 @@ class ClipDataset(Dataset):
                 # failed, so a file quarantined in an earlier run leaves the same samples behind.
                 item_rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
                 try:
-                    duration = self._media(self.records[vi])[0]
+                    duration, origin = self._media(self.records[vi])[0], self._origin(vi)
                     start, _ = random_window(duration, self.clip_s, item_rng)
+                    start += origin
                     return self._load(vi, start, item_rng, index)
                 except DecodeError as err:
                     self._mark_bad(path, err)
@@ -324,6 +326,7 @@ class ClipDataset(Dataset):
         try:
             duration = self._media(rec)[0]
             start, _ = uniform_windows(duration, self.clip_s, self.num_clips)[ci]
+            start += self._origin(vi)
             sample = self._load(vi, start, np.random.default_rng([self.seed, index]), index)
         except DecodeError as err:
             raise DataError(
@@ -366,7 +369,12 @@ class ClipDataset(Dataset):
         if rec.path not in self._media_cache:
             info = decoding.probe(rec.path, timeout_s=self.timeout_s)
             self._media_cache[rec.path] = (info.duration_s, info.fps, info.has_audio)
+            rec.extra["start_s"] = info.start_s
         return self._media_cache[rec.path]
+
+    def _origin(self, vi: int) -> float:
+        """Where the video starts on the file's clock (0 unless a probe said otherwise)."""
+        return float(self.records[vi].extra.get("start_s", 0.0))
 
     def _label(self, label: Any) -> Any:
         if isinstance(label, (list, tuple)):
@@ -413,7 +421,9 @@ class ClipDataset(Dataset):
         or the file has no sound; the objective then uses easy negatives only for that row.
         """
         duration = self._media(rec)[0]
-        shifted = shifted_window(start, self.clip_s, duration, *self.audio_shift, rng)
+        origin = float(rec.extra.get("start_s", 0.0))
+        shifted = shifted_window(start - origin, self.clip_s, duration, *self.audio_shift, rng)
+        shifted = None if shifted is None else shifted + origin
         if shifted is None or not has_audio:
             audio = torch.zeros(1, decoding.num_samples(0.0, self.clip_s, self.sample_rate),
                                 dtype=torch.float32)

@@ -18,6 +18,7 @@ from typing import Any
 
 from avssl.data.datasets.base import ClipDataset, VideoRecord
 from avssl.data.datasets.layout import VIDEO_EXTENSIONS, layout_error
+from avssl.data.manifest import find_videos  # the same walk as `manifest scan`: follows links
 from avssl.errors import DataError
 
 
@@ -42,6 +43,8 @@ def folder_dataset(
                                      "decodable": bool(row["decodable"]), "error": row["error"]}
             if row["decodable"]:
                 extra.update(duration_s=float(row["duration_s"]), fps=float(row["fps"]))
+                if row["start_s"] == row["start_s"]:  # NaN in manifests from before start_s
+                    extra["start_s"] = float(row["start_s"])
             records.append(VideoRecord(path, _video_id(row["path"]), None, extra))
         # Stops at the first file found, so this costs one stat unless every path is wrong.
         if records and not any(os.path.isfile(r.path) for r in records):
@@ -58,12 +61,7 @@ def folder_dataset(
                            f"a folder of video files ({' '.join(VIDEO_EXTENSIONS)}) or a "
                            f"manifest .csv")
     src = src.resolve()
-    rels = sorted(
-        Path(dirpath, name).relative_to(src).as_posix()
-        for dirpath, _, names in os.walk(src)
-        for name in names
-        if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
-    )
+    rels = find_videos(src)
     if not rels:
         raise layout_error("folder", "folder", src,
                            f"video files ({' '.join(VIDEO_EXTENSIONS)}); the folder has none")

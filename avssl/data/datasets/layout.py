@@ -9,9 +9,8 @@ import os
 import re
 from pathlib import Path
 
+from avssl.data.manifest import VIDEO_EXTENSIONS, find_videos  # noqa: F401 (re-exported)
 from avssl.errors import ConfigError, DataError
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 # YouTube ids are 11 characters of [A-Za-z0-9_-]; many start with "-", which spreadsheets mangle.
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -38,12 +37,8 @@ def index_video_files(root: str | os.PathLike) -> dict[str, str]:
     this index works for all of them without guessing the folder layout.
     """
     found: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in VIDEO_EXTENSIONS:
-                found.setdefault(stem, os.path.join(dirpath, name))
+    for rel in find_videos(root):  # the manifest scan's walk: follows links, skips hidden files
+        found.setdefault(Path(rel).stem, os.path.join(root, *rel.split("/")))
     return found
 
 
