@@ -52,7 +52,7 @@ class PairDataConfig:
 
     def __post_init__(self) -> None:
         _at_least("data", self, synthetic_videos=1, val_videos=0, batch_size=1, num_workers=0,
-                  sample_rate=1, n_mels=1, crop=1)
+                  sample_rate=1, n_mels=1, crop=1, synthetic_seed=0)  # numpy seeds are >= 0
         _positive("data", self, synthetic_duration_s=self.synthetic_duration_s,
                   clip_s=self.clip_s, fps=self.fps, mel_std=self.mel_std)
         if self.crop > self.size:
@@ -106,7 +106,9 @@ class RunConfig:
                 "this process's share of the cores)"})
 
     def __post_init__(self) -> None:
-        _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0)
+        _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0, seed=0)
+        if self.seed >= 2**32:  # numpy's legacy seeding (accelerate's set_seed) takes 32 bits
+            raise ConfigError(f"--run.seed must be < 2**32, got {self.seed}")
         # one folder directly under runs/<recipe>/, beside the `latest` link: a nested name put
         # its own `latest` one level down, and "latest" itself wrote into the linked checkpoint
         name = self.name
@@ -303,6 +305,25 @@ def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
     if grad_norm is not None:
         ok = ok & torch.isfinite(torch.as_tensor(grad_norm, device=loss.device).float())
     return bool(accelerator.reduce(ok.float(), "min") > 0)
+
+
+class BufferGuard:
+    """The floating-point buffers of ``modules`` (BatchNorm running statistics) as a step found
+    them. A forward pass updates them before the loss is known, so a step skipped for a
+    non-finite loss must put them back: one NaN batch otherwise poisons every later eval-mode
+    feature while the run reports that it recovered."""
+
+    def __init__(self, *modules: torch.nn.Module):
+        self.buffers = [b for m in modules for b in m.buffers() if b.is_floating_point()]
+        self.saved: list[torch.Tensor] = []
+
+    def save(self) -> None:
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for b, old in zip(self.buffers, self.saved):
+            b.copy_(old)
 
 
 def nonfinite_action(policy: str, step: int, loss: torch.Tensor, accelerator: Accelerator) -> None:

@@ -55,7 +55,7 @@ from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.gather import gather_rows
 from avssl.objectives.masked import random_token_mask
-from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
+from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
                                mel, nonfinite_action, nothing_left, pair_loader, run_location,
                                speed_settings)
@@ -244,9 +244,10 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
             sync = torch.nan_to_num(out["acc_sync"]) * m
             sums[:4] += torch.stack([out["acc"] * n, n, sync, m])
     model.train()
-    return {"val_acc": float(sums[0] / sums[1].clamp(min=1)),
-            "val_acc_sync": float(sums[2] / sums[3].clamp(min=1)), "val_clips": int(sums[4]),
-            "val_pairs": int(sums[1])}
+    # nothing scored is not 0 % accuracy: leave the number out
+    return {**({"val_acc": float(sums[0] / sums[1])} if sums[1] > 0 else {}),
+            **({"val_acc_sync": float(sums[2] / sums[3])} if sums[3] > 0 else {}),
+            "val_clips": int(sums[4]), "val_pairs": int(sums[1])}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
     history: list[dict] = []
     tic, clips = time.perf_counter(), 0
     k, micro = cfg.optim.grad_accum, []
+    guard = BufferGuard(model, objective)  # running statistics, put back on a skipped step
     model.train()
     while step < last:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -352,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
         for i, batch in enumerate(batches, start=skip * k):
             if i >= steps_per_epoch * k:  # the last < k micro-batches make no full step: a
                 break  # forced short step would shift every later epoch and break resume
+            if i % k == 0:
+                guard.save()
             with accelerator.accumulate(model):
                 out = forward_loss(model, objective, batch, cfg, step, micro=i % k,
                                    rank=accelerator.process_index,
@@ -363,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if finite:
                     optimizer.step()
                 else:
+                    guard.restore()
                     nonfinite_action(cfg.run.on_nonfinite, step, out["loss"], accelerator)
                 optimizer.zero_grad(set_to_none=True)
             micro.append(torch.stack([out[name].detach().float() for name in LOGGED]))

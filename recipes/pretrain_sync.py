@@ -49,7 +49,7 @@ from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
-from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, all_finite,
+from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
                                mel, nonfinite_action, nothing_left, pair_loader, run_location,
                                speed_settings)
@@ -74,6 +74,11 @@ class ModelConfig:
         "help": "keep this many time bins of the feature maps in the embedding (sync is about "
                 "when; 0 = the encoders' time-pooled output)"})
 
+    def __post_init__(self) -> None:
+        if self.proj_dim < 1 or self.temporal_bins < 0:
+            raise ConfigError(f"--model.proj_dim must be >= 1 and --model.temporal_bins >= 0, "
+                              f"got {self.proj_dim} and {self.temporal_bins}")
+
 
 @dataclass
 class LossConfig:
@@ -86,10 +91,11 @@ class LossConfig:
     gather: bool = field(default=True, metadata={"help": "negatives from the global batch"})
 
     def __post_init__(self) -> None:
-        if not (self.temperature > 0 and self.hard_weight >= 0 and self.hard_start_step >= 0):
-            raise ConfigError(f"--loss.temperature must be > 0, hard_weight and hard_start_step "
-                              f">= 0; got {self.temperature}, {self.hard_weight}, "
-                              f"{self.hard_start_step}")
+        if not (self.temperature > 0 and self.margin > 0 and self.hard_weight >= 0
+                and self.hard_start_step >= 0):
+            raise ConfigError(f"--loss.temperature and --loss.margin must be > 0, hard_weight and "
+                              f"hard_start_step >= 0; got {self.temperature}, {self.margin}, "
+                              f"{self.hard_weight}, {self.hard_start_step}")
 
 
 @dataclass
@@ -130,8 +136,9 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     finally:
         objective.gather = gather
         model.train()
-    return {"val_acc_hard": float(sums[0] / sums[1].clamp(min=1)),
-            "val_acc_easy": float(sums[2] / sums[3].clamp(min=1)),
+    # nothing measured is not 0 % accuracy: leave the number out (as train_acc_hard is)
+    return {**({"val_acc_hard": float(sums[0] / sums[1])} if sums[1] > 0 else {}),
+            **({"val_acc_easy": float(sums[2] / sums[3])} if sums[3] > 0 else {}),
             "val_clips": int(sums[3])}
 
 
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     history: list[dict] = []
     tic, clips = time.perf_counter(), 0
     k, micro = cfg.optim.grad_accum, []
+    guard = BufferGuard(model, objective)  # running statistics, put back on a skipped step
     model.train()
     while step < last:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -225,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
         for i, batch in enumerate(batches, start=skip * k):
             if i >= steps_per_epoch * k:  # the last < k micro-batches make no full step: a
                 break  # forced short step would shift every later epoch and break resume
+            if i % k == 0:
+                guard.save()
             with accelerator.accumulate(model, objective):
                 out = forward_loss(model, objective, batch, cfg, step)
                 accelerator.backward(out["loss"])
@@ -234,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if finite:
                     optimizer.step()
                 else:  # the update never sees a non-finite gradient
+                    guard.restore()
                     nonfinite_action(cfg.run.on_nonfinite, step, out["loss"], accelerator)
                 optimizer.zero_grad(set_to_none=True)
             micro.append(torch.stack([out[name].detach().float() for name in LOGGED]))

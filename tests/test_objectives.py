@@ -224,6 +224,11 @@ def test_infonce_accuracy_and_learnable_temperature():
     with torch.no_grad():
         obj.log_scale.fill_(math.log(1000.0))
     assert float(obj({"video": v, "audio": a})["temperature"]) == pytest.approx(0.01)
+    # CLIP clamps the learned scale only; a fixed temperature under 0.01 is used as given
+    fixed = InfoNCE(temperature=0.005)({"video": v, "audio": a})
+    assert float(fixed["temperature"]) == pytest.approx(0.005)
+    ref = _ref_infonce(v.detach().double(), a.detach().double(), 0.005)  # exp(200): float64
+    assert float(fixed["loss"]) == pytest.approx(float(ref), rel=1e-4)
 
 
 # ---- gathering ----------------------------------------------------------------------------

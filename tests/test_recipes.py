@@ -136,6 +136,12 @@ def test_run_folders_are_never_overwritten_and_resume_continues_the_named_run(tm
     ("--data.fps=0", "--data.fps must be > 0"),
     ("--data.crop=100", "--data.crop=100 must be <= --data.size=32"),
     ("--run.name=sweep/lr3", "--run.name must be one plain folder name"),
+    ("--run.seed=-1", "--run.seed must be >= 0"),
+    ("--run.seed=4294967296", "--run.seed must be < 2**32"),
+    ("--model.temporal_bins=-1", "--model.temporal_bins >= 0"),
+    ("--model.proj_dim=0", "--model.proj_dim must be >= 1"),
+    ("--loss.margin=0", "--loss.temperature and --loss.margin must be > 0"),
+    ("--data.synthetic_seed=-5", "--data.synthetic_seed must be >= 0"),
 ])
 def test_out_of_range_settings_are_one_line_errors_before_anything_runs(tmp_path, cache, flag,
                                                                         message):
@@ -345,10 +351,11 @@ def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch
     real = pretrain_sync.forward_loss
 
     def poisoned(model, objective, batch, cfg, step):
-        out = real(model, objective, batch, cfg, step)
-        if step == 1:  # the second step: its loss (and so its gradient) is NaN
-            out["loss"] = out["loss"] * float("nan")
-        return out
+        if step == 1:  # the second step: a NaN in one clip's audio makes its loss (and so its
+            # gradient) NaN, after the forward pass wrote NaN into BatchNorm running statistics
+            batch = {**batch, "audio": batch["audio"].clone()}
+            batch["audio"][0, ..., :100] = float("nan")
+        return real(model, objective, batch, cfg, step)
 
     monkeypatch.setattr(pretrain_sync, "forward_loss", poisoned)
     monkeypatch.setenv("AVSSL_CACHE", str(cache))
@@ -367,11 +374,11 @@ def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch
     assert "non-finite loss or gradient at step 1" in capsys.readouterr().out
     run_dir = tmp_path / "pretrain_sync" / "r"
     before, after = weights(run_dir / "step_0000001"), weights(run_dir / "step_0000002")
-    # the update was skipped: every parameter is unchanged (BatchNorm running statistics are
-    # buffers updated by the forward pass, not by the optimizer)
-    stats = ("running_mean", "running_var", "num_batches_tracked")
-    params = [k for k in before if not k.endswith(stats)]
-    assert len(params) > 20 and all(torch.equal(before[k], after[k]) for k in params)
+    # the step was skipped: every parameter and every running statistic is as it was (only the
+    # count of batches BatchNorm has seen moved on)
+    kept = [k for k in before if not k.endswith("num_batches_tracked")]
+    assert sum(k.endswith("running_var") for k in kept) > 5
+    assert len(kept) > 20 and all(torch.equal(before[k], after[k]) for k in kept)
     final = weights(run_dir / "step_0000003")
     assert all(torch.isfinite(v).all() for v in final.values())
     assert any(not torch.equal(final[k], after[k]) for k in final)  # training went on
@@ -449,9 +456,10 @@ def test_sync_evaluation_leaves_out_a_one_clip_tail_batch():
             return {"video": v, "audio": v, "audio_shift": -v}
 
     cfg = pretrain_sync.Config()
-    def batch(n):
+    def batch(n, valid=True):
         return {"video": torch.zeros(n, 3, 2, 8, 8), "audio": torch.randn(n, 1, 1600),
-                "audio_shift": torch.randn(n, 1, 1600), "hard_valid": torch.ones(n, dtype=bool)}
+                "audio_shift": torch.randn(n, 1, 1600),
+                "hard_valid": torch.full((n,), valid, dtype=bool)}
     try:
         acc = Accelerator(cpu=True)
         objective = pretrain_sync.SyncObjective(cfg.loss.kind, cfg.loss.temperature,
@@ -459,10 +467,13 @@ def test_sync_evaluation_leaves_out_a_one_clip_tail_batch():
                                                 cfg.loss.hard_start_step,
                                                 embed_dim=cfg.model.proj_dim)
         out = pretrain_sync.evaluate(InSync(), objective, [batch(7), batch(1)], cfg, acc)
+        # no clip had room for a shift: no hard accuracy at all, not 0 %
+        no_hard = pretrain_sync.evaluate(InSync(), objective, [batch(5, valid=False)], cfg, acc)
     finally:
         AcceleratorState._reset_state(True)
         sys.path.remove(str(ROOT / "recipes"))
     assert out == {"val_acc_hard": 1.0, "val_acc_easy": 1.0, "val_clips": 7}
+    assert no_hard == {"val_acc_easy": 1.0, "val_clips": 5}
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ class InfoNCE(nn.Module):
         if temperature <= 0:
             raise ConfigError(f"InfoNCE temperature must be > 0, got {temperature}")
         self.gather = gather
+        self.learnable = learnable_temperature
         log_scale = torch.tensor(math.log(1.0 / temperature))
         if learnable_temperature:
             self.log_scale = nn.Parameter(log_scale)
@@ -54,8 +55,10 @@ class InfoNCE(nn.Module):
             self.register_buffer("log_scale", log_scale, persistent=False)
 
     def scale(self) -> torch.Tensor:
-        """1 / temperature, clamped to at most 100 (0-dim)."""
-        return self.log_scale.float().exp().clamp(max=MAX_LOGIT_SCALE)
+        """1 / temperature (0-dim); a learned one is clamped to at most 100, as in CLIP. A fixed
+        temperature is used as given (clamping it silently changed the loss below T = 0.01)."""
+        scale = self.log_scale.float().exp()
+        return scale.clamp(max=MAX_LOGIT_SCALE) if self.learnable else scale
 
     def forward(self, outputs: dict, batch: dict | None = None) -> dict[str, torch.Tensor]:
         v, a = outputs["video"], outputs["audio"]
