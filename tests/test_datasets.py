@@ -329,8 +329,22 @@ def test_kinetics_quoted_labels_missing_rows_and_test(kin, tmp_path):
     rows = (root / "train.csv").read_text()
     damaged = '"zumba",1.23E+05,12,22,train\n"zumba",-abc,1,11,train\n'
     (copy / "train.csv").write_text(rows + damaged)
-    assert kinetics(copy, "train", **KW).invalid_rows == 2
+    damaged_train = kinetics(copy, "train", **KW)
+    assert damaged_train.invalid_rows == 2
+    assert damaged_train.num_listed == train.num_listed + 2  # dropped rows are listed videos
     assert kinetics(copy, "validate", **KW).video_ids == val.video_ids
+    # a val row whose label train.csv never names is dropped, and counted as listed
+    (copy / "val.csv").write_text((root / "validate.csv").read_text() + "skydiving,abcdefghijk,1,11,val\n")
+    odd = kinetics(copy, "val", **KW)
+    assert (odd.invalid_rows, odd.num_listed) == (1, val.num_listed + 1)
+    # the real files' form: multi-word labels quoted, no label column in test.csv
+    assert any(line.startswith('"') and " " in line.split(",")[0]
+               for line in (root / "train.csv").read_text().splitlines())
+    assert (root / "test.csv").read_text().splitlines()[0] == "youtube_id,time_start,time_end,split"
+    # copies that keep the label column empty in test.csv read the same
+    (copy / "test.csv").write_text("label,youtube_id,time_start,time_end,split\n" + "".join(
+        f",{line}\n" for line in (root / "test.csv").read_text().splitlines()[1:]))
+    assert kinetics(copy, "test", **KW).video_ids == test.video_ids
 
 
 def test_vggsound_labels_with_commas(tmp_path_factory):
@@ -346,6 +360,14 @@ def test_vggsound_labels_with_commas(tmp_path_factory):
             assert ds.class_names[r.label] == by_id[r.extra["youtube_id"]]["class_name"]
     assert "people eating, crunchy" in ds.class_names
     assert ds[0]["label"] == ds.records[0].label
+    # a spreadsheet-damaged id is dropped and still counted as a listed video
+    text = (root / "vggsound.csv").read_text()
+    (root / "vggsound.csv").write_text(text + "1.23E+05,12,dog barking,test\n")
+    try:
+        damaged = vggsound(root, "test", **KW)
+    finally:
+        (root / "vggsound.csv").write_text(text)
+    assert (damaged.invalid_rows, damaged.num_listed) == (1, ds.num_listed + 1)
 
 
 def test_audioset_multi_hot_labels(tmp_path_factory):
@@ -363,6 +385,15 @@ def test_audioset_multi_hot_labels(tmp_path_factory):
     assert s["label"].dtype == torch.float32 and torch.equal(s["label"], hot)
     ev = audioset(root, "eval", **KW)
     assert ev.mode == "eval" and not set(ev.video_ids) & set(ds.video_ids)
+    classes = root / "class_labels_indices.csv"
+    text = classes.read_text()
+    lines = text.splitlines()
+    classes.write_text("\n".join([lines[0], "1.0" + lines[1][lines[1].index(","):], *lines[2:]]))
+    try:
+        with pytest.raises(DataError, match="expected integer indices in the column 'index'"):
+            audioset(root, "eval", **KW)
+    finally:
+        classes.write_text(text)
 
 
 def test_index_files_with_a_bom_parse_and_damaged_csvs_name_file_and_format(tmp_path):

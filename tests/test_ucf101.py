@@ -10,7 +10,7 @@ import torch
 import avssl.data.manifest as manifest
 from avssl.data.datasets import build_dataset, ucf101
 from avssl.data.synthetic import WorldConfig, write_layout
-from avssl.errors import ConfigError
+from avssl.errors import ConfigError, DataError
 
 torch.set_num_threads(1)
 
@@ -85,6 +85,28 @@ def test_test_lists_with_and_without_labels_agree(ucf, tmp_path):
             other = ucf101(other_root, split=split, train=False, **KW)
             assert other.video_ids == plain.video_ids and other.labels == plain.labels
         assert plain.mode == "eval" and len(set(plain.labels)) == len(plain.class_names)
+
+
+def test_train_labels_come_from_the_folder_when_a_copy_renumbers_them(ucf, tmp_path, caplog):
+    """A derived train list with 0-based labels shifted every label by one (one became -1)."""
+    def zero_based(name, lines):
+        if not name.startswith("trainlist"):
+            return "\r\n".join(lines) + "\r\n"
+        return "".join(f"{l.split()[0]} {int(l.split()[1]) - 1}\r\n" for l in lines)
+
+    def words(name, lines):
+        if not name.startswith("trainlist"):
+            return "\r\n".join(lines) + "\r\n"
+        return "".join(f"{l.split()[0]} {l.split('/')[0]}\r\n" for l in lines)
+
+    official = ucf101(ucf, split=1, train=True, mode="eval", **KW)
+    shifted = ucf101(_copy_with_lists(ucf, tmp_path / "zero", zero_based), split=1, train=True,
+                     mode="eval", **KW)
+    assert shifted.labels == official.labels and min(shifted.labels) == 0
+    assert "carry a label that differs from their folder's classInd id" in caplog.text
+    with pytest.raises(DataError, match=r"trainlist01.txt: expected '<Class>/<file>.avi' "
+                                        r"optionally followed by its classInd.txt id"):
+        ucf101(_copy_with_lists(ucf, tmp_path / "words", words), split=1, train=True, **KW)
 
 
 def test_handstand_pushups_case_mismatch_loads(ucf):

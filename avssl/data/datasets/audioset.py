@@ -44,7 +44,11 @@ def read_class_labels(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     df = read_text_csv(path, "the header index,mid,display_name")
     if not {"index", "mid", "display_name"} <= set(df.columns):
         raise DataError(f"{path}: expected the header index,mid,display_name")
-    df = df.assign(index=df["index"].astype(int)).sort_values("index")
+    try:
+        df = df.assign(index=df["index"].astype(int)).sort_values("index")
+    except ValueError:
+        raise DataError(f"{path}: expected integer indices in the column 'index' of "
+                        f"index,mid,display_name") from None
     return list(df["mid"]), list(df["display_name"])
 
 
@@ -105,4 +109,5 @@ def audioset(
     ds = ClipDataset(records, mode=default_mode(mode, split != "eval"), class_names=names,
                      name=f"audioset-{split}", **kw)
     ds.invalid_rows = invalid
+    ds.num_listed += invalid  # dropped rows are listed videos too (found vs listed)
     return ds

@@ -117,5 +117,7 @@ def kinetics(
                     split, invalid, unknown, len(df), csv.name)
     ds = ClipDataset(records, mode=default_mode(mode, split == "train"), class_names=classes,
                      name=f"kinetics-{split}", **kw)
-    ds.invalid_rows = invalid
+    # dropped rows are listed videos too: "used N of M listed" must count them (DATASETS.md)
+    ds.invalid_rows = invalid + unknown
+    ds.num_listed += invalid + unknown
     return ds

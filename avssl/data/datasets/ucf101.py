@@ -58,23 +58,32 @@ def read_split_list(path: Path, classes: list[str], *, train: bool) -> list[tupl
     """``(relative video path, 0-based label)`` for each line of a train or test list."""
     lookup = {c: i for i, c in enumerate(classes)}
     folded = {c.lower(): i for i, c in enumerate(classes)}
-    out = []
+    out, disagree = [], []
     for line in read_lines(path):
         parts = line.split()
         rel = parts[0].replace("\\", "/")
         folder = rel.split("/")[0]
         from_folder = lookup.get(folder, folded.get(folder.lower()))
-        listed = int(parts[1]) - 1 if len(parts) > 1 else None
-        if train and listed is not None:
-            label = listed  # the official train label
-        else:
-            if from_folder is None:
+        listed = None
+        if len(parts) > 1:
+            if len(parts) > 2 or not parts[1].isdigit():
+                raise DataError(f"{path}: expected '<Class>/<file>.avi' optionally followed by "
+                                f"its classInd.txt id (1..{len(classes)}), got {line!r}")
+            listed = int(parts[1]) - 1
+        if from_folder is None:
+            if listed is None or not train or not 0 <= listed < len(classes):
                 raise DataError(f"{path}: class folder {folder!r} of {rel} is not in classInd.txt")
-            label = from_folder
+            label = listed  # an official train label for a folder classInd does not name
+        else:
+            label = from_folder  # official lists always agree with the folder's classInd id
             if listed is not None and listed != from_folder:
-                log.warning("%s: %s is listed with label %d but its folder says %d; using the "
-                            "folder", path.name, rel, listed + 1, from_folder + 1)
+                disagree.append((rel, listed, from_folder))
         out.append((rel, label))
+    if disagree:
+        rel, listed, got = disagree[0]
+        log.warning("%s: %d of %d lines carry a label that differs from their folder's classInd "
+                    "id (e.g. %s: %d vs %d; a 0-based or re-numbered copy?); using the folder",
+                    path.name, len(disagree), len(out), rel, listed + 1, got + 1)
     return out
 
 

@@ -72,4 +72,5 @@ def vggsound(
     ds = ClipDataset(records, mode=default_mode(mode, split == "train"), class_names=classes,
                      name=f"vggsound-{split}", **kw)
     ds.invalid_rows = invalid
+    ds.num_listed += invalid  # dropped rows are listed videos too (found vs listed)
     return ds

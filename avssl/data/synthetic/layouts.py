@@ -293,15 +293,18 @@ def write_kinetics(out: Path, *, clips_per_class: int = 4, seed: int = 0,
         missing.append(f"train/{KINETICS_CLASSES[k]}/{yid}_{start:06d}_{start + 10:06d}.mp4")
     clips = _run(jobs, out, cfg, workers, "kinetics")
     for split, fname in (("train", "train.csv"), ("val", "validate.csv"), ("test", "test.csv")):
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")  # quotes labels that hold a comma
-        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
-        writer.writerows(rows[split])
-        (out / fname).write_text(buf.getvalue())
+        # the real files: multi-word labels double-quoted; the test CSV has no label column
+        header = ["label", "youtube_id", "time_start", "time_end", "split"]
+        if split == "test":
+            header, rows[split] = header[1:], [r[1:] for r in rows[split]]
+        lines = [",".join(header)] + [",".join(
+            f'"{v}"' if k == 0 and split != "test" and (" " in v or "," in v) else str(v)
+            for k, v in enumerate(r)) for r in rows[split]]
+        _write_text(out / fname, lines)
     return _finish(out, "kinetics", seed, cfg, clips_per_class, KINETICS_CLASSES, clips, """
-train.csv, validate.csv, test.csv: label,youtube_id,time_start,time_end,split (split train, val,
-test; test rows have an empty label). Files <split>/<label>/<ytid>_<start:06d>_<end:06d>.mp4
-(H.264 + AAC), test files flat in test/. Two train rows are listed without a file (see
+train.csv, validate.csv: label,youtube_id,time_start,time_end,split (multi-word labels
+double-quoted); test.csv: youtube_id,time_start,time_end,split (no labels, as released).
+Files <split>/<label>/<ytid>_<start:06d>_<end:06d>.mp4 (H.264 + AAC), test files flat in test/. Two train rows are listed without a file (see
 "missing" in ground_truth.json).""", missing=missing)
 
 
