@@ -6,10 +6,12 @@ accept a BOM and CRLF lines and all refuse the same damage with a message naming
 - a row with more fields than the header (a label with an unquoted comma, trailing commas).
   pandas' default would silently turn the extra leading field into an index and shift every
   column by one when all rows have it, or raise a traceback when only some do;
-- bytes that are not UTF-8, or a file pandas cannot tokenise at all.
+- bytes that are not UTF-8, or a file pandas cannot tokenise at all;
+- a header naming one column twice (pandas would rename the second ``name.1``).
 """
 from __future__ import annotations
 
+import csv
 import io
 import os
 import warnings
@@ -33,6 +35,11 @@ def read_text_csv(path: str | os.PathLike, expected: str, *, header: bool = True
         with open(path, encoding="utf-8-sig", newline=None) as f:
             body = "".join(line for line in f
                            if not (skip_comments and line.lstrip().startswith("#")))
+        if header:  # pandas renames a repeated column "a.1", which then reads as its own field
+            first = next(csv.reader(io.StringIO(body), skipinitialspace=skipinitialspace), [])
+            twice = sorted({c for c in first if first.count(c) > 1})
+            if twice:
+                raise DataError(f"{name}: the header names {twice[0]!r} twice; expected {expected}")
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             return pd.read_csv(io.StringIO(body), header=0 if header else None, dtype=str,

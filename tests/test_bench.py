@@ -17,6 +17,7 @@ import torch
 
 from avssl.bench import features as F
 from avssl.bench.run import BenchArgs, run_bench
+from avssl.bench.tasks import TASKS
 from avssl.checkpoints import save_checkpoint
 from avssl.data.synthetic import WorldConfig, write_layout
 from avssl.encoders import build_encoder
@@ -90,6 +91,23 @@ def test_linear_probe_appends_a_complete_row(tmp_path, ucf):
     assert "top5" in row.secondary and "weight_decay" in row.secondary
 
 
+def test_ucf101_linear_probe_holds_out_whole_groups(tmp_path, ucf, monkeypatch):
+    """UCF101's clips of one group share a source video; the synthetic task's do not."""
+    from avssl.bench.protocols import linear
+
+    seen = []
+    real = linear.stratified_split
+    monkeypatch.setattr(linear, "stratified_split",
+                        lambda y, f, seed, groups=None: seen.append(groups) or real(y, f, seed,
+                                                                                    groups))
+    bench(tmp_path, task="ucf101", data_root=str(ucf), leaderboard="")
+    bench(tmp_path, task="synthetic", data_root=str(ucf), leaderboard="")
+    train = TASKS.get("ucf101").load(str(ucf), "1", True, mode="eval")
+    want = [int(v.split("_g")[1][:2]) for v in train.video_ids]
+    assert seen[0].tolist() == want and len(set(want)) > 1
+    assert seen[1] is None
+
+
 def test_features_are_cached_and_reused(tmp_path, ucf, monkeypatch, cache):
     first = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="knn")
     files = sorted((cache / "features" / "synthetic").glob("*.npz"))
@@ -126,6 +144,21 @@ def test_other_protocols(tmp_path, ucf, cache, protocol, metric):
     assert out["metric"] == metric and 0 <= out["value"] <= 100
     if protocol == "fewshot":
         assert set(out["metrics"]["shots"]) == {"1", "2"}
+        # the row says which n each number is for (a 1-shot and a 5-shot row are not one
+        # configuration): the per-seed runs are flat lists, which the row schema takes
+        shots = out["row"].secondary["shots"]
+        assert set(shots) == {"1", "2"} and len(shots["2"]["runs"]) == 5
+        # --seed moves the five few-shot draws too (the row records it)
+        from avssl.bench.protocols import fewshot
+
+        drawn = []
+        real = fewshot.sample_few_shot
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fewshot, "sample_few_shot",
+                       lambda y, c, n, seed: drawn.append(seed) or real(y, c, n, seed))
+            bench(tmp_path, task="synthetic", data_root=str(ucf), protocol=protocol,
+                  shots=(2,), seed=3, leaderboard="")
+        assert drawn == [3, 4, 5, 6, 7]
     else:
         # recompute class-match retrieval by hand from the cached features: test clips query
         # train clips by cosine, a hit at k when fewer than k other-class items are at least as
@@ -297,6 +330,24 @@ def test_av_sync_and_retrieval(tmp_path, folder, checkpoint, cache):
     from avssl.bench.__main__ import _table
 
     assert "| av-retrieval | retrieval-ivfpq | test |" in _table(approx, None)
+
+
+def test_av_sync_of_one_video_has_no_easy_negative_and_counts_skipped_files(tmp_path, folder,
+                                                                           checkpoint):
+    """With one video the "easy negative" was the clip's own in-sync audio (a tie, so 0 %); and
+    files --skip-bad left out were missing from the videos expected."""
+    from avssl.data.decoding import probe
+
+    one = tmp_path / "one"
+    one.mkdir()
+    sounding = next(p for p in sorted(folder.rglob("*.mp4")) if probe(p).has_audio)
+    os.symlink(sounding, one / sounding.name)
+    (one / "broken.mp4").write_bytes(b"not a video")
+    out = bench(tmp_path, task="av-sync", data_root=str(one), checkpoint=str(checkpoint),
+                fps=None, size=None, crop=None, skip_bad=True, leaderboard="")
+    m = out["metrics"]
+    assert "acc_easy" not in m and m["num_hard"] == 1
+    assert (out["videos_used"], out["videos_expected"]) == (1, 2)
 
 
 def test_row_records_the_step_folder_latest_pointed_to(tmp_path, folder, checkpoint,
@@ -595,6 +646,10 @@ def test_cli_truncated_video_in_workers_is_one_line_naming_skip_bad(tmp_path, uc
     ({"crop": 0}, "--crop must be >= 1 pixel"),
     ({"crop": 80}, "crop 80 is larger than the short side 32 the frames are resized to (from "
                    "--size 32 and --crop 80); pass --size >= --crop"),
+    ({"seed": -1}, "--seed must be >= 0, got -1"),
+    ({"epochs": 0}, "--epochs must be >= 1 (leave it out for the default), got 0"),
+    ({"lr": float("nan")}, "--lr must be a finite number > 0, got nan"),
+    ({"lr": -1.0}, "--lr must be a finite number > 0"),
 ])
 def test_bad_numbers_are_refused_before_any_work(tmp_path, monkeypatch, opts, message):
     monkeypatch.setattr(F, "clip_features", _no_compute)

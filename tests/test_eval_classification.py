@@ -220,6 +220,9 @@ def test_help_lists_every_evaluator(capsys):
     ("id,label\nx,b\n,c\n", "id,prediction\nx,b\n,c\n", r"a row \(line 3\) has no id"),
     ("id,label\nx,b\ny,c\n", "id,prediction\nx,b\ny,\n",
      r"predictions file .*: id y \(line 3\) has no prediction"),
+    # pandas renamed the second "b" to "b.1", scored as a class of its own
+    ("id,label\nx,b\ny,c\n", "id,b,b,c\nx,0.9,0.1,0\ny,0,0,1\n",
+     r"predictions file .*p\.csv: the header names 'b' twice; expected a header with id"),
 ])
 def test_blank_ids_labels_and_predictions_are_refused(tmp_path, labels, preds, match):
     """A blank label used to be scored as a class named "" (its own per-class entry)."""

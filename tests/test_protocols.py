@@ -88,6 +88,23 @@ def test_stratified_split_keeps_every_class_in_fit():
     assert np.array_equal(val, stratified_split(y, 0.2, seed=0)[1])
 
 
+def test_stratified_split_by_group_holds_out_whole_source_videos():
+    """UCF101's clips of one group are cut from one source video: a held-out clip with a sibling
+    in fit rewards memorising the video, so the sweep held out whole groups."""
+    from avssl.bench.tasks.classification import ucf101_groups as source_groups
+
+    ids = [f"v_C{c}_g{g:02d}_c{k:02d}" for c in range(3) for g in range(8, 14) for k in range(1, 4)]
+    y = np.array([int(i.split("_")[1][1:]) for i in ids])
+    groups = source_groups(ids)
+    assert groups.tolist()[:4] == [8, 8, 8, 9]
+    assert source_groups(ids + ["some_clip"]) is None  # not every id names a group
+    fit, val = stratified_split(y, 0.2, seed=0, groups=groups)
+    assert np.array_equal(np.sort(np.concatenate([fit, val])), np.arange(len(y)))
+    held = {(y[i], groups[i]) for i in val}
+    assert held and not held & {(y[i], groups[i]) for i in fit}
+    assert sorted(np.bincount(y[val]).tolist()) == [3, 3, 3]  # round(0.2 * 6) = 1 group a class
+
+
 def test_linear_probe_picks_the_best_held_out_weight_decay():
     # overlapping blobs in more dimensions than the fit part can pin down: the penalty matters
     x, y = blobs(3, 12, spread=0.3, dim=40)

@@ -50,7 +50,8 @@ def write_sync(path, ids: Sequence[str], scores: np.ndarray, easy: np.ndarray,
         for i, vid in enumerate(ids):
             w.writerow([vid, "sync", 0.0, repr(float(scores[i, zero]))])
             w.writerow([vid, "hard", hard_offsets[i], repr(float(scores[i, g]))])
-            w.writerow([vid, "easy", "", repr(float(easy[i]))])
+            if np.isfinite(easy[i]):  # NaN: no other video to draw an easy negative from
+                w.writerow([vid, "easy", "", repr(float(easy[i]))])
             for j, o in enumerate(grid):
                 w.writerow([vid, "grid", o, repr(float(scores[i, j]))])
 

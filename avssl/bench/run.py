@@ -113,6 +113,13 @@ def _check_numbers(args: BenchArgs) -> None:
     for flag, value in (("--size", args.size), ("--crop", args.crop)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1 pixel, got {value}")
+    if args.seed < 0:  # numpy's seed sequences refuse negative entries deep in a DataLoader
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if args.epochs is not None and args.epochs < 1:  # 0 used to mean 10, -1 trained nothing
+        raise ConfigError(f"--epochs must be >= 1 (leave it out for the default), got "
+                          f"{args.epochs}")
+    if not (args.lr > 0 and np.isfinite(args.lr)):
+        raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
 
 
 def _check_crop(size: int, crop: int, args: BenchArgs) -> None:
@@ -293,10 +300,12 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
         opts: dict[str, Any] = {"class_names": names}
         if protocol == "linear":
             opts["seed"] = args.seed
+            opts["groups"] = task.groups(train_ds.video_ids) if task.groups else None
         elif protocol == "knn":
             opts["k"] = args.k
         elif protocol == "fewshot":
             opts["shots"] = tuple(args.shots)
+            opts["seeds"] = tuple(range(args.seed, args.seed + 5))  # --seed 0: seeds 0-4
         with _threads_for(train_x.size):
             metrics = fn(train_x, train_y, test_x, test_y, num_classes, **opts)
     scores = metrics.pop("scores", None)
@@ -372,7 +381,8 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
         n = len(video)
         rng = np.random.default_rng([args.seed, 77])
         other = (np.arange(n) + 1 + rng.integers(0, max(1, n - 1), n)) % n
-        easy = np.einsum("nd,nd->n", video, audio[other, zero])[:, None]
+        # one video has no other video's audio: no easy negative (it would be its own audio)
+        easy = (np.einsum("nd,nd->n", video, audio[other, zero])[:, None] if n > 1 else None)
         g = len(ds.grid)
         metrics = sync_metrics_from_arrays(scores[:, zero], scores[:, g:], easy, scores[:, :g],
                                            np.asarray(ds.grid, np.float64))
@@ -380,7 +390,8 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
             from avssl.bench.predictions import write_sync
 
             write_sync(args.save_predictions, [it[0].video_id for it in ds.items], scores,
-                       easy[:, 0], ds.grid, [it[2] for it in ds.items])
+                       easy[:, 0] if easy is not None else np.full(n, np.nan), ds.grid,
+                       [it[2] for it in ds.items])
     else:
         from avssl.eval.retrieval import cross_modal_retrieval
 
@@ -485,4 +496,6 @@ def _jsonable(v) -> bool:
         return bool(np.isfinite(v))
     if isinstance(v, dict):
         return all(_jsonable(x) for x in v.values())
+    if isinstance(v, (list, tuple)):  # the row schema takes flat lists of numbers
+        return all(not isinstance(x, (dict, list, tuple)) and _jsonable(x) for x in v)
     return False

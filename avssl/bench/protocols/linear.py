@@ -107,15 +107,29 @@ def predict_scores(x: np.ndarray | torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return (x @ w + b).numpy().astype(np.float32)
 
 
-def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, val_fraction: float, seed: int,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class split of indices into (fit, held-out), both sorted int64.
 
     A class with ``n >= 2`` samples puts ``round(val_fraction * n)`` of them, clamped to
     ``[1, n - 1]``, in held-out (so it keeps at least one in fit); a class with one sample stays
-    in fit.
+    in fit. With ``groups`` (N,) (e.g. UCF101's gGG: clips cut from one source video), whole
+    groups of a class go to held-out, so no held-out clip has a sibling in fit.
     """
     rng = np.random.default_rng([seed, 7211])
     fit, val = [], []
+    if groups is not None:
+        groups = np.asarray(groups)
+        for c in np.unique(y):
+            gs = np.unique(groups[y == c])
+            gs = gs[rng.permutation(len(gs))]
+            n_val = (0 if len(gs) < 2 else
+                     min(max(int(round(val_fraction * len(gs))), 1), len(gs) - 1))
+            held = np.isin(groups, gs[:n_val]) & (y == c)
+            val.append(np.flatnonzero(held))
+            fit.append(np.flatnonzero((y == c) & ~held))
+        return (np.sort(np.concatenate(fit)).astype(np.int64),
+                np.sort(np.concatenate(val)).astype(np.int64))
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         idx = idx[rng.permutation(len(idx))]
@@ -130,6 +144,7 @@ def linear_probe(
     num_classes: int, *, seed: int = 0,
     weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
     val_fraction: float = 0.2, max_iter: int = 200, class_names: list[str] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """Linear probe with a held-out sweep of the L2 penalty; metrics on the test split.
 
@@ -137,6 +152,8 @@ def linear_probe(
     standardised with the whole train split's statistics (label-free; the test split is never
     looked at). Each ``wd`` is fitted on the fit part of :func:`stratified_split` and scored by
     held-out top-1; the best (ties -> the larger ``wd``) is refitted on the whole train split.
+    ``groups`` (N,) (the source video of each training clip) holds out whole groups, so the
+    sweep never scores a clip whose siblings it was fitted on.
     With a single ``wd``, or no held-out sample (every class has one sample), there is nothing to
     choose: the largest ``wd`` is used and ``sweep`` is empty.
 
@@ -153,9 +170,12 @@ def linear_probe(
     if max_iter < 1:
         raise ConfigError(f"expected max_iter >= 1, got {max_iter}")
 
+    if groups is not None and len(groups) != len(train_y):
+        raise ConfigError(f"expected one group per training sample ({len(train_y)}), got "
+                          f"{len(groups)}")
     stats = standardizer(train_x)
     x_train = standardize(train_x, stats)
-    fit_idx, val_idx = stratified_split(train_y, val_fraction, seed)
+    fit_idx, val_idx = stratified_split(train_y, val_fraction, seed, groups)
     sweep: dict[str, float] = {}
     best_wd = max(weight_decays)
     if len(weight_decays) > 1 and len(val_idx):

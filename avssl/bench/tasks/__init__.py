@@ -43,6 +43,9 @@ class Task:
     default_root: Callable[[], str] | None = None   # data when --data-root is not given
     higher_is_better: bool = True
     run: Callable | None = None         # own pipeline for kinds the harness has no branch for
+    # video ids -> the source video of each clip (N,), or None: the linear probe then holds out
+    # whole sources, as clips cut from one video leak into each other (UCF101's groups)
+    groups: Callable | None = None
 
     @property
     def default_protocol(self) -> str:

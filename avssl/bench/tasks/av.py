@@ -139,9 +139,12 @@ def load_av(root: str | os.PathLike, split: str, *, spec, grid=GRID, hard=HARD_S
     """Videos with sound under ``root`` (folder or manifest CSV) as :class:`AVClips`."""
     listed = folder_dataset(root, mode="eval", require_audio=True, skip_bad=skip_bad,
                             clip_s=spec.clip_s, progress=False)
-    return AVClips(listed.records, clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
-                   sample_rate=spec.sample_rate, video_transform=spec.video_transform(1),
-                   audio_transform=spec.audio_transform(), grid=grid, hard=hard, seed=seed)
+    ds = AVClips(listed.records, clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
+                 sample_rate=spec.sample_rate, video_transform=spec.video_transform(1),
+                 audio_transform=spec.audio_transform(), grid=grid, hard=hard, seed=seed)
+    # videos --skip-bad left out (undecodable, missing) were listed: they count as expected
+    ds.num_listed += len(listed.bad) + len(listed.missing)
+    return ds
 
 
 _DATA = ("a folder of videos with sound or a manifest CSV (python -m avssl.data.manifest scan); "

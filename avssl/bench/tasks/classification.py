@@ -6,6 +6,9 @@ Each ``load(root, split, train, **kw)`` maps the task's split name onto its data
 from __future__ import annotations
 
 import functools
+import re
+
+import numpy as np
 
 from avssl.bench.tasks import TASKS, Task
 from avssl.data.datasets import hmdb51, kinetics, ucf101, vggsound
@@ -55,13 +58,23 @@ TASKS.add("synthetic", Task(
     kind="classification", version="2", protocols=FROZEN, metric="top1", load=_ucf,
     splits=("1", "2", "3"), views="2x1", layout="ucf101", default_root=_synthetic_root))
 
+def ucf101_groups(video_ids) -> np.ndarray | None:
+    """UCF101's group of each clip (``v_<Class>_gGG_cCC``; a group's clips are cut from one
+    source video), or None when an id carries no group. The synthetic task has none of this
+    leak (its clips are independent renders) and keeps the per-clip held-out split."""
+    found = [re.search(r"_g(\d+)_c\d+$", str(v)) for v in video_ids]
+    if not found or not all(found):
+        return None
+    return np.array([int(m.group(1)) for m in found])
+
+
 TASKS.add("ucf101", Task(
     name="ucf101",
     summary="UCF101 action recognition, 101 classes, 3 splits (Soomro et al. 2012)",
     data=("UCF-101/<Class>/*.avi and ucfTrainTestlist/ from crcv.ucf.edu/data/UCF101.php "
           "(UCF101.rar + UCF101TrainTestSplits-RecognitionTask.zip)"),
     kind="classification", version="1", protocols=FROZEN, metric="top1", load=_ucf,
-    splits=("1", "2", "3"), layout="ucf101"))
+    splits=("1", "2", "3"), layout="ucf101", groups=ucf101_groups))
 
 TASKS.add("ucf101-av", Task(
     name="ucf101-av",
@@ -69,7 +82,7 @@ TASKS.add("ucf101-av", Task(
     data="the UCF101 tree (see ucf101); only videos with an audio stream are used",
     kind="classification", version="1", protocols=FROZEN, metric="top1",
     load=functools.partial(_ucf, audio_subset=True), splits=("1", "2", "3"), modality="av",
-    layout="ucf101"))
+    layout="ucf101", groups=ucf101_groups))
 
 TASKS.add("hmdb51", Task(
     name="hmdb51",
