@@ -55,6 +55,10 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (a CLI string or a JSON value) to type ``tp`` or raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -103,10 +107,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(out) if origin is tuple else out
     if tp is dict or origin is dict:
         if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise ConfigError(f"--{key}: expected a JSON object, got {value!r}") from None
+            try:  # NaN / Infinity are not JSON: config.json (strict JSON) could not be written
+                value = json.loads(value, parse_constant=_not_json)
+            except (json.JSONDecodeError, ValueError):
+                raise ConfigError(f"--{key}: expected a JSON object (finite numbers), got "
+                                  f"{value!r}") from None
         if not isinstance(value, dict):
             raise ConfigError(f"--{key}: expected a JSON object, got {value!r}")
         return value
@@ -289,10 +294,14 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(to_dict(cfg), f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(to_dict(cfg), f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)  # a config that cannot be written leaves nothing behind
+        raise
     return path
 
 

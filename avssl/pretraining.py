@@ -32,10 +32,12 @@ class PairDataConfig:
 
     path: Optional[str] = field(default=None, metadata={"help": "folder of videos or manifest "
                                 "CSV; default: the synthetic world (written on first use)"})
-    synthetic_videos: int = field(default=384, metadata={"help": "synthetic clips to write"})
+    synthetic_videos: int = field(default=384, metadata={
+        "help": "synthetic clips to write (rounded up to a multiple of the 14 actions)"})
     synthetic_duration_s: float = 4.0
     synthetic_seed: int = 0
-    val_videos: int = field(default=48, metadata={"help": "held-out synthetic clips (0: none)"})
+    val_videos: int = field(default=48, metadata={
+        "help": "held-out synthetic clips (0: none; rounded up to a multiple of 14)"})
     clip_s: float = 1.0
     fps: float = 8.0
     size: int = field(default=64, metadata={"help": "decode size (short side)"})

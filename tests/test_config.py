@@ -117,6 +117,16 @@ def test_dict_fields_take_json():
     assert cfg.kwargs == {"time_strides": {"conv1": 1}}
     with pytest.raises(ConfigError, match="expected a JSON object"):
         parse_args(WithDict, ["--kwargs=[1, 2]"])
+    # Python's json reads NaN, which config.json (strict JSON) could not hold
+    with pytest.raises(ConfigError, match=r"--kwargs: expected a JSON object \(finite numbers\)"):
+        parse_args(WithDict, ['--kwargs={"x": NaN}'])
+
+
+def test_a_config_that_cannot_be_written_leaves_no_temp_file(tmp_path):
+    cfg = WithDict(kwargs={"x": float("nan")})  # built in code, past the command line's check
+    with pytest.raises(ValueError):
+        save_config(cfg, tmp_path / "config.json")
+    assert list(tmp_path.iterdir()) == []
 
 
 @dataclass
