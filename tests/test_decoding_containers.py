@@ -156,3 +156,34 @@ def test_folder_dataset_follows_linked_folders_like_the_manifest_scan(tmp_path):
     assert sorted(index_video_files(root)) == ["a", "b"]
     ds = folder_dataset(root, clip_s=0.5, fps=10, progress=False)
     assert sorted(r.video_id for r in ds.records) == ["b", "part1/a"]
+
+
+def test_sync_pairs_stay_where_the_audio_is(tmp_path):
+    """4 s of video with 2 s of sound: windows drawn over the video gave silent positives and
+    silent "hard negatives" (equal inputs the loss must push apart) marked valid."""
+    from avssl.data.datasets.folder import folder_dataset
+    from avssl.data.manifest import scan, write_manifest
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for k in range(3):
+        _write(root / f"short_audio_{k}.mp4", video_s=4.0, audio_s=2.0)
+    info = probe(root / "short_audio_0.mp4")
+    assert info.duration_s == pytest.approx(4.0, abs=0.05)
+    assert info.audio_end_s == pytest.approx(2.0, abs=0.05)
+    manifest = tmp_path / "m.csv"
+    write_manifest(scan(root, progress=False), manifest, root=root)
+    for src in (root, manifest):
+        ds = folder_dataset(src, mode="train", clip_s=0.5, fps=10, size=None,
+                            audio_shift=(0.5, 1.0), progress=False)
+        valid = 0
+        for epoch in range(4):
+            ds.set_epoch(epoch)
+            for i in range(len(ds)):
+                s = ds[i]
+                assert s["clip_start_s"] + 0.5 <= info.audio_end_s + 1e-6
+                assert float(s["audio"].abs().amax()) > 0.1  # the positive has its sound
+                if s["hard_valid"]:
+                    valid += 1
+                    assert float(s["audio_shift"].abs().amax()) > 0.1
+        assert valid > 0

@@ -19,8 +19,8 @@ from avssl.errors import DataError
 # torch and the codecs are imported inside the fixtures: worker processes spawned by the pool
 # test import this module, and should start fast.
 
-HEADER = \
-    "path,duration_s,fps,num_frames,width,height,has_audio,sample_rate,decodable,error,start_s"
+HEADER = ("path,duration_s,fps,num_frames,width,height,has_audio,sample_rate,decodable,error,"
+          "start_s,audio_end_s")
 
 
 def _clip(frames: int, h: int = 32, w: int = 48, seed: int = 0):
@@ -159,10 +159,10 @@ def test_read_manifest_rejects_wrong_header_and_values(tmp_path):
     bad.write_text("path,duration,fps\nx.mp4,1.0,25\n")
     with pytest.raises(DataError, match="expected exactly " + HEADER):
         M.read_manifest(bad)
-    bad.write_text(HEADER + "\nx.mp4,1.0,25,25,32,32,maybe,,true,,0\n")
+    bad.write_text(HEADER + "\nx.mp4,1.0,25,25,32,32,maybe,,true,,0,\n")
     with pytest.raises(DataError, match="has_audio must be true or false"):
         M.read_manifest(bad)
-    bad.write_text(HEADER + "\nx.mp4,long,25,25,32,32,false,,true,,0\n")
+    bad.write_text(HEADER + "\nx.mp4,long,25,25,32,32,false,,true,,0,\n")
     with pytest.raises(DataError, match="duration_s must be a number"):
         M.read_manifest(bad)
     with pytest.raises(DataError, match="not found"):
@@ -173,10 +173,13 @@ def test_read_manifest_accepts_the_ten_columns_from_before_start_s(scanned, tmp_
     new = tmp_path / "new.csv"
     M.write_manifest(scanned, new)
     old = tmp_path / "old.csv"
-    old.write_text("\n".join(line.rsplit(",", 1)[0] for line in new.read_text().splitlines()) + "\n")
+    old.write_text("\n".join(line.rsplit(",", 2)[0] for line in new.read_text().splitlines()) + "\n")
     back = M.read_manifest(old)
-    assert list(back.columns) == list(M.COLUMNS) and back["start_s"].isna().all()
-    pd.testing.assert_frame_equal(back.drop(columns="start_s"), scanned.drop(columns="start_s"))
+    added = ["start_s", "audio_end_s"]
+    assert list(back.columns) == list(M.COLUMNS) and back[added].isna().all().all()
+    pd.testing.assert_frame_equal(back.drop(columns=added), scanned.drop(columns=added))
+    sounding = scanned[scanned["has_audio"]]
+    assert len(sounding) and (sounding["audio_end_s"] > 0).all()
 
 
 def test_cli_scan_writes_manifest_and_summary(media_root, tmp_path):

@@ -63,6 +63,7 @@ class MediaInfo:
     sample_rate: int | None  # native audio rate; None without audio
     audio_channels: int  # 0 without audio
     start_s: float = 0.0  # first video timestamp on the file's clock (windows start here)
+    audio_end_s: float | None = None  # where the audio stream ends on that clock; None: unknown
 
 
 # --------------------------------------------------------------------------- watchdog + errors
@@ -186,8 +187,9 @@ def _probe(path: str) -> MediaInfo:
             duration = num_frames / fps
 
         has_audio = bool(container.streams.audio)
-        sample_rate = channels = None
+        sample_rate = channels = audio_end = None
         if has_audio:
+            audio_end = _audio_end_s(container.streams.audio[0])
             acc = container.streams.audio[0].codec_context
             sample_rate = int(acc.sample_rate) or None
             channels = int(acc.layout.nb_channels) if acc.layout is not None else int(acc.channels)
@@ -213,7 +215,18 @@ def _probe(path: str) -> MediaInfo:
     return MediaInfo(path=path, duration_s=duration, fps=fps, num_frames=num_frames,
                      width=width, height=height, has_audio=has_audio,
                      sample_rate=sample_rate if has_audio else None,
-                     audio_channels=int(channels or 0) if has_audio else 0, start_s=origin)
+                     audio_channels=int(channels or 0) if has_audio else 0, start_s=origin,
+                     audio_end_s=audio_end)
+
+
+def _audio_end_s(ast: av.AudioStream) -> float | None:
+    """End of the audio stream on the file's clock, from its own length (or, in Matroska, its
+    DURATION tag); None when the container does not say."""
+    start = float(ast.start_time * ast.time_base) if ast.start_time is not None else 0.0
+    if ast.duration is not None and ast.time_base is not None:
+        return start + float(ast.duration * ast.time_base)
+    tagged = _tag_seconds(ast.metadata.get("DURATION"))
+    return None if tagged is None else start + tagged
 
 
 def _tag_seconds(tag: str | None) -> float | None:

@@ -2,11 +2,12 @@
 
 Manifest CSV columns, exactly and in this order::
 
-    path,duration_s,fps,num_frames,width,height,has_audio,sample_rate,decodable,error,start_s
+    path,duration_s,fps,num_frames,width,height,has_audio,sample_rate,decodable,error,start_s,audio_end_s
 
 ``start_s`` is the video stream's first timestamp (0 for most files; 10 for a video cut with
-``ffmpeg -copyts -ss 10``): clip windows start there. Manifests from before it existed (the first
-ten columns) are still read, with ``start_s`` empty and clips counted from 0.
+``ffmpeg -copyts -ss 10``): clip windows start there. ``audio_end_s`` is where the audio stream
+ends on the same clock (empty when unknown or silent): clips that need sound stay before it.
+Manifests from before these two existed (the first ten columns) are still read, with both empty.
 In a manifest file, a relative ``path`` (``/`` separators) is relative to **the manifest file's
 own folder**, wherever that is; an absolute path (written only when no relative one exists, e.g.
 on another drive) is used as is. :func:`scan` returns paths relative to the scanned root, and
@@ -44,13 +45,14 @@ log = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
     "path", "duration_s", "fps", "num_frames", "width", "height",
-    "has_audio", "sample_rate", "decodable", "error", "start_s",
+    "has_audio", "sample_rate", "decodable", "error", "start_s", "audio_end_s",
 )
-# Manifests written before start_s existed; read with start_s empty (clips then count from 0).
-_COLUMNS_V1 = COLUMNS[:-1]
+# Manifests written before the last two existed; read with them empty (as before: clips count
+# from 0 and may run past the end of the audio).
+_COLUMNS_V1 = COLUMNS[:-2]
 # In order of preference where one clip exists in several containers.
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
-_FLOAT_COLS = ("duration_s", "fps", "start_s")
+_FLOAT_COLS = ("duration_s", "fps", "start_s", "audio_end_s")
 _INT_COLS = ("num_frames", "width", "height", "sample_rate")
 _BOOL_COLS = ("has_audio", "decodable")
 
@@ -91,7 +93,7 @@ def _probe_row(root: str, rel: str, timeout_s: float) -> dict:
         duration_s=float(info.duration_s), fps=float(info.fps), num_frames=int(info.num_frames),
         width=int(info.width), height=int(info.height), has_audio=bool(info.has_audio),
         sample_rate=int(info.sample_rate) if info.has_audio and info.sample_rate else None,
-        decodable=True, start_s=float(info.start_s),
+        decodable=True, start_s=float(info.start_s), audio_end_s=info.audio_end_s,
     )
     return row
 
@@ -291,7 +293,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     raw = read_text_csv(path, f"the columns {','.join(COLUMNS)}", skipinitialspace=False,
                         what="manifest")
     if tuple(raw.columns) == _COLUMNS_V1:
-        raw["start_s"] = ""
+        raw["start_s"] = raw["audio_end_s"] = ""
     if tuple(raw.columns) != COLUMNS:
         raise DataError(
             f"manifest {str(path)!r} has columns {','.join(map(str, raw.columns))}; expected exactly "

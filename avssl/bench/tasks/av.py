@@ -57,16 +57,19 @@ class AVClips(Dataset):
         for i, rec in enumerate(records):
             duration = rec.extra.get("duration_s")
             origin = float(rec.extra.get("start_s", 0.0))  # the video's first timestamp
+            audio_end = rec.extra.get("audio_end_s")
             if duration is None or rec.extra.get("has_audio") is None:
                 try:
                     info = decoding.probe(rec.path, timeout_s=timeout_s)
                 except DecodeError as err:
                     raise DataError(f"cannot decode {rec.path} ({err.reason}); pass --skip-bad "
                                     f"to leave unreadable videos out") from err
-                duration, origin = info.duration_s, info.start_s
+                duration, origin, audio_end = info.duration_s, info.start_s, info.audio_end_s
                 if not info.has_audio:  # a silent video is a normal case: not part of the task
                     self.num_listed -= 1
                     continue
+            if audio_end is not None and audio_end == audio_end:  # every offset needs sound
+                duration = min(float(duration), float(audio_end) - origin)
             placed = self._place(float(duration), np.random.default_rng([seed, i]))
             if placed is None:
                 self.too_short.append(rec.path)

@@ -250,7 +250,7 @@ class ClipDataset(Dataset):
                     self.bad.append((r.path, err.reason))
                     continue
                 r.extra.update(duration_s=info.duration_s, fps=info.fps, has_audio=info.has_audio,
-                               start_s=info.start_s)
+                               start_s=info.start_s, audio_end_s=info.audio_end_s)
             kept.append(r)
         return kept
 
@@ -303,8 +303,8 @@ class ClipDataset(Dataset):
                 # failed, so a file quarantined in an earlier run leaves the same samples behind.
                 item_rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
                 try:
-                    duration, origin = self._media(self.records[vi])[0], self._origin(vi)
-                    start, _ = random_window(duration, self.clip_s, item_rng)
+                    span, origin = self._span(self.records[vi])
+                    start, _ = random_window(span, self.clip_s, item_rng)
                     start += origin
                     return self._load(vi, start, item_rng, index)
                 except DecodeError as err:
@@ -324,9 +324,9 @@ class ClipDataset(Dataset):
         vi, ci = divmod(index, self.num_clips)
         rec = self.records[vi]
         try:
-            duration = self._media(rec)[0]
-            start, _ = uniform_windows(duration, self.clip_s, self.num_clips)[ci]
-            start += self._origin(vi)
+            span, origin = self._span(rec)
+            start, _ = uniform_windows(span, self.clip_s, self.num_clips)[ci]
+            start += origin
             sample = self._load(vi, start, np.random.default_rng([self.seed, index]), index)
         except DecodeError as err:
             raise DataError(
@@ -369,12 +369,23 @@ class ClipDataset(Dataset):
         if rec.path not in self._media_cache:
             info = decoding.probe(rec.path, timeout_s=self.timeout_s)
             self._media_cache[rec.path] = (info.duration_s, info.fps, info.has_audio)
-            rec.extra["start_s"] = info.start_s
+            rec.extra.update(start_s=info.start_s, audio_end_s=info.audio_end_s)
         return self._media_cache[rec.path]
 
-    def _origin(self, vi: int) -> float:
-        """Where the video starts on the file's clock (0 unless a probe said otherwise)."""
-        return float(self.records[vi].extra.get("start_s", 0.0))
+    def _span(self, rec: VideoRecord) -> tuple[float, float]:
+        """(seconds clip windows may cover, where they begin on the file's clock).
+
+        The video's length from its first timestamp; for clips that need their sound (sync
+        pairs, ``require_audio``) only as far as the audio goes, as audio past its end is
+        silence: a silent positive, and a "hard negative" equal to it, taught nothing.
+        """
+        duration = self._media(rec)[0]
+        origin = float(rec.extra.get("start_s") or 0.0)
+        audio_end = rec.extra.get("audio_end_s")
+        needs_sound = self.audio_shift is not None or self.require_audio
+        if needs_sound and audio_end is not None and audio_end == audio_end:  # not NaN
+            duration = max(0.0, min(duration, float(audio_end) - origin))
+        return duration, origin
 
     def _label(self, label: Any) -> Any:
         if isinstance(label, (list, tuple)):
@@ -420,8 +431,7 @@ class ClipDataset(Dataset):
         ``hard_valid`` is False (and the audio silent) when no shifted window fits in the file
         or the file has no sound; the objective then uses easy negatives only for that row.
         """
-        duration = self._media(rec)[0]
-        origin = float(rec.extra.get("start_s", 0.0))
+        duration, origin = self._span(rec)
         shifted = shifted_window(start - origin, self.clip_s, duration, *self.audio_shift, rng)
         shifted = None if shifted is None else shifted + origin
         if shifted is None or not has_audio:

@@ -43,8 +43,9 @@ def folder_dataset(
                                      "decodable": bool(row["decodable"]), "error": row["error"]}
             if row["decodable"]:
                 extra.update(duration_s=float(row["duration_s"]), fps=float(row["fps"]))
-                if row["start_s"] == row["start_s"]:  # NaN in manifests from before start_s
-                    extra["start_s"] = float(row["start_s"])
+                for key in ("start_s", "audio_end_s"):  # NaN: unknown, or an older manifest
+                    if row[key] == row[key]:
+                        extra[key] = float(row[key])
             records.append(VideoRecord(path, _video_id(row["path"]), None, extra))
         # Stops at the first file found, so this costs one stat unless every path is wrong.
         if records and not any(os.path.isfile(r.path) for r in records):
