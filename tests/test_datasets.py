@@ -280,6 +280,10 @@ def test_hmdb51_splits_labels_and_special_names(hmdb, tmp_path):
                 assert ds.class_names[r.label] == by_file[Path(r.path).name]["class_name"]
             assert ds.mode == ("train" if train else "eval")
     ds = hmdb51(root, split=1, train=True, mode="eval", **KW)
+    from avssl.bench.tasks.classification import hmdb51_groups
+
+    sources = hmdb51_groups(ds.video_ids)  # the linear probe holds out whole movies
+    assert sources is not None and all(not s.endswith("_med") for s in sources)
     odd = next(i for i, r in enumerate(ds.records) if set("!()&") & set(Path(r.path).name))
     assert ds[odd]["video"].shape == (4, 3, 16, 16)
     # class folders directly under root (no hmdb51/ level) give the same records

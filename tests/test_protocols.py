@@ -105,6 +105,16 @@ def test_stratified_split_by_group_holds_out_whole_source_videos():
     assert sorted(np.bincount(y[val]).tolist()) == [3, 3, 3]  # round(0.2 * 6) = 1 group a class
 
 
+def test_hmdb51_groups_are_the_source_movie():
+    from avssl.bench.tasks.classification import hmdb51_groups
+
+    ids = ["Veoh_Alpha_Dog_1_walk_f_nm_np1_fr_med_24", "Veoh_Alpha_Dog_1_walk_f_cm_np1_le_goo_3",
+           "Pirates!_(1)_walk_u_nm_np2_ba_bad_0"]
+    assert hmdb51_groups(ids).tolist() == ["Veoh_Alpha_Dog_1_walk", "Veoh_Alpha_Dog_1_walk",
+                                           "Pirates!_(1)_walk"]
+    assert hmdb51_groups(ids + ["renamed_clip"]) is None
+
+
 def test_linear_probe_picks_the_best_held_out_weight_decay():
     # overlapping blobs in more dimensions than the fit part can pin down: the penalty matters
     x, y = blobs(3, 12, spread=0.3, dim=40)

@@ -84,13 +84,23 @@ TASKS.add("ucf101-av", Task(
     load=functools.partial(_ucf, audio_subset=True), splits=("1", "2", "3"), modality="av",
     layout="ucf101", groups=ucf101_groups))
 
+def hmdb51_groups(video_ids) -> np.ndarray | None:
+    """HMDB51's source video of each clip: the name before its six tags
+    (``<source>_<class>_<body>_<camera>_<people>_<view>_<quality>_<index>``; one movie gives
+    several clips), or None when a name does not end in those tags."""
+    heads = [str(v).rsplit("_", 6) for v in video_ids]
+    if not heads or any(len(h) < 7 or not h[-1].isdigit() for h in heads):
+        return None
+    return np.array([h[0] for h in heads])
+
+
 TASKS.add("hmdb51", Task(
     name="hmdb51",
     summary="HMDB51 action recognition, 51 classes, 3 splits (Kuehne et al. 2011)",
     data=("hmdb51/<class>/*.avi and testTrainMulti_7030_splits/ from serre-lab.clps.brown.edu "
           "(hmdb51_org.rar + test_train_splits.rar)"),
     kind="classification", version="1", protocols=FROZEN, metric="top1", load=_hmdb,
-    splits=("1", "2", "3"), layout="hmdb51"))
+    splits=("1", "2", "3"), layout="hmdb51", groups=hmdb51_groups))
 
 TASKS.add("kinetics", Task(
     name="kinetics",
