@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from avssl.bench.tasks import TASKS, Task
 from avssl.data import decoding
 from avssl.data.datasets import folder_dataset
+from avssl.data.datasets.base import clip_span
 from avssl.errors import DataError, DecodeError
 
 GRID = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
@@ -55,22 +56,20 @@ class AVClips(Dataset):
         self.items: list[tuple[Any, float, float]] = []  # (record, start_s, hard offset)
         self.too_short: list[str] = []
         for i, rec in enumerate(records):
-            duration = rec.extra.get("duration_s")
-            origin = float(rec.extra.get("start_s", 0.0))  # the video's first timestamp
-            audio_end = rec.extra.get("audio_end_s")
+            duration, media = rec.extra.get("duration_s"), rec.extra
             if duration is None or rec.extra.get("has_audio") is None:
                 try:
                     info = decoding.probe(rec.path, timeout_s=timeout_s)
                 except DecodeError as err:
                     raise DataError(f"cannot decode {rec.path} ({err.reason}); pass --skip-bad "
                                     f"to leave unreadable videos out") from err
-                duration, origin, audio_end = info.duration_s, info.start_s, info.audio_end_s
+                duration = info.duration_s
+                media = {"start_s": info.start_s, "audio_end_s": info.audio_end_s}
                 if not info.has_audio:  # a silent video is a normal case: not part of the task
                     self.num_listed -= 1
                     continue
-            if audio_end is not None and audio_end == audio_end:  # every offset needs sound
-                duration = min(float(duration), float(audio_end) - origin)
-            placed = self._place(float(duration), np.random.default_rng([seed, i]))
+            span, origin = clip_span(float(duration), media, needs_sound=True)  # every offset
+            placed = self._place(span, np.random.default_rng([seed, i]))
             if placed is None:
                 self.too_short.append(rec.path)
             else:

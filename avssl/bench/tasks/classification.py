@@ -58,6 +58,7 @@ TASKS.add("synthetic", Task(
     kind="classification", version="2", protocols=FROZEN, metric="top1", load=_ucf,
     splits=("1", "2", "3"), views="2x1", layout="ucf101", default_root=_synthetic_root))
 
+
 def ucf101_groups(video_ids) -> np.ndarray | None:
     """UCF101's group of each clip (``v_<Class>_gGG_cCC``; a group's clips are cut from one
     source video), or None when an id carries no group. The synthetic task has none of this
@@ -83,6 +84,7 @@ TASKS.add("ucf101-av", Task(
     kind="classification", version="1", protocols=FROZEN, metric="top1",
     load=functools.partial(_ucf, audio_subset=True), splits=("1", "2", "3"), modality="av",
     layout="ucf101", groups=ucf101_groups))
+
 
 def hmdb51_groups(video_ids) -> np.ndarray | None:
     """HMDB51's source video of each clip: the name before its six tags

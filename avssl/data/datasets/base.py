@@ -110,6 +110,20 @@ def apply_transform(fn: Callable, x: torch.Tensor, gen: torch.Generator,
     return fn(x, gen) if with_generator else fn(x)
 
 
+def clip_span(duration: float, extra: dict, *, needs_sound: bool) -> tuple[float, float]:
+    """(seconds clip windows may cover, where they begin on the file's clock).
+
+    The video's ``duration`` from its first timestamp (``extra["start_s"]``); for clips that
+    need their sound only as far as the audio goes (``extra["audio_end_s"]``), as audio past its
+    end is silence: a silent positive, and a "hard negative" equal to it, taught nothing.
+    """
+    origin = float(extra.get("start_s") or 0.0)
+    audio_end = extra.get("audio_end_s")
+    if needs_sound and audio_end is not None:
+        duration = max(0.0, min(duration, float(audio_end) - origin))
+    return duration, origin
+
+
 class ClipDataset(Dataset):
     """Clips (video + aligned audio) from a list of :class:`VideoRecord` (see module docstring)."""
 
@@ -373,19 +387,9 @@ class ClipDataset(Dataset):
         return self._media_cache[rec.path]
 
     def _span(self, rec: VideoRecord) -> tuple[float, float]:
-        """(seconds clip windows may cover, where they begin on the file's clock).
-
-        The video's length from its first timestamp; for clips that need their sound (sync
-        pairs, ``require_audio``) only as far as the audio goes, as audio past its end is
-        silence: a silent positive, and a "hard negative" equal to it, taught nothing.
-        """
-        duration = self._media(rec)[0]
-        origin = float(rec.extra.get("start_s") or 0.0)
-        audio_end = rec.extra.get("audio_end_s")
-        needs_sound = self.audio_shift is not None or self.require_audio
-        if needs_sound and audio_end is not None and audio_end == audio_end:  # not NaN
-            duration = max(0.0, min(duration, float(audio_end) - origin))
-        return duration, origin
+        """:func:`clip_span` of ``rec``; sync pairs and ``require_audio`` clips need sound."""
+        return clip_span(self._media(rec)[0], rec.extra,
+                         needs_sound=self.audio_shift is not None or self.require_audio)
 
     def _label(self, label: Any) -> Any:
         if isinstance(label, (list, tuple)):
