@@ -78,6 +78,14 @@ def test_bench_writes_official_detections_and_eval_agrees(first, tree, capsys):
     assert 100.0 * cli["mAP"] == pytest.approx(res["value"], abs=1e-9)
     rows = list(csv.DictReader(open(out / "lb" / "ava.csv")))
     assert len(rows) == 1 and rows[0]["metric"] == "mAP"
+    # the detector sees 2 * crop = 64 px clips; the row's GMACs are counted at that size
+    from avssl.bench.model import resolve_model
+    from avssl.encoders.cost import count_cost
+
+    model = resolve_model(spec_overrides={"crop": FAST["crop"]})
+    frames = round(model.spec.clip_s * model.spec.fps)
+    want = count_cost(model.video, (3, frames, 64, 64))["gmacs"]
+    assert float(rows[0]["gmacs_per_clip"]) == pytest.approx(want, abs=1e-4)
     assert float(rows[0]["value"]) == pytest.approx(res["value"], abs=1e-6)
 
 

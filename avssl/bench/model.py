@@ -231,13 +231,18 @@ def resolve_model(checkpoint: str | None = None, encoder: str | None = None,
     return random_model(video, audio, video_kwargs=vkw, audio_kwargs=akw, seed=seed, spec=spec)
 
 
-def cost(model: nn.Module, spec: InputSpec, modality: str) -> tuple[float, float | None]:
-    """(params in millions, GMACs per clip at the bench's input size or None if not countable)."""
+def cost(model: nn.Module, spec: InputSpec, modality: str,
+         size: int | None = None) -> tuple[float, float | None]:
+    """(params in millions, GMACs per clip at the bench's input size or None if not countable).
+
+    ``size``: the side of the square video clips the task actually feeds the encoder when it is
+    not ``spec.crop`` (AVA's detection clips are ``2 * crop``)."""
     from avssl.encoders.cost import count_cost, count_params
 
     params = count_params(model) / 1e6
     if modality == "video":
-        shape = (3, max(1, round(spec.clip_s * spec.fps)), spec.crop, spec.crop)
+        side = size or spec.crop
+        shape = (3, max(1, round(spec.clip_s * spec.fps)), side, side)
     else:
         frames = spec.audio_transform()(torch.zeros(1, round(spec.clip_s * spec.sample_rate)))
         shape = tuple(frames.shape)

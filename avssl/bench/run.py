@@ -471,9 +471,16 @@ def _append(task, model: BenchModel, args, split, protocol, modality, views, met
     enc_mods = ("video", "audio") if modality == "av" else (modality,)
     params, gmacs = 0.0, 0.0
     for m in enc_mods:
-        p, g = cost(model.encoder_for(m), model.spec, m)
+        p, g = cost(model.encoder_for(m), model.spec, m, size=out.get("video_size"))
         params += p
         gmacs = None if (g is None or gmacs is None) else gmacs + g
+    if modality == "av" and model.towers is not None:  # the embeddings scored include the heads
+        from avssl.encoders.cost import count_cost
+
+        for head in (model.towers.video_proj, model.towers.audio_proj):
+            c = count_cost(head, (head[0].in_features,))
+            params += c["params"] / 1e6
+            gmacs = None if gmacs is None else gmacs + c["gmacs"]
     secondary = {k: v for k, v in metrics.items()
                  if k != metric and k not in ("per_class",) and _jsonable(v)}
     row = make_row(task=task.name, task_version=task.version, split=str(split),

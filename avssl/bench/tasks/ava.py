@@ -151,7 +151,7 @@ def run(task: Task, model, args, root: str, modality: str) -> dict[str, Any]:
                     "train_loss": float(head.epoch_losses[-1]), "per_class": per_class})
     return {"metrics": metrics, "used": train.num_used + test.num_used,
             "expected": train.num_listed + test.num_listed,
-            "manifest": F.manifest_hash(train.records + test.records)}
+            "manifest": F.manifest_hash(train.records + test.records), "video_size": size}
 
 
 TASKS.add("ava", Task(
