@@ -176,16 +176,42 @@ def _json_object(path: Path) -> dict:
 
 def load_encoder(path: str | os.PathLike, component: str = "video") -> nn.Module:
     """Rebuild a registered encoder saved as ``component`` and load its weights (strict)."""
-    from avssl.encoders import build_encoder  # late: the zoo imports many modules
-
     ckpt = load_checkpoint(path)
     spec = ckpt.meta.get("components", {}).get(component)
     if not spec or "encoder" not in spec:
         raise AvsslError(f"checkpoint {ckpt.path} does not describe a {component!r} encoder "
                          f"(meta.json components: {sorted(ckpt.meta.get('components', {}))})")
-    model = build_encoder(spec["encoder"], **spec.get("kwargs", {}))
-    model.load_state_dict(ckpt.component_state(component), strict=True)
+    return build_component(ckpt, component)
+
+
+def build_component(ckpt: Checkpoint, component: str) -> nn.Module:
+    """The registered encoder meta.json names for ``component``, with its saved weights."""
+    from avssl.encoders import build_encoder  # late: the zoo imports many modules
+
+    spec = ckpt.meta["components"][component]
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise DataError(f"{ckpt.path / 'meta.json'}: components.{component}.kwargs must be a JSON "
+                        f"object, got {type(kwargs).__name__}")
+    model = build_encoder(spec["encoder"], **kwargs)
+    load_state_strict(model, ckpt.component_state(component), f"{ckpt.path} [{component}]")
     return model
+
+
+def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with one-line errors, refusing tensors whose
+    dtype kind differs (integer weights into float parameters would be cast silently)."""
+    own = module.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].is_floating_point()
+           and not v.is_floating_point()]
+    if bad:
+        raise DataError(f"{where}: {len(bad)} tensor(s) are {state[bad[0]].dtype}, expected floating "
+                        f"point (e.g. {bad[0]}); a quantized or foreign checkpoint?")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise DataError(f"{where} does not fit {type(module).__name__} as built from meta.json: "
+                        f"{_one_line(e)[:400]}") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -227,7 +253,10 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict,
     full: dict[int, Mapping] = {}  # one gather per prepared model, on every process
     for c in components.values():
         if isinstance(c, tuple) and id(c[0]) not in full:
-            full[id(c[0])] = accelerator.get_state_dict(c[0])
+            # accelerate launch --dynamo_backend compiles the prepared model and get_state_dict
+            # keeps the compiled wrapper: its keys start with "_orig_mod."
+            full[id(c[0])] = {k.removeprefix("_orig_mod."): v
+                              for k, v in accelerator.get_state_dict(c[0]).items()}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = {}

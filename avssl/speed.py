@@ -122,6 +122,9 @@ def pick(device=None, *, mixed_precision: str = "auto", channels_last: Choice = 
         raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got "
                           f"{mixed_precision!r}")
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "")
+    if mixed_precision == "auto" and launched not in ("", "no", "bf16", "fp16"):
+        raise ConfigError(f"accelerate launch --mixed_precision {launched} is not supported by "
+                          f"avssl; use bf16, fp16 or no")
     if mixed_precision != "auto":
         precision, why["precision"] = mixed_precision, "asked for"
     elif launched in ("bf16", "fp16"):
@@ -139,6 +142,9 @@ def pick(device=None, *, mixed_precision: str = "auto", channels_last: Choice = 
                    "measured slower on CPU, unmeasured on GPU", why)
     comp = _choice("compile", compile, False,
                    "88-124 s of compiling for no measured gain", why)
+    dynamo = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "NO").upper()
+    if dynamo not in ("", "NO"):  # Accelerator.prepare compiles the model itself
+        comp, why["compile"] = True, f"accelerate launch --dynamo_backend {dynamo.lower()}"
     pin = kind == "cuda"
     why["pin_memory"] = "batches go to a GPU" if pin else "no GPU"
     persistent = num_workers > 0
@@ -156,7 +162,7 @@ def prepare_module(module: torch.nn.Module, settings: SpeedSettings) -> torch.nn
         for p in module.parameters():
             if p.dim() == 5:
                 p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
-    if settings.compile:
+    if settings.compile and not settings.why.get("compile", "").startswith("accelerate launch"):
         module.compile()  # in place: state_dict keys (and so checkpoints) stay the same
     return module
 

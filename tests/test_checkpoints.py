@@ -128,3 +128,71 @@ def test_run_checkpoint_splits_the_prepared_models_full_state_by_prefix(tmp_path
         save_run_checkpoint(accelerator, tmp_path / "run", 4, {"audio": (prepared, "audio.")},
                             config={}, specs={})
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["step_0000003"]
+
+
+def test_run_checkpoint_of_a_model_accelerate_compiled_keeps_plain_keys(tmp_path):
+    """accelerate launch --dynamo_backend wraps the prepared model in torch.compile, whose
+    state dict keys start with "_orig_mod.": the components must still split by prefix."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from avssl.checkpoints import save_run_checkpoint
+
+    AcceleratorState._reset_state(True)  # an earlier test's Accelerator fixed the settings
+    try:
+        mods = _modules()
+        accelerator = Accelerator(cpu=True, dynamo_backend="eager")
+        prepared = accelerator.prepare(nn.ModuleDict(mods))
+        assert next(iter(accelerator.get_state_dict(prepared))).startswith("_orig_mod.")
+        ck = save_run_checkpoint(accelerator, tmp_path / "run", 1,
+                                 {"video": (prepared, "video.")}, config={}, specs={})
+        state = load_checkpoint(ck).component_state("video")
+        assert state.keys() == mods["video"].state_dict().keys()
+    finally:
+        AcceleratorState._reset_state(True)  # later tests build their own
+
+
+def _encoder_checkpoint(tmp_path, damage=None, kwargs=None):
+    from avssl.encoders import build_encoder
+
+    enc = build_encoder("audio_resnet18_tiny")
+    state = dict(enc.state_dict())
+    if damage:
+        damage(state)
+    ck = save_checkpoint(tmp_path / "step_1", {"audio": state}, config={}, step=1,
+                         specs={"audio": {"encoder": "audio_resnet18_tiny",
+                                          "kwargs": {} if kwargs is None else kwargs}})
+    return ck, enc
+
+
+def _first_float(state):
+    return next(k for k, v in state.items() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("damage,kwargs,expected", [
+    (lambda s: s.update(junk=torch.zeros(1)), None, "Unexpected key"),
+    (lambda s: s.pop(_first_float(s)), None, "Missing key"),
+    (lambda s: s.update({_first_float(s): torch.zeros(1)}), None, "size mismatch"),
+    (lambda s: s.update({_first_float(s): s[_first_float(s)].to(torch.int8)}), None,
+     "are torch.int8, expected floating point"),
+    (None, [1, 2], "kwargs must be a JSON object, got list"),
+])
+def test_a_checkpoint_that_does_not_fit_its_encoder_is_a_one_line_error(tmp_path, damage,
+                                                                         kwargs, expected):
+    from avssl.bench.model import load_model
+    from avssl.checkpoints import load_encoder
+
+    ck, enc = _encoder_checkpoint(tmp_path, damage, kwargs)
+    for load in (lambda: load_encoder(ck, "audio"), lambda: load_model(ck)):
+        with pytest.raises(DataError) as err:
+            load()
+        msg = str(err.value)
+        assert expected in msg and "\n" not in msg and str(ck) in msg
+
+
+def test_a_fitting_encoder_checkpoint_loads_exactly(tmp_path):
+    from avssl.checkpoints import load_encoder
+
+    ck, enc = _encoder_checkpoint(tmp_path)
+    loaded = load_encoder(ck, "audio")
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in loaded.state_dict().items())

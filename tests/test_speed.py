@@ -2,18 +2,19 @@
 channels-last / compile keep results and checkpoints unchanged."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from avssl.errors import ConfigError
-import os
-
 from avssl.speed import _threads, apply_threads, pick, prepare_module
 
 
 @pytest.fixture(autouse=True)
 def no_launch_env(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
 
 
 def test_cpu_keeps_fp32_eager_and_says_why():
@@ -63,6 +64,26 @@ def test_bad_choices_are_one_line_errors():
         pick("cpu", mixed_precision="fp16")
     with pytest.raises(ConfigError, match="channels_last must be auto, on or off"):
         pick("cpu", channels_last="yes")
+
+
+def test_accelerate_launch_fp8_is_refused_not_ignored(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ConfigError, match="--mixed_precision fp8 is not supported"):
+        pick("cpu")
+    assert pick("cpu", mixed_precision="no").mixed_precision == "no"  # an explicit choice wins
+
+
+def test_accelerate_launch_dynamo_backend_is_logged_and_not_compiled_twice(monkeypatch):
+    """accelerate launch --dynamo_backend X compiles the model in Accelerator.prepare."""
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what launch writes by default
+    assert not pick("cpu").compile
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    s = pick("cpu", compile="off")
+    assert s.compile and "torch.compile on (accelerate launch --dynamo_backend inductor)" in \
+        s.describe()
+    net = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(net, "compile", lambda *a, **k: pytest.fail("compiled a second time"))
+    assert prepare_module(net, s) is net
 
 
 def test_threads_replace_only_accelerate_launchs_default_of_one(monkeypatch):

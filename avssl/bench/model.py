@@ -145,7 +145,6 @@ def random_model(video: str | None = None, audio: str | None = None, *, video_kw
 
 def load_model(path: str | Path, spec_overrides: dict | None = None) -> BenchModel:
     """Towers of a recipe checkpoint (folder, ``runs/<recipe>/latest`` or a run folder)."""
-    from avssl.encoders import build_encoder
 
     ckpt = checkpoints.load_checkpoint(path)
     comps = ckpt.meta.get("components", {})
@@ -154,9 +153,7 @@ def load_model(path: str | Path, spec_overrides: dict | None = None) -> BenchMod
     for part in ("video", "audio"):
         spec = comps.get(part)
         if spec and "encoder" in spec:
-            m = build_encoder(spec["encoder"], **spec.get("kwargs", {}))
-            m.load_state_dict(ckpt.component_state(part), strict=True)
-            built[part], names[part] = m, spec["encoder"]
+            built[part], names[part] = checkpoints.build_component(ckpt, part), spec["encoder"]
     if not built:
         raise AvsslError(f"checkpoint {ckpt.path} has no video or audio encoder (components: "
                          f"{', '.join(sorted(comps)) or 'none'})")
@@ -166,7 +163,8 @@ def load_model(path: str | Path, spec_overrides: dict | None = None) -> BenchMod
         towers = AVTowers(built["video"], built["audio"], int(model_cfg.get("proj_dim", 128)),
                           int(model_cfg.get("temporal_bins", 0)))
         for head in ("video_proj", "audio_proj"):
-            getattr(towers, head).load_state_dict(ckpt.component_state(head), strict=True)
+            checkpoints.load_state_strict(getattr(towers, head), ckpt.component_state(head),
+                                          f"{ckpt.path} [{head}]")
     spec = InputSpec.from_config(ckpt.config).replace(**(spec_overrides or {}))
     return BenchModel(built.get("video"), built.get("audio"), towers, spec, names["video"],
                       names["audio"], ckpt.meta.get("recipe", "unknown"),

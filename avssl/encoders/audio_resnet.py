@@ -48,7 +48,7 @@ class AudioResNet(nn.Module):
 def _accept_rgb_imagenet(module, state_dict, prefix, *args) -> None:
     """Make a torchvision RGB resnet state dict fit: sum the stem over RGB, drop the fc."""
     key = prefix + "conv1.weight"
-    if key in state_dict and state_dict[key].shape[1] == 3:
+    if key in state_dict and state_dict[key].dim() == 4 and state_dict[key].shape[1] == 3:
         state_dict[key] = state_dict[key].sum(dim=1, keepdim=True)
         for k in (prefix + "fc.weight", prefix + "fc.bias"):
             state_dict.pop(k, None)
