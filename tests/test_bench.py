@@ -455,6 +455,27 @@ def test_map_items_keeps_order_and_batches():
     assert seen == [4, 4, 3]
 
 
+@pytest.mark.parametrize("precision,dtype", [("no", None), ("bf16", torch.bfloat16),
+                                             ("fp16", torch.float16)])
+def test_map_items_autocasts_to_the_precision_picked(monkeypatch, precision, dtype):
+    """accelerate launch --mixed_precision fp16 was logged and keyed as fp16 but ran fp32."""
+    import dataclasses
+
+    from avssl.speed import pick
+
+    settings = dataclasses.replace(pick("cpu"), mixed_precision=precision)
+    monkeypatch.setattr(F, "speed", lambda num_workers=0: settings)
+    seen = []
+
+    def fn(batch):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append(torch.get_autocast_dtype("cpu") if on else None)
+        return batch["x"]
+
+    F.map_items([{"x": torch.zeros(1)}] * 3, fn, batch_size=2)
+    assert seen == [dtype, dtype]
+
+
 class _MeanEncoder(torch.nn.Module):
     """Features (B, 2): each input's mean and mean + 1000 (a second feature column)."""
 

@@ -50,7 +50,7 @@ _announced = False
 
 def speed(num_workers: int = 0) -> SpeedSettings:
     """The bench's speed settings for this process's device (avssl/speed.py): bf16 autocast for
-    extraction on a bf16 GPU, fp32 on CPU; pinned memory only for a GPU. The first call that
+    extraction on a bf16 GPU (fp16 or bf16 when accelerate launch asks), fp32 on CPU; pinned memory only for a GPU. The first call that
     starts work prints them (stderr, main process), so a log says what the numbers ran with."""
     global _announced
     settings = pick(state().device, num_workers=num_workers)
@@ -74,12 +74,13 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
         fast = speed(num_workers)
         loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=fast.pin_memory)
-        bf16 = fast.mixed_precision == "bf16"
+        # accelerate launch --mixed_precision fp16 asks for fp16 (the cache key says so too)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fast.mixed_precision)
         try:
             for batch in tqdm(loader, desc=desc, unit="batch", disable=not st.is_main_process,
                               leave=False):
-                with torch.no_grad(), torch.autocast(st.device.type, torch.bfloat16,
-                                                     enabled=bf16):
+                with torch.no_grad(), torch.autocast(st.device.type, dtype or torch.bfloat16,
+                                                     enabled=dtype is not None):
                     outs.append(fn(batch).float().cpu().numpy())
         except Exception as err:
             if (clean := worker_error(err)) is None:
