@@ -69,6 +69,24 @@ def test_count_cost_counts_recurrent_layers(cls):
     assert count_cost(model, (steps, inp))["gmacs"] * 1e9 == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("cls,kw", [(nn.LSTM, {}), (nn.GRU, {"bidirectional": True}),
+                                    (nn.LSTM, {"proj_size": 4})])
+def test_cudnn_rnn_rule_counts_what_the_gpu_kernel_computes(cls, kw):
+    """On a GPU nn.LSTM/GRU run as one aten._cudnn_rnn call; its count must be the CPU one."""
+    from avssl.encoders.cost import _EXTRA_FLOP_RULES
+
+    steps, batch, inp, hid = 7, 3, 12, 10
+    rnn = cls(inp, hid, num_layers=2, batch_first=True, **kw)
+    gates = 4 if cls is nn.LSTM else 3
+    dirs = 2 if kw.get("bidirectional") else 1
+    out = kw.get("proj_size", hid)  # what each step passes on (LSTM's projection)
+    per_dir = gates * hid * (inp + out) + gates * hid * (out * dirs + out)
+    per_dir += 2 * hid * out if "proj_size" in kw else 0  # W_hr, once per step and layer
+    rule = _EXTRA_FLOP_RULES[torch.ops.aten._cudnn_rnn]
+    shapes = [tuple(w.shape) for w in rnn._flat_weights]
+    assert rule((batch, steps, inp), shapes) == 2 * batch * steps * dirs * per_dir
+
+
 def test_count_cost_counts_per_clip():
     model = build_encoder("c3d_tiny")
     one = count_cost(model, (3, 16, 32, 32))["gmacs"]

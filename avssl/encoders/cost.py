@@ -3,7 +3,7 @@
 ``count_cost(model, input_shape)`` runs one forward pass of a batch-1 input under
 ``torch.utils.flop_counter.FlopCounterMode`` and reports MACs = FLOPs / 2 (the counter counts a
 multiply-accumulate as 2 FLOPs), in total and per module. Only matrix products, convolutions,
-attention and (on CPU) LSTMs are counted; element-wise ops, norms and pooling are not, as in the
+attention and LSTMs/GRUs (CPU and cuDNN kernels) are counted; element-wise ops, norms and pooling are not, as in the
 papers' tables.
 
 CLI (a table, or JSON with ``--json``, for every registered encoder at its
@@ -37,12 +37,21 @@ def _mkldnn_rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, out_shap
     return 2 * steps * (math.prod(w_ih_shape) + math.prod(w_hh_shape))
 
 
+def _cudnn_rnn_flops(input_shape, weight_shapes, *args, out_shape=None, **kwargs) -> int:
+    # all layers and directions at once: every one of the T*B steps (packed or not) multiplies by
+    # each layer's W_ih and W_hh (and LSTM's W_hr with proj_size); the 1-D shapes are biases
+    steps = math.prod(input_shape) // input_shape[-1]
+    return 2 * steps * sum(math.prod(w) for w in weight_shapes if len(w) == 2)
+
+
 # FlopCounterMode knows the CUDA attention kernels but not the CPU kernels that
-# scaled_dot_product_attention and nn.LSTM dispatch to on CPU, which would count as 0 there.
-# (GRU on CPU decomposes into counted matmuls; cuDNN RNNs on GPU are still not counted.)
+# scaled_dot_product_attention and nn.LSTM dispatch to on CPU, nor cuDNN's LSTM/GRU on a GPU:
+# they would count as 0 and an RNN encoder's cost would depend on the device.
+# (GRU on CPU decomposes into counted matmuls.)
 _EXTRA_FLOP_RULES = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
     torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
+    torch.ops.aten._cudnn_rnn: _cudnn_rnn_flops,
 }
 
 
