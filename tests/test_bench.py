@@ -574,6 +574,22 @@ def test_thumos14_localization_end_to_end(tmp_path, thumos):
     assert row.protocol == "actionformer" and row.split == "test"
 
 
+def test_thumos14_skip_bad_leaves_an_undecodable_video_out(tmp_path, thumos):
+    """--skip-bad reached the classification tasks but not localization: a truncated test video
+    crashed the bench (a raw DecodeError from probing its length) with or without the flag."""
+    import shutil
+
+    root = tmp_path / "th"
+    shutil.copytree(thumos, root)
+    bad = root / "videos" / "video_test_0000001.mp4"
+    bad.write_bytes(bad.read_bytes()[:2000])
+    with pytest.raises(DataError, match=rf"cannot decode .*{bad.name}.*--skip-bad"):
+        bench(tmp_path, task="thumos14", data_root=str(root), epochs=1, leaderboard="")
+    out = bench(tmp_path, task="thumos14", data_root=str(root), epochs=1, leaderboard="",
+                skip_bad=True)
+    assert (out["videos_used"], out["videos_expected"]) == (3, 4)
+
+
 def test_activitynet_localization_with_audio_visual_features(tmp_path, tmp_path_factory):
     from avssl.eval.localization import evaluate_localization_files
 

@@ -92,7 +92,7 @@ def test_thumos14_loader(trees):
         assert [(ds.class_names[k]) for _, _, k in rec.segments] == [
             THUMOS14_ACTION_CLASSES[s["action_index"]] for s in c["segments"]]
         assert abs(rec.duration_s - c["duration_s"]) < 0.1  # probed from the file
-    assert ds.report() == "thumos14: using 2 of 2 listed videos (0 missing)"
+    assert ds.report() == "thumos14: using 2 of 2 listed videos (0 missing, 0 undecodable)"
 
 
 def test_activitynet_json_matches_ground_truth(trees):
@@ -156,8 +156,9 @@ def test_thumos14_text_liberalities(tmp_path):
         ("video_test_0000004", "HighJump", 0.2, 1.1), ("video_test_0000004", "HighJump", 3.5, 4.75),
         ("video_test_0000007", "HighJump", 10.0, 12.5), ("video_test_0000009", "Diving", 1.0, 2.0)]
     assert got["ambiguous"] == [{"video": "video_test_0000011", "start": 5.0, "end": 6.0}]
-    assert got["videos"] == ["video_test_0000004", "video_test_0000007", "video_test_0000009",
-                             "video_test_0000011"]
+    # video_test_0000011 is only in Ambiguous_test.txt: the official protocol evaluates the
+    # videos with segments in the class files, Ambiguous only marks regions to ignore
+    assert got["videos"] == ["video_test_0000004", "video_test_0000007", "video_test_0000009"]
     # a segment written end-first still counts, read as [min, max] like the official kit's
     # overlap; dropping it would shrink the ground-truth count and inflate AP
     (folder / "Diving_test.txt").write_text("video_test_0000009  5.0 1.0\n")
@@ -220,6 +221,40 @@ def test_listed_video_without_file_is_counted_missing(trees, tmp_path):
     assert sorted(ds.video_ids) == val and "Brand New Label" in ds.class_names
     with pytest.raises(ConfigError, match="subset"):
         build_dataset("activitynet", an, subset="valid")
+
+
+def test_thumos14_video_only_in_ambiguous_is_not_evaluated(trees, tmp_path):
+    """Ambiguous_test.txt marks regions to ignore; a video it alone names (here one with a file)
+    must not join the test set, where every prediction on it would be a false positive."""
+    th = tmp_path / "th"
+    shutil.copytree(trees["thumos14"] / "annotations", th / "annotations")
+    (th / "videos").symlink_to(trees["thumos14"] / "videos")
+    other = build_dataset("thumos14", th, subset="validation").video_ids[0]
+    with open(th / "annotations" / "test" / "Ambiguous_test.txt", "a") as fh:
+        fh.write(f"{other}  1.0 2.0\n")
+    ds = build_dataset("thumos14", th, subset="test")
+    assert other not in ds.video_ids and ds.num_listed == ds.num_used == 2
+
+
+def _with_truncated_video(src: Path, dst: Path, video_id: str) -> Path:
+    """Copy of the tree ``src`` whose file for ``video_id`` is cut to its first 2,000 bytes."""
+    shutil.copytree(src, dst)
+    path = next(p for p in (dst / "videos").iterdir() if p.stem in (video_id, f"v_{video_id}"))
+    path.write_bytes(path.read_bytes()[:2000])
+    return path
+
+
+@pytest.mark.parametrize("name,subset", [("thumos14", "test"), ("activitynet", "validation")])
+def test_skip_bad_drops_undecodable_untrimmed_videos(trees, tmp_path, name, subset):
+    vid = build_dataset(name, trees[name], subset=subset).video_ids[0]
+    bad = _with_truncated_video(trees[name], tmp_path / name, vid)
+    ds = build_dataset(name, tmp_path / name, subset=subset, skip_bad=True)
+    assert (ds.num_listed, ds.num_used, ds.missing) == (2, 1, [])
+    assert [Path(p).resolve() for p, _ in ds.bad] == [bad.resolve()] and vid not in ds.video_ids
+    assert ds.report().endswith("(0 missing, 1 undecodable)")
+    assert all(r.known_duration_s for r in ds)  # probed once, up front
+    # without skip_bad the file stays listed (and the bench's decoder names it)
+    assert vid in build_dataset(name, tmp_path / name, subset=subset).video_ids
 
 
 def test_writer_checks_duration_range(tmp_path):

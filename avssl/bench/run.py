@@ -418,7 +418,7 @@ def _localization(task, model: BenchModel, args, root, modality) -> dict:
     cache = F.FeatureCache(task.name, enabled=args.cache)
     data = {}
     for subset in (train_subset, test_subset):
-        videos = _load(task, task.load, root, subset)
+        videos = _load(task, task.load, root, subset, skip_bad=args.skip_bad)
         key = cache.key(model=model.identity(), task=task.name, version=task.version,
                         subset=subset, stride=stride, modality=modality, spec=vars(model.spec),
                         data=F.manifest_hash(videos.records))

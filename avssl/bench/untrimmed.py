@@ -39,7 +39,11 @@ class WindowChunks(Dataset):
         self.items: list[tuple[int, int, int]] = []  # (video, first window, count)
         self.counts = []
         for vi, v in enumerate(self.videos):
-            n = num_windows(float(v.duration_s), spec.clip_s, self.stride_s)
+            try:
+                duration = float(v.duration_s)  # probes a file whose duration is not annotated
+            except DecodeError as err:
+                raise DataError(_cannot_decode(v.path, err)) from err
+            n = num_windows(duration, spec.clip_s, self.stride_s)
             self.counts.append(n)
             self.items += [(vi, t, min(self.chunk, n - t)) for t in range(0, n, self.chunk)]
 
@@ -73,8 +77,13 @@ class WindowChunks(Dataset):
                         for k in range(n)]
                 out["audio"] = _pad(torch.stack([self.at(w) for w in wins]), self.chunk)
         except DecodeError as err:
-            raise DataError(f"cannot decode {v.path} ({err.reason})") from err
+            raise DataError(_cannot_decode(v.path, err)) from err
         return out
+
+
+def _cannot_decode(path: str, err: DecodeError) -> str:
+    return (f"cannot decode {path} ({err.reason}); pass --skip-bad to leave undecodable videos "
+            f"out and report videos used vs expected")
 
 
 def _pad(x: torch.Tensor, size: int) -> torch.Tensor:

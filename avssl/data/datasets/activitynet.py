@@ -88,12 +88,12 @@ def _annotation_file(root: Path) -> Path:
                        "activity_net.v1-3.min.json and videos/v_<id>.mp4")
 
 
-def activitynet(root: str | os.PathLike, subset: str = "validation",
+def activitynet(root: str | os.PathLike, subset: str = "validation", *, skip_bad: bool = False,
                 **kw: Any) -> UntrimmedVideos:
     """ActivityNet-1.3 ``subset`` (``"training"``, ``"validation"``, ``"testing"``) as
     :class:`UntrimmedVideos`; ``class_index`` indexes the sorted labels of the whole database.
-    Other keyword arguments are accepted and ignored (the benchmark passes the same ones to every
-    loader)."""
+    ``skip_bad`` probes every file and drops undecodable ones. Other keyword arguments are
+    accepted and ignored (the benchmark passes the same ones to every loader)."""
     if kw:
         log.debug("activitynet: ignoring options %s", sorted(kw))
     root = abs_root(root, "activitynet", "activitynet",
@@ -107,4 +107,4 @@ def activitynet(root: str | os.PathLike, subset: str = "validation",
         if path is not None:
             files[vid] = path
     return build_untrimmed(parsed, files, name="activitynet", subset=_subset(subset),
-                           durations=parsed["durations"])
+                           durations=parsed["durations"], skip_bad=skip_bad)

@@ -14,8 +14,10 @@ and ``TH14_Temporal_Annotations_Test/annotations/annotation/``; without a ``vide
 whole root is searched for files (the kit ships ``validation/`` and ``TH14_test_set_mp4/``).
 
 Annotation lines are ``video_name  start end`` (two spaces after the name in the real files); any
-whitespace, CRLF, a BOM and blank lines are accepted. Only annotated videos are listed (the real
-test set has 1,574 videos of which 213 are annotated; evaluation uses the annotated ones).
+whitespace, CRLF, a BOM and blank lines are accepted. Only videos with a segment in a class file
+are listed (the real test set has 1,574 videos of which 213 are annotated; evaluation uses the
+annotated ones); ``Ambiguous_*.txt`` only marks regions to ignore, so a video named there alone
+is not listed.
 """
 from __future__ import annotations
 
@@ -89,9 +91,9 @@ def read_thumos14_annotations(folder: str | os.PathLike, subset: str = "test") -
 
     ``subset``: ``"test"``, ``"validation"`` or ``"val"``. Returns ``{"segments": [{"video",
     "start", "end", "label"}], "ambiguous": [{"video", "start", "end"}], "classes": the 20 names
-    in UCF101-id order, "videos": sorted names of every video with an annotation}``. A class
-    without a file counts as having no segment; a folder with no class file at all raises
-    :class:`DataError`.
+    in UCF101-id order, "videos": sorted names of every video with a segment in a class file}``
+    (a video that only ``Ambiguous_*.txt`` names is not in the subset). A class without a file
+    counts as having no segment; a folder with no class file at all raises :class:`DataError`.
     """
     suffix = _suffix(subset)
     folder = Path(folder)
@@ -110,7 +112,9 @@ def read_thumos14_annotations(folder: str | os.PathLike, subset: str = "test") -
     amb_path = folder / f"Ambiguous_{suffix}.txt"
     ambiguous = ([{"video": v, "start": s, "end": e} for v, s, e in _read_segments(amb_path)]
                  if amb_path.is_file() else [])
-    videos = sorted({s["video"] for s in segments} | {a["video"] for a in ambiguous})
+    # The subset is the videos with a class segment: Ambiguous_*.txt only marks regions to
+    # ignore, and a video listed there alone is not evaluated by the official protocol.
+    videos = sorted({s["video"] for s in segments})
     return {"segments": segments, "ambiguous": ambiguous, "classes": list(THUMOS14_CLASS_NAMES),
             "videos": videos}
 
@@ -128,11 +132,13 @@ def find_annotation_folder(root: str | os.PathLike, subset: str) -> Path:
                        f"<Class>_{suffix}.txt (or the kit's TH14_Temporal_annotations_* folders)")
 
 
-def thumos14(root: str | os.PathLike, subset: str = "test", **kw: Any) -> UntrimmedVideos:
+def thumos14(root: str | os.PathLike, subset: str = "test", *, skip_bad: bool = False,
+             **kw: Any) -> UntrimmedVideos:
     """THUMOS14 ``subset`` (``"validation"`` to train, ``"test"`` to evaluate) as
     :class:`UntrimmedVideos`; ``class_index`` follows :data:`THUMOS14_CLASSES` order (0..19).
-    Durations are probed lazily. Other keyword arguments are accepted and ignored (the benchmark
-    passes the same ones to every loader)."""
+    Durations are probed lazily; ``skip_bad`` probes every file now and drops undecodable ones.
+    Other keyword arguments are accepted and ignored (the benchmark passes the same ones to every
+    loader)."""
     if kw:
         log.debug("thumos14: ignoring options %s", sorted(kw))
     root = abs_root(root, "thumos14", "thumos14",
@@ -140,4 +146,5 @@ def thumos14(root: str | os.PathLike, subset: str = "test", **kw: Any) -> Untrim
     parsed = read_thumos14_annotations(find_annotation_folder(root, subset), subset)
     videos = root / "videos"
     files = index_video_files(videos if videos.is_dir() else root)
-    return build_untrimmed(parsed, files, name="thumos14", subset=_suffix(subset))
+    return build_untrimmed(parsed, files, name="thumos14", subset=_suffix(subset),
+                           skip_bad=skip_bad)
