@@ -15,9 +15,10 @@ whole root is searched for files (the kit ships ``validation/`` and ``TH14_test_
 
 Annotation lines are ``video_name  start end`` (two spaces after the name in the real files); any
 whitespace, CRLF, a BOM and blank lines are accepted. Only videos with a segment in a class file
-are listed (the real test set has 1,574 videos of which 213 are annotated; evaluation uses the
-annotated ones); ``Ambiguous_*.txt`` only marks regions to ignore, so a video named there alone
-is not listed.
+are listed: ``Ambiguous_*.txt`` only marks regions to ignore, so a video named there alone is not
+(of the real test set's 1,574 videos, 213 appear in the annotation files but one,
+video_test_0001292, only in ``Ambiguous_test.txt``; evaluation uses the other 212, as DATASETS.md
+and ActionFormer's ``thumos14.json`` do).
 """
 from __future__ import annotations
 
