@@ -88,6 +88,8 @@ def test_feature_map_layouts():
     assert m.ndim == 5 and m.shape[:2] == (1, enc.embed_dim) and m.shape[-2:] == (2, 2)
 
     class PerFrame(nn.Module):  # (B, T, C, h, w), like the late-fusion baselines
+        feature_layout = "BTCHW"
+
         def forward_features(self, x):
             return x.transpose(1, 2)[:, :, :, ::8, ::8]
 
@@ -105,6 +107,26 @@ def test_feature_map_layouts():
     assert feature_map(Grid(), x).shape == (1, 5, 2, 3, 3)
     with pytest.raises(ConfigError, match="spatial feature map"):
         feature_map(Tokens(), x)
+
+
+def test_feature_map_follows_the_declared_layout_when_channels_equal_frames():
+    """The map's layout comes from the encoder's feature_layout (default BCTHW), not from the
+    shape: guessing "axis 1 == the clip's frame count means per-frame" read a 3D CNN with as many
+    channels as frames as (B, T, C, ...) (c3d_tiny on 32 frames gave a 4-channel map) and left
+    per-frame maps with C == T untransposed (late_fusion_pool_tiny averaged over channels)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32, 32)
+    c3d = build_encoder("c3d_tiny").eval()  # 32 channels, stride 8 in time
+    pool = build_encoder("late_fusion_pool_tiny", num_frames=32).eval()  # 32-channel trunk
+    fc = build_encoder("late_fusion_fc_tiny", num_frames=32).eval()
+    with torch.no_grad():
+        raw = c3d.forward_features(x)
+        assert raw.shape[1] == x.shape[2] != raw.shape[2]
+        assert torch.equal(feature_map(c3d, x), raw)
+        for enc in (pool, fc):  # (B, T, C, h, w) with T == C
+            raw = enc.forward_features(x)
+            assert raw.shape[1] == raw.shape[2] == x.shape[2]
+            assert torch.equal(feature_map(enc, x), raw.transpose(1, 2))
 
 
 def test_head_learns_labels_at_box_locations():

@@ -209,6 +209,60 @@ def test_proposals_cover_every_listed_keyframe_above_the_threshold(root):
     assert len(ava(root, "val", boxes="proposals", score_threshold=0.5).keyframes[0].boxes) == 3
 
 
+def linked(root: Path, tmp_path: Path, annotations: dict[str, str]) -> Path:
+    """A tree with ``root``'s videos and label maps and the given annotation files."""
+    r = tmp_path / "linked"
+    (r / "annotations").mkdir(parents=True)
+    os.symlink(root / "videos_15min", r / "videos_15min")
+    for name in ("ava_action_list_v2.2_for_activitynet_2019.pbtxt", "ava_action_list_v2.2.pbtxt"):
+        os.symlink(root / "annotations" / name, r / "annotations" / name)
+    for name, text in annotations.items():
+        write(r / "annotations" / name, text)
+    return r
+
+
+def test_proposals_repeated_per_action_row_are_one_box_with_the_highest_score(root, tmp_path):
+    """A proposals file with a row per (box, action), as the ground truth has, lists a box several
+    times: it is one proposal (scored once by the detector, one detection per class in the
+    evaluator), with the highest of its scores, in order of first appearance."""
+    r = linked(root, tmp_path, {"ava_val_v2.2.csv": "vidA,0902,0.1,0.1,0.4,0.5,1,0\n",
+                                "ava_val_predicted_boxes.csv": """\
+vidA,0902,0.5,0.2,0.9,0.9,80,0.85
+vidA,0902,0.1,0.1,0.4,0.5,12,0.9
+vidA,0902,0.5,0.2,0.9,0.9,74,0.95
+vidA,0902,0.1,0.1,0.4,0.5,80,0.6
+vidA,0902,0.5,0.2,0.9,0.9,,0.9
+"""})
+    k = ava(r, "val", boxes="proposals", score_threshold=0.5).keyframes[0]
+    np.testing.assert_allclose(k.boxes, [[0.5, 0.2, 0.9, 0.9], [0.1, 0.1, 0.4, 0.5]])
+    np.testing.assert_allclose(k.scores, [0.95, 0.9])
+    assert k.labels.shape == (2, 3)
+
+
+@pytest.mark.parametrize("ts", ["0002", "0899", "1800"])
+def test_keyframes_outside_the_annotated_segment_are_refused(root, tmp_path, ts):
+    """AVA keyframes are 0902..1798 s of the movie, read at ts - 900 s in the 15-min cut; 0002
+    used to be read at -898 s, i.e. silently at the video's first frame."""
+    r = linked(root, tmp_path, {"ava_train_v2.2.csv": f"vidA,0902,0.1,0.1,0.4,0.5,1,0\n"
+                                                      f"vidA,{ts},0.1,0.1,0.4,0.5,1,0\n"})
+    with pytest.raises(DataError, match=rf"ava_train_v2.2.csv: 1 row.*outside 900..1799 s "
+                                        rf"\(e.g. vidA,{ts}\); expected .*0902..1798") as err:
+        ava(r, "train")
+    assert "\n" not in str(err.value)
+
+
+def test_used_groundtruth_keeps_the_rows_of_used_videos_verbatim(root):
+    """What the bench scores detections against: the ground-truth lines of the videos used, in
+    file order, so videos missing on disk (ghost) or left out as undecodable (vidB) are not
+    counted as missed."""
+    lines = (root / "annotations/ava_train_v2.2.csv").read_text().splitlines()
+    s = ava(root, "train")
+    assert s.video_ids == ["vidA", "vidB"]
+    assert s.used_groundtruth() == [l for l in lines if not l.startswith("ghost,")]
+    assert ava(root, "train", skip_bad=True).used_groundtruth() == [
+        l for l in lines if l.startswith("vidA,")]
+
+
 def test_skip_bad_probes_and_drops_undecodable_videos(root):
     s = ava(root, "train", skip_bad=True)
     assert s.num_used == 1 and [p for p, _ in s.bad][0].endswith("vidB.mkv")

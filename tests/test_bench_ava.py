@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,45 @@ def test_bench_writes_official_detections_and_eval_agrees(first, tree, capsys):
     want = count_cost(model.video, (3, frames, 64, 64))["gmacs"]
     assert float(rows[0]["gmacs_per_clip"]) == pytest.approx(want, abs=1e-4)
     assert float(rows[0]["value"]) == pytest.approx(res["value"], abs=1e-6)
+
+
+def test_videos_not_used_are_not_scored_and_saved_groundtruth_reproduces_the_bench(
+        tree, tmp_path, capsys):
+    """A val video missing on disk used to leave its ground truth in the scoring, every box of it
+    a miss (here 7.14 instead of 20.00 mAP); the bench scores only the used videos' ground truth
+    and saves it as groundtruth.csv, so the standalone evaluator gives its number back."""
+    from avssl.eval.ava import evaluate_ava
+
+    ann = tree / "annotations"
+    gt_lines = (ann / "ava_val_v2.2.csv").read_text().splitlines()
+    counts: dict[str, int] = {}
+    for line in gt_lines:
+        counts[line.split(",")[0]] = counts.get(line.split(",")[0], 0) + 1
+    gone = max(counts, key=counts.get)  # the val video with the most ground-truth rows
+    root = tmp_path / "ava"
+    (root / "videos_15min").mkdir(parents=True)
+    os.symlink(ann, root / "annotations")
+    for video in (tree / "videos_15min").iterdir():
+        if video.stem != gone:
+            os.symlink(video, root / "videos_15min" / video.name)
+    res = run_bench(BenchArgs(task="ava", data_root=str(root), leaderboard=None,
+                              save_predictions=str(tmp_path / "pred"), **FAST))
+    train = len({line.split(",")[0] for line in (ann / "ava_train_v2.2.csv").read_text().split()})
+    assert (res["videos_used"], res["videos_expected"]) == (train + len(counts) - 1,
+                                                            train + len(counts))
+    saved = (tmp_path / "pred" / "groundtruth.csv").read_text().splitlines()
+    assert saved == [line for line in gt_lines if not line.startswith(gone + ",")]
+    labelmap = str(ann / "ava_action_list_v2.2_for_activitynet_2019.pbtxt")
+    exclusions = str(ann / "ava_val_excluded_timestamps_v2.2.csv")
+    capsys.readouterr()
+    assert eval_main(["ava", "--groundtruth", str(tmp_path / "pred" / "groundtruth.csv"),
+                      "--detections", str(tmp_path / "pred" / "detections.csv"),
+                      "--labelmap", labelmap, "--exclusions", exclusions]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert 100.0 * cli["mAP"] == pytest.approx(res["value"], abs=1e-9)
+    everything = evaluate_ava(ann / "ava_val_v2.2.csv", tmp_path / "pred" / "detections.csv",
+                              labelmap, exclusions)
+    assert 100.0 * everything["mAP"] < res["value"] - 1.0  # the missing boxes would cost this
 
 
 def test_second_run_reuses_cache_and_repeats_numbers(first, tree, monkeypatch):

@@ -138,7 +138,8 @@ class LateFusionFC(_VideoBaseline):
 
     # forward_features gives per-frame maps (B, T, C, H', W'), but the embedding is an MLP over
     # all frames at once: there is no per-time embedding for avssl.towers to bin
-    feature_layout = None
+    feature_layout = "BTCHW"
+    time_series = False
 
     def __init__(self, trunk: str, num_frames: int, img_size: int, hidden: int):
         super().__init__(hidden, num_frames, img_size)

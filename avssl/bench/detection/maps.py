@@ -32,7 +32,8 @@ def feature_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``encoder.forward_features(x)`` as a spatio-temporal map ``(B, C, T', H', W')``.
 
     Accepted outputs: a tensor ``(B, C, T', H', W')`` (3D CNNs), per-frame maps
-    ``(B, T, C, H', W')`` (recognised by ``T`` = the clip's frame count), a 2D map
+    ``(B, T, C, H', W')`` from an encoder that declares ``feature_layout = "BTCHW"`` (the
+    attribute :mod:`avssl.towers` reads; an undeclared 5D map is ``BCTHW``), a 2D map
     ``(B, C, H', W')`` (T' = 1), or a dict with ``"map"`` (token encoders that expose their grid)
     or with several 4D/5D stream maps of one size (concatenated over channels). Anything else
     (pooled vectors, tokens without a grid) raises :class:`ConfigError`.
@@ -59,8 +60,9 @@ def feature_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
             f"(i3d_*, r3d18, c3d, ...) or a token encoder that exposes its grid as 'map'")
     if out.ndim == 4:
         return out[:, :, None]
-    frames = x.shape[2]
-    if out.shape[1] == frames and out.shape[2] != frames:  # per-frame trunks: (B, T, C, h, w)
+    # the declared layout, not the shape: a guess from "axis 1 has the clip's frame count" took
+    # a 3D CNN whose channels equal the frame count for per-frame maps (and the reverse)
+    if getattr(encoder, "feature_layout", "BCTHW") == "BTCHW":
         out = out.transpose(1, 2)
     return out
 

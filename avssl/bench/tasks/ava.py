@@ -6,8 +6,11 @@ maps' channel statistics are what is cached, not the maps) for the SlowFast-styl
 ``train`` split's ground-truth person boxes with per-class BCE, it scores every ``val`` person
 proposal (score >= 0.8) for each of the label map's classes. Those rows, the official detections
 CSV, are scored by :func:`avssl.eval.ava.evaluate_ava` (frame-mAP@0.5 IoU as the ActivityNet
-evaluator computes it); metrics are in percent. ``--save-predictions DIR`` keeps the CSV as
-``DIR/detections.csv``, so ``python -m avssl.eval ava`` gives the same mAP back.
+evaluator computes it) against the ground truth of the ``val`` videos used (a video missing on
+disk, or left out with ``--skip-bad``, would otherwise count all its boxes as missed); metrics are
+in percent. ``--save-predictions DIR`` keeps both files, ``DIR/detections.csv`` and
+``DIR/groundtruth.csv``, so ``python -m avssl.eval ava --groundtruth DIR/groundtruth.csv
+--detections DIR/detections.csv ...`` gives the same mAP back.
 """
 from __future__ import annotations
 
@@ -133,15 +136,18 @@ def run(task: Task, model, args, root: str, modality: str) -> dict[str, Any]:
         scores = predict_features(head, _split_rows(te["features"], te["counts"]))
     lines = detection_rows(test.keyframes, scores, test.class_ids)
 
+    files = {"detections.csv": lines, "groundtruth.csv": test.used_groundtruth()}
     with tempfile.TemporaryDirectory(prefix="avssl-ava-") as tmp:
-        # score exactly the file a user gets: the bench's mAP is the CLI's on detections.csv
-        path = Path(tmp) / "detections.csv"
-        path.write_text("".join(line + "\n" for line in lines))
-        res = evaluate_ava(test.groundtruth_csv, str(path), test.labelmap, test.exclusions_csv)
+        # score exactly the files a user gets: the bench's mAP is the CLI's on these two
+        for name, rows in files.items():
+            (Path(tmp) / name).write_text("".join(line + "\n" for line in rows))
+        res = evaluate_ava(Path(tmp) / "groundtruth.csv", Path(tmp) / "detections.csv",
+                           test.labelmap, test.exclusions_csv)
         if args.save_predictions and st.is_main_process:
             out = Path(args.save_predictions)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "detections.csv").write_bytes(path.read_bytes())
+            for name in files:
+                (out / name).write_bytes((Path(tmp) / name).read_bytes())
     per_class = {n: (None if v is None or not math.isfinite(v) else 100.0 * v)
                  for n, v in res["per_class"].items()}
     metrics: dict[str, Any] = {"mAP": 100.0 * float(res["mAP"])}

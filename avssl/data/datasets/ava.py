@@ -19,7 +19,9 @@ normalised to [0, 1]):
   official evaluator reads them).
 
 Keyframe ``timestamp`` (s) sits at ``time_s = timestamp - 900`` in the 15-min cut (frame
-``(timestamp - 900) * 30`` at 30 fps); a detector centres its clip on ``time_s``. Without a
+``(timestamp - 900) * 30`` at 30 fps); a detector centres its clip on ``time_s``. AVA annotates
+only the 900-1800 s segment of each movie (keyframes 0902..1798): a ground-truth timestamp outside
+it is a :class:`DataError`, not a clip read at a clamped, wrong time. Without a
 ``videos_15min/`` folder the videos found under root are probed: one longer than 960 s is a full
 movie of the official download, read at ``time_s = timestamp``.
 """
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 AVA_FPS = 30
 AVA_CUT_S = 900
+AVA_CUT_END_S = 1800  # the annotated segment is [900, 1800) s of each movie
 SPLITS = ("train", "val")
 KINDS = ("groundtruth", "proposals", "detections")
 LABELMAP_60 = "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
@@ -243,6 +246,23 @@ class AVASplit:
     def __len__(self) -> int:
         return len(self.keyframes)
 
+    @property
+    def video_ids(self) -> list[str]:
+        """Ids of the videos used, sorted."""
+        return [r.video_id for r in self.records]
+
+    def used_groundtruth(self) -> list[str]:
+        """The lines of :attr:`groundtruth_csv` whose video is used, verbatim and in file order
+        (the order breaks the evaluator's ties): the ground truth that detections on this split
+        are scored against, so that videos left out (missing, undecodable) do not count their
+        boxes as missed."""
+        used = set(self.video_ids)
+        with open(self.groundtruth_csv, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            lines = [line.rstrip("\r\n") for line in fh]
+        # parsed like read_rows parses them (a blank line gives []), kept as written
+        return [line for line, fields in zip(lines, csv.reader(lines))
+                if fields and fields[0].strip() in used]
+
     def report(self) -> str:
         return (f"ava: using {self.num_used} of {self.num_listed} listed videos "
                 f"({len(self.missing)} missing, {len(self.bad)} undecodable), "
@@ -270,6 +290,29 @@ def _group(rows: list[AVARow]) -> dict[tuple[str, int], list[AVARow]]:
     for r in rows:
         out.setdefault(r.key, []).append(r)
     return out
+
+
+def _unique_boxes(rows: list[AVARow]) -> list[AVARow]:
+    """One row per box of a keyframe's proposals, with the highest score of its rows, in order
+    of first appearance: proposal files may repeat a box once per action label (a row per
+    (box, action), like the ground truth), and a repeated box would be scored, and enter the
+    evaluator as a duplicate detection, once per copy."""
+    best: dict[tuple, AVARow] = {}  # insertion order = first appearance of each box
+    for r in rows:
+        if r.box not in best or r.score > best[r.box].score:  # type: ignore[operator]
+            best[r.box] = r
+    return list(best.values())
+
+
+def _check_timestamps(rows: list[AVARow], path: Path) -> None:
+    """DataError unless every keyframe lies in the annotated 900-1800 s segment: an earlier
+    one would sit before the start of a 15-min cut and be read, silently, at its first frame."""
+    bad = [r for r in rows if not AVA_CUT_S <= r.timestamp < AVA_CUT_END_S]
+    if bad:
+        raise DataError(f"{path}: {len(bad)} row(s) with a keyframe timestamp outside "
+                        f"{AVA_CUT_S}..{AVA_CUT_END_S - 1} s (e.g. {bad[0].video_id},"
+                        f"{bad[0].timestamp:04d}); expected AVA v2.2 keyframes 0902..1798, the "
+                        f"movie's own seconds, read at timestamp - {AVA_CUT_S} s in the 15-min cut")
 
 
 def _drop_undecodable(videos: dict[str, str]) -> list[tuple[str, str]]:
@@ -315,12 +358,14 @@ def ava(root: str | os.PathLike, split: str = "train", *, boxes: str = "groundtr
     label map's classes (persons with no action in the label map, and keyframes left without
     persons, are dropped). ``boxes="proposals"``: every keyframe of the ground-truth CSV with
     the ``ava_<split>_predicted_boxes.csv`` boxes of score >= ``score_threshold`` (a keyframe may
-    keep zero boxes) and all-zero labels. ``labelmap``: a path; default the 60-class
+    keep zero boxes; a box on several rows is kept once, with its highest score) and all-zero
+    labels. ``labelmap``: a path; default the 60-class
     ActivityNet file when present, else the 80-class one. Videos listed without a file are
     dropped with a warning; with ``skip_bad`` every video is probed and undecodable ones are
     dropped too (``num_listed`` / ``num_used`` report it). Without ``videos_15min/`` the videos
     are probed to tell full movies (keyframes at ``timestamp`` s) from 15-min cuts (at
-    ``timestamp - 900``); nothing is decoded otherwise.
+    ``timestamp - 900``); nothing is decoded otherwise. A ground-truth timestamp outside
+    900..1799 is a :class:`DataError`.
     """
     if split not in SPLITS:
         raise ConfigError(f"ava: split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -340,7 +385,9 @@ def ava(root: str | os.PathLike, split: str = "train", *, boxes: str = "groundtr
     exc_csv = _find(ann, f"ava_{split}_excluded_timestamps_v2.2.csv")
     excluded = read_exclusions(exc_csv) if exc_csv else set()
 
-    gt = _group(read_rows(gt_csv, kind="groundtruth"))
+    gt_rows = read_rows(gt_csv, kind="groundtruth")
+    _check_timestamps(gt_rows, gt_csv)
+    gt = _group(gt_rows)
     listed = sorted({vid for vid, _ in gt})
     media = root / "videos_15min"
     files = index_video_files(media if media.is_dir() else root)
@@ -386,7 +433,7 @@ def ava(root: str | os.PathLike, split: str = "train", *, boxes: str = "groundtr
                 empty += 1
                 continue
         else:
-            props = proposals.get(key, [])
+            props = _unique_boxes(proposals.get(key, []))
             b = np.array([r.box for r in props], np.float32).reshape(-1, 4)
             lab = np.zeros((len(props), k), np.float32)
             sc = np.array([r.score for r in props], np.float32)
