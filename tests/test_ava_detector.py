@@ -179,3 +179,14 @@ def test_train_head_rejects_bad_input():
                    [np.zeros((0, 4), np.float32)] * 4, epochs=1)
     with pytest.raises(ConfigError):
         train_head(maps, boxes, labels, epochs=0)
+
+
+def test_a_classification_head_keeps_the_encoders_declared_layout():
+    """build_encoder(..., num_classes=K) wraps the encoder; its forward_features is the
+    encoder's, so the wrapper must declare the same layout or a per-frame map is read as BCTHW."""
+    x = torch.randn(1, 3, 8, 32, 32)
+    enc = build_encoder("late_fusion_pool_tiny", num_frames=8, num_classes=5).eval()
+    assert (enc.feature_layout, getattr(enc, "time_series", True)) == \
+        (enc.encoder.feature_layout, getattr(enc.encoder, "time_series", True))
+    with torch.no_grad():
+        torch.testing.assert_close(feature_map(enc, x), feature_map(enc.encoder, x))

@@ -64,6 +64,11 @@ class WithHead(nn.Module):
         self.embed_dim = encoder.embed_dim
         self.modality = encoder.modality
         self.example_input_shape = encoder.example_input_shape
+        # forward_features is the encoder's, so its declared layout is too (avssl.towers and the
+        # AVA detector read these; without them a per-frame map would be taken for BCTHW)
+        for attr in ("feature_layout", "time_series"):
+            if hasattr(encoder, attr):
+                setattr(self, attr, getattr(encoder, attr))
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.embed_dim, num_classes)
 
