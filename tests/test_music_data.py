@@ -286,3 +286,88 @@ def test_small_instruments_leave_val_and_test_empty(tmp_path):
     assert music(root, "train").num_used == 22
     with pytest.raises(DataError, match="empty"):
         music(root, "val")
+
+
+def _write_cut(path: Path, *, offset_s: float, video_s: float, audio_s: float, fps: int = 10,
+               sr: int = 11025) -> None:
+    """A 32x32 H.264 video of ``video_s`` s and a 440 Hz tone of ``audio_s`` s (AAC), both
+    starting at ``offset_s`` on the file's clock, as ``ffmpeg -copyts -ss`` cuts leave them."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=Fraction(fps))
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        ast = c.add_stream("aac", rate=sr)
+        ast.layout = "mono"
+        for k in range(round(video_s * fps)):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * k % 256, np.uint8),
+                                           format="rgb24")
+            f.pts, f.time_base = k + round(offset_s * fps), Fraction(1, fps)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+        tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(round(audio_s * sr)) / sr))
+        tone = tone.astype(np.float32)[None]
+        for i in range(0, tone.shape[1], 1024):
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, i:i + 1024]),
+                                            format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = sr, round(offset_s * sr) + i
+            fr.time_base = Fraction(1, sr)
+            c.mux(ast.encode(fr))
+        c.mux(ast.encode(None))
+
+
+def test_windows_start_with_the_video_and_stay_where_its_sound_is(copy):
+    """A cut whose clock starts at 5 s, with 10 s of video and 7 s of sound: windows placed over
+    [0, duration) began before the video (silence) and the test window ran past the audio."""
+    from avssl.bench.separation.windows import WINDOW_S, record_starts
+    from avssl.data.decoding import decode_audio
+
+    victim = music(copy, "train").records[0]
+    _write_cut(Path(victim.path), offset_s=5.0, video_s=10.0, audio_s=7.0)
+    rec = next(r for r in music(copy, "train").records if r.video_id == victim.video_id)
+    assert rec.start_s == pytest.approx(5.0, abs=1e-3)
+    assert rec.audio_end_s == pytest.approx(12.0, abs=0.05)
+    train = record_starts(rec, "train", max_windows=4)
+    test = record_starts(rec, "test")
+    assert len(train) == 2 and train[0] == pytest.approx(5.0, abs=1e-3)
+    assert test == [pytest.approx(5.0 + (rec.audio_end_s - 5.0 - WINDOW_S) / 2)]
+    for start in train + test:
+        assert 5.0 - 1e-6 <= start and start + WINDOW_S <= rec.audio_end_s + 1e-6
+        wav = decode_audio(rec.path, start, start + WINDOW_S, sample_rate=11025)[0]
+        quarter = int(0.25 * 11025)  # sound from the window's first to its last quarter second
+        for part in (wav[:quarter], wav[-quarter:]):
+            assert float(part.pow(2).mean().sqrt()) > 0.2, start
+
+
+def test_a_video_in_two_splits_is_an_error_naming_its_file(copy):
+    s = music(copy, "test")
+    _, rows = read_split(s.split_file)
+    vid, inst, _ = next(r for r in rows if r[2] == "test")
+    with open(s.split_file, "a") as fh:  # a hand-edited (or merged) split file
+        fh.write(f"{vid},{inst},train\n")
+    path = str(copy / "solo" / inst / f"{vid}.mp4")
+    for split in ("train", "test"):  # neither side may load it: train on it, then score it
+        with pytest.raises(DataError, match="both the test and the train split") as e:
+            music(copy, split)
+        assert path in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_id_under_two_instruments_in_the_json_takes_one_split(copy):
+    """A YouTube id listed under two instruments (the split is drawn per instrument) gets the
+    split of its first instrument under both: drawn independently it could be trained on under
+    one instrument and scored under the other."""
+    index = copy / "MUSIC_solo_videos.json"
+    videos = json.loads(index.read_text())["videos"]
+    vid = next(v for v, i, s in make_split(videos) if i == "cello" and s == "test")
+    # list it under a later instrument too, in place of a video that instrument's own draw
+    # makes train (make_split of that instrument alone: no other instrument to agree with)
+    edits = ((i, {**videos, i: [vid if v == other else v for v in videos[i]]})
+             for i in sorted(videos) if i > "cello" for other in videos[i])
+    inst, edited = next((i, e) for i, e in edits
+                        if {s for v, _, s in make_split({i: e[i]}) if v == vid} == {"train"})
+    assert {s for v, _, s in make_split(edited) if v == vid} == {"test"}
+    index.write_text(json.dumps({"videos": edited}))
+    found = {split: [r.instrument for r in music(copy, split).records if r.video_id == vid]
+             for split in ("train", "val", "test")}
+    assert found["train"] == found["val"] == [] and "cello" in found["test"]

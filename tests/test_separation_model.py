@@ -209,3 +209,58 @@ def test_finetune_trains_the_encoder_with_the_separator():
     net = build_separator(6, cfg, encoder=encoder)
     train_separator(net, bank, cfg, spec=Spectrogram(warp_bins=32), progress=False)
     assert any(not torch.equal(b, p) for b, p in zip(before, net.encoder.parameters()))
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(epochs=2.5), dict(epochs=True),
+                                 dict(batch_size=0), dict(batch_size=-4), dict(lr=0.0),
+                                 dict(lr=-1e-3), dict(lr=float("nan")), dict(lr=float("inf")),
+                                 dict(threshold=0.0), dict(threshold=1.0),
+                                 dict(threshold=1.5), dict(threshold="0.5")])
+def test_config_refuses_bad_schedules_and_thresholds(bad):
+    # epochs=0 trained nothing and scored the random separator; batch_size=0 divided by zero
+    # deep in training; lr <= 0 ascended; a threshold outside (0, 1) kept every cell or none
+    name = next(iter(bad))
+    with pytest.raises(ConfigError, match=rf"separation {name} must be") as e:
+        SeparationConfig(**bad)
+    assert "\n" not in str(e.value)
+
+
+def test_config_accepts_its_documented_values():
+    for ok in (dict(threshold=None), dict(threshold=0.5), dict(epochs=1, batch_size=1, lr=1e-6),
+               dict(epochs=np.int64(3), lr=np.float32(1e-3))):
+        SeparationConfig(**ok)
+
+
+def _finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def test_a_non_finite_gradient_never_reaches_the_weights():
+    """Finite loss, infinite gradient: clipping made it NaN and AdamW wrote it into every weight
+    (only the loss was checked)."""
+    bank, _ = _tone_bank(8, seed=4)
+    cfg = SeparationConfig(depth=3, width=4, channels=4, epochs=1, batch_size=4)
+    net = build_separator(4, cfg)
+    first = next(net.parameters())
+    calls = []
+    first.register_hook(lambda g: calls.append(1) or (g * float("inf") if len(calls) == 1 else g))
+    with pytest.warns(UserWarning, match="non-finite loss or gradient at step 0.*skipped"):
+        losses = train_separator(net, bank, cfg, spec=Spectrogram(warp_bins=32), progress=False)
+    assert len(calls) == 2 and len(losses) == 1  # step 0 skipped, step 1 trained
+    assert _finite(net.parameters()) and _finite(net.buffers())
+
+
+def test_a_non_finite_loss_leaves_the_batchnorm_statistics_as_they_were():
+    """A NaN window: the step was skipped, but its forward pass had already written NaN running
+    statistics, so every eval-mode mask afterwards was NaN."""
+    bank, _ = _tone_bank(8, seed=4)
+    bank.audio[0, 100] = float("nan")
+    cfg = SeparationConfig(depth=3, width=4, channels=4, epochs=1, batch_size=4)
+    net = build_separator(4, cfg)
+    with pytest.warns(UserWarning, match="non-finite loss or gradient"):
+        losses = train_separator(net, bank, cfg, spec=Spectrogram(warp_bins=32), progress=False)
+    assert len(losses) == 1
+    assert _finite(net.parameters()) and _finite(net.buffers())
+    mix_wave = bank.audio[2:4].sum(0, keepdim=True) / 2  # a clean mixture separates to numbers
+    est = separate(net, Spectrogram(warp_bins=32), mix_wave, [bank.cond[2:3], bank.cond[3:4]])
+    assert _finite([est])

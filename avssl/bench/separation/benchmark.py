@@ -1,9 +1,10 @@
 """The ``music`` bench task's pipeline: mix-and-separate on the train split, BSS-eval on test.
 
 1. Train split: every solo video with sound gives up to ``max_windows`` candidate windows
-   (:mod:`.windows`); their audio at 11,025 Hz and, with the ``frozen`` protocol, the pooled
-   embedding of each window's centred clip by the model's video encoder are decoded once and
-   cached (``finetune``: the clips themselves, and the encoder trains with the separator).
+   over the part with sound (:func:`.windows.record_starts`; the test window is centred there);
+   their audio at 11,025 Hz and, with the ``frozen`` protocol, the pooled embedding of each
+   window's centred clip by the model's video encoder are decoded once and cached
+   (``finetune``: the clips themselves, and the encoder trains with the separator).
 2. Mix-and-separate training (:mod:`.train`): mixtures of ``num_mix`` windows of different
    instruments, each divided by ``num_mix``.
 3. Test split: fixed seeded mixtures, every test video (its centred window) paired with
@@ -33,7 +34,7 @@ from avssl.bench.separation.spectrogram import SAMPLE_RATE, WINDOW, Spectrogram
 from avssl.bench.separation.train import (MixtureSet, SeparationConfig, WindowBank,
                                           build_separator, draw_partners, separate,
                                           train_separator)
-from avssl.bench.separation.windows import test_start, train_starts, window_bank
+from avssl.bench.separation.windows import record_starts, window_bank
 from avssl.errors import ConfigError, DataError
 
 MAX_WINDOWS = 4   # training windows per video (real MUSIC videos are minutes long)
@@ -131,12 +132,10 @@ def run_separation(task, model, args, root: str, modality: str) -> dict[str, Any
                             f"{len({r.label for r in rs})} instrument(s); mix-and-separate needs "
                             f"{cfg.num_mix}")
     cache = F.FeatureCache(task.name, enabled=args.cache)
-    train = _bank(task, model, args, recs["train"],
-                  [train_starts(r.duration_s, MAX_WINDOWS) for r in recs["train"]],
-                  part="train", frozen=frozen, cache=cache)
-    test = _bank(task, model, args, recs["test"], [[test_start(r.duration_s)]
-                                                   for r in recs["test"]],
-                 part="test", frozen=frozen, cache=cache)
+    banks = {part: _bank(task, model, args, recs[part],
+                         [record_starts(r, part, MAX_WINDOWS) for r in recs[part]],
+                         part=part, frozen=frozen, cache=cache) for part in ("train", "test")}
+    train, test = banks["train"], banks["test"]
 
     net = build_separator(encoder.embed_dim, cfg,
                           encoder=None if frozen else copy.deepcopy(encoder))

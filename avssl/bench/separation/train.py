@@ -23,6 +23,7 @@ the SDR would depend on the process count.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -69,9 +70,20 @@ class SeparationConfig:
                               f"{self.mask!r}")
         if self.num_mix < 2:
             raise ConfigError(f"mix-and-separate needs num_mix >= 2 sources, got {self.num_mix}")
-        if self.test_mixtures_per_video < 1:
-            raise ConfigError("test_mixtures_per_video must be >= 1, got "
-                              f"{self.test_mixtures_per_video}")
+        for name in ("epochs", "batch_size", "test_mixtures_per_video"):
+            value = getattr(self, name)
+            # bool is an int; a float like 2.5 would break range() / slicing deep in training
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"separation {name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, numbers.Real)
+                                             and 0 < self.lr < math.inf):  # refuses NaN too
+            raise ConfigError(f"separation lr must be a finite number > 0, got {self.lr!r}")
+        t = self.threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real)
+                              or not 0 < t < 1):
+            # the mask is a sigmoid in (0, 1): a threshold outside keeps every cell or none
+            raise ConfigError(f"separation threshold must be None (soft masks) or a number in "
+                              f"(0, 1), e.g. 0.5, got {t!r}")
 
 
 @dataclass
@@ -148,8 +160,11 @@ def build_separator(embed_dim: int, cfg: SeparationConfig,
 def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
                     spec: Spectrogram | None = None, progress: bool = True,
                     desc: str = "mix-and-separate") -> list[float]:
-    """Train ``net`` in place on mixtures drawn from ``bank``; returns the loss of every step."""
+    """Train ``net`` in place on mixtures drawn from ``bank``; returns the loss of every step
+    that updated the weights. A step with a non-finite loss or gradient norm is skipped with a
+    warning: no optimizer update, and BatchNorm statistics put back as the step found them."""
     from avssl.launch import process_state
+    from avssl.pretraining import BufferGuard
 
     spec = spec or Spectrogram()
     state = process_state()
@@ -172,6 +187,8 @@ def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
     device = state.device
     net.to(device).train()
     losses: list[float] = []
+    guard = BufferGuard(net)  # BatchNorm statistics as a step found them, for a skipped step
+    step = 0
     bar = tqdm(total=steps, desc=desc, disable=not (progress and state.is_main_process),
                leave=False)
     for _ in range(cfg.epochs):
@@ -181,20 +198,25 @@ def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
             sources = bank.audio[torch.from_numpy(idx)].to(device)
             conds = [bank.cond[torch.from_numpy(idx[:, k])].to(device)
                      for k in range(cfg.num_mix)]
+            guard.save()
             loss = separation_loss(net, spec, sources, conds, cfg.mask)
-            if not torch.isfinite(loss):  # never let a NaN reach the weights
-                warnings.warn(f"{desc}: non-finite loss {loss.item()} at step {len(losses)}; "
-                              f"step skipped")
-                opt.zero_grad(set_to_none=True)
-                continue
             loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            sched.step()
+            norm = nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            if torch.isfinite(loss) and torch.isfinite(norm):
+                opt.step()
+                sched.step()
+                losses.append(float(loss.item()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            else:
+                # never let a NaN reach the weights, nor the BatchNorm statistics that this
+                # forward pass already updated (they would poison every test-time mask)
+                guard.restore()
+                warnings.warn(f"{desc}: non-finite loss or gradient at step {step} "
+                              f"(loss={loss.item():.4g}, grad norm={norm.item():.4g}); skipped "
+                              f"the optimizer update")
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.item()))
+            step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
     bar.close()
     net.eval()
     return losses

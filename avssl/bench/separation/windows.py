@@ -7,9 +7,12 @@ A window is ``(video, start_s)``: ``WINDOW`` samples of mono audio at 11,025 Hz 
 
 Training windows: up to ``max_windows`` starts per video spread evenly over it, at least
 ``stride_s`` apart (the candidates that mix-and-separate draws from); test windows: one per video,
-centred. :func:`window_bank` decodes them with :func:`avssl.bench.features.map_items` (sharded
-over processes, in order) and, with a frozen encoder, embeds the clips there and then, so a bank
-holds (N, D) embeddings instead of clips; banks are cached in :class:`FeatureCache`.
+centred. "It" is the part with sound, on the file's clock (:func:`record_starts`): from the
+video's first timestamp to the end of its audio when that ends first, so no window starts before
+the video, nor runs past the audio where the sound is long enough. :func:`window_bank` decodes
+them with :func:`avssl.bench.features.map_items` (sharded over processes, in order) and, with a
+frozen encoder, embeds the clips there and then, so a bank holds (N, D) embeddings instead of
+clips; banks are cached in :class:`FeatureCache`.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from avssl.bench import features as F
 from avssl.bench.separation.spectrogram import SAMPLE_RATE, WINDOW
 from avssl.bench.separation.train import WindowBank
 from avssl.data import decoding
+from avssl.data.datasets.base import clip_span
 from avssl.errors import DataError, DecodeError
 
 WINDOW_S = WINDOW / SAMPLE_RATE
@@ -39,6 +43,17 @@ def train_starts(duration_s: float, max_windows: int = 4, stride_s: float = 1.0)
 def test_start(duration_s: float) -> float:
     """The centred window of a video (0 when the video is shorter than a window)."""
     return max(0.0, (duration_s - WINDOW_S) / 2)
+
+
+def record_starts(rec: Any, part: str, max_windows: int = 4, stride_s: float = 1.0
+                  ) -> list[float]:
+    """Window starts of a video record (``duration_s``, ``start_s``, ``audio_end_s``) on its
+    file's clock: :func:`train_starts` (``part="train"``) or :func:`test_start` (otherwise) over
+    its span with sound. A window past the audio's end would be a silent source to separate."""
+    span, origin = clip_span(rec.duration_s, {"start_s": rec.start_s,
+                                              "audio_end_s": rec.audio_end_s}, needs_sound=True)
+    starts = train_starts(span, max_windows, stride_s) if part == "train" else [test_start(span)]
+    return [origin + s for s in starts]
 
 
 class Windows(Dataset):

@@ -28,5 +28,5 @@ TASKS.add("music", Task(
     summary="MUSIC visually-guided source separation (Sound of Pixels mix-and-separate), SDR dB",
     data=("MUSIC_solo_videos.json (github.com/roudimit/MUSIC_dataset) and the solo videos as "
           "solo/<instrument>/<youtube id>.mp4"),
-    kind="separation", version="2", protocols=("frozen", "finetune"), metric="SDR",
+    kind="separation", version="3", protocols=("frozen", "finetune"), metric="SDR",
     load=_load_music, splits=("test",), views="1x1", layout="music", run=_run))

@@ -20,6 +20,10 @@ seed, index and the JSON's sha256) to ``root/splits/music_<index>_seed<seed>_v<v
 an existing file in either place is read, never recomputed, so a published split is honoured
 (drop one into ``root/splits/`` under that name, or pass ``split_file=``).
 
+An id listed under two instruments gets one split (:func:`make_split`); a video that a split file
+still puts in two splits (hand-edited, or written before that rule) stops the load with an error
+naming it: it would be trained on and scored.
+
 Listed videos whose file is missing are dropped and counted (``num_listed`` vs ``num_used``).
 Every used file is probed (duration, audio stream); an undecodable file stops the load with an
 error naming it unless ``skip_bad=True``, which drops it and lists it in ``bad``.
@@ -36,6 +40,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -59,7 +64,9 @@ _PROBE_TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class MusicVideo:
     """One video: ``label`` indexes :attr:`MusicSplit.instruments`; ``path`` is absolute;
-    ``instrument`` is ``"<a> <b>"`` for a duet."""
+    ``instrument`` is ``"<a> <b>"`` for a duet. ``start_s``: the video's first timestamp on the
+    file's clock (clips of a cut made with ``-copyts`` start there, not at 0); ``audio_end_s``:
+    where its audio stream ends on that clock (None: unknown), often before the video ends."""
 
     video_id: str
     instrument: str
@@ -67,6 +74,8 @@ class MusicVideo:
     path: str
     duration_s: float
     has_audio: bool
+    start_s: float = 0.0
+    audio_end_s: float | None = None
 
 
 @dataclass
@@ -144,7 +153,9 @@ def make_split(videos: dict[str, list[str]], seed: int = 0) -> list[tuple[str, s
 
     Per instrument with n ids: a permutation of the sorted ids drawn from
     ``default_rng([seed, hash(instrument)])``; the first ``n_val = max(1, round(0.1 n))`` are val,
-    the next ``n_test`` (the same count) test, the rest train; with n < 3 all are train.
+    the next ``n_test`` (the same count) test, the rest train; with n < 3 all are train. An id
+    listed under several instruments takes, under every one, the split its first (sorted)
+    instrument drew: one video in two splits would be trained on and scored.
     """
     rows = []
     for inst in sorted(videos):
@@ -157,7 +168,10 @@ def make_split(videos: dict[str, list[str]], seed: int = 0) -> list[tuple[str, s
             for pos, i in enumerate(order[:2 * k].tolist()):
                 which[i] = "val" if pos < k else "test"
         rows += [(vid, inst, s) for vid, s in zip(ids, which)]
-    return rows
+    first: dict[str, str] = {}
+    for vid, _, s in rows:
+        first.setdefault(vid, s)
+    return [(vid, inst, first[vid]) for vid, inst, _ in rows]
 
 
 def write_split(path: Path, rows: list[tuple[str, str, str]], *, seed: int, index: str,
@@ -208,6 +222,23 @@ def read_split(path: str | os.PathLike) -> tuple[dict[str, str], list[tuple[str,
                             f"in {'/'.join(SPLITS)}, got {line.strip()!r}")
         rows.append((cells[0], cells[1], cells[2]))
     return meta, rows
+
+
+def check_disjoint(rows: list[tuple[str, str, str]], split_file: str | os.PathLike,
+                   locate: Callable[[str, str], str | None] | None = None) -> None:
+    """DataError naming the first video that ``rows`` put in two splits: its file when
+    ``locate(instrument, video_id)`` finds one, else ``instrument/id``. One file in train and
+    test would score the separator on a video it trained on."""
+    first: dict[str, tuple[str, str]] = {}
+    for vid, inst, s in rows:
+        inst0, s0 = first.setdefault(vid, (inst, s))
+        if s0 != s:
+            where = (locate(inst, vid) if locate is not None else None) or f"{inst}/{vid}"
+            as_ = f" (listed as {inst0} and as {inst})" if inst0 != inst else ""
+            raise DataError(f"music: {where} is in both the {s0} and the {s} split of "
+                            f"{split_file}{as_}; a video must be in one split only: fix that "
+                            f"file, or list the id under one instrument in the index JSON and "
+                            f"delete the split file to recompute it")
 
 
 def split_path(root: Path, index: str, seed: int, json_sha256: str) -> Path:
@@ -308,12 +339,13 @@ def music(root: str | os.PathLike, split: str = "train", *, index: str = "solo",
     if unknown:
         raise DataError(f"music: split file {path} names instruments {unknown} that "
                         f"{json_path.name} does not list; delete the split file to recompute it")
+    find = _Finder(root, index)
+    check_disjoint(rows, path, find)
     if not mine:
         raise DataError(f"music: the {split} split in {path} is empty (an instrument needs >= 3 "
                         f"videos to give one to val and test); list more videos in "
                         f"{json_path.name}, e.g. `python -m avssl.data.synthetic --layout music "
                         f"--out DIR --clips-per-class 4`")
-    find = _Finder(root, index)
     records: list[MusicVideo] = []
     missing: list[str] = []
     bad: list[tuple[str, str]] = []
@@ -344,7 +376,8 @@ def music(root: str | os.PathLike, split: str = "train", *, index: str = "solo",
             bad.append((p, info.reason))
             continue
         records.append(MusicVideo(vid, inst, instruments.index(inst), os.path.abspath(p),
-                                  float(info.duration_s), bool(info.has_audio)))
+                                  float(info.duration_s), bool(info.has_audio),
+                                  float(info.start_s), info.audio_end_s))
     out = MusicSplit(records, instruments, split, str(path), len(mine), len(records),
                      missing, bad)
     if missing or bad:
