@@ -120,6 +120,19 @@ def test_torchvision_models_have_torchvision_parameters(name, tv_builder):
     assert {k: v.shape for k, v in ours.state_dict().items()} == ref_state
 
 
+@pytest.mark.parametrize("name,tv_builder", [
+    ("r3d18", tvv.r3d_18), ("s3d", tvv.s3d),
+    pytest.param("mvit_v2_s", tvv.mvit_v2_s, marks=pytest.mark.slow)])  # ~7 s to build twice
+def test_torchvision_checkpoints_load_without_their_classifier(tmp_path, name, tv_builder):
+    """A torchvision checkpoint (Kinetics weights as torchvision saves them) loads as is: the
+    classifier the encoder leaves out is dropped instead of failing as unexpected keys."""
+    ref = tv_builder(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "tv.pth")
+    ours = build_encoder(name, pretrained_path=str(tmp_path / "tv.pth"))
+    ref_state = ref.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in ours.state_dict().items())
+
+
 def test_mvit_takes_exactly_its_clip_size():
     model = build_encoder("mvit_v2_s")
     assert model.example_input_shape == (3, 16, 224, 224) and model.embed_dim == 768

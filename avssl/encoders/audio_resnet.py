@@ -5,8 +5,8 @@ one-channel image. torchvision's resnet18 (``weights=None``) with its stem swapp
 1-channel 7x7 conv and its fc removed: ``forward_features`` -> layer4 map
 ``(B, 512, F/32, T/32)``; ``forward`` -> mean over (F, T), ``(B, 512)``.
 
-Parameter names are torchvision's, so ``pretrained_path`` also takes a torchvision ImageNet
-resnet18 state dict: its fc is dropped and its RGB stem summed over colour channels (what the
+Parameter names are torchvision's, so ``pretrained_path`` also takes a torchvision resnet18
+state dict: its fc is dropped, and an ImageNet RGB stem is summed over colour channels (what the
 RGB net computes on a grey image).
 """
 from __future__ import annotations
@@ -57,11 +57,12 @@ def _accept_rgb_imagenet(module, state_dict, prefix, *args) -> None:
 @register_encoder("audio_resnet18", "audio")
 def audio_resnet18(*, pretrained_path: str | None = None) -> AudioResNet:
     """ResNet-18 on 1x128x1000 log-mel (10 s at 100 frames/s), embed 512."""
-    return load_pretrained(AudioResNet(tvm.resnet18(weights=None), (1, 128, 1000)), pretrained_path)
+    return load_pretrained(AudioResNet(tvm.resnet18(weights=None), (1, 128, 1000)), pretrained_path,
+                           drop_head=("fc.",))
 
 
 @register_encoder("audio_resnet18_tiny", "audio")
 def audio_resnet18_tiny(*, pretrained_path: str | None = None) -> AudioResNet:
     """ResNet-18 layout with one block per stage on 1x64x96 log-mel (tests), embed 512."""
     return load_pretrained(AudioResNet(ResNet(BasicBlock, [1, 1, 1, 1]), (1, 64, 96)),
-                           pretrained_path)
+                           pretrained_path, drop_head=("fc.",))

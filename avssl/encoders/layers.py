@@ -9,6 +9,8 @@ layer, and concatenate bottleneck tokens in between.
 from __future__ import annotations
 
 import math
+import os
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -340,28 +342,33 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def load_pretrained(model: nn.Module, path: str | None) -> nn.Module:
+# Keys a training script's checkpoint wraps the state dict in ({"state_dict": ..., "epoch": 3}).
+_WRAPPERS = ("state_dict", "model", "model_state", "model_state_dict")
+
+
+def load_pretrained(model: nn.Module, path: str | None, *,
+                    drop_head: tuple[str, ...] = ()) -> nn.Module:
     """Load a local ``.safetensors`` or torch state-dict file into ``model`` (strict); no downloads.
 
     Torch files are read with ``weights_only=True`` so a stranger's checkpoint never runs code.
-    A ``"module."`` prefix (DistributedDataParallel) is stripped. ``path=None`` is a no-op.
+    A state dict wrapped as ``{"state_dict" | "model" | "model_state": ...}`` is unwrapped and a
+    ``"module."`` prefix (DistributedDataParallel) stripped. Keys under the ``drop_head``
+    prefixes (a classifier the encoder leaves out, e.g. torchvision's ``"fc."``) are dropped.
+    A file that is not a state dict of tensors, or whose tensors do not fit ``model`` (names,
+    shapes, integer tensors for float ones), is a one-line ConfigError. ``path=None``: no-op.
     """
     if path is None:
         return model
-    import os
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"pretrained_path {path!r} is not a file; pass a local .safetensors "
-                          "or .pt state dict (nothing is downloaded)")
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
+    state = _unwrap(_read_state(path), path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(drop_head))}
+    own = model.state_dict()
+    ints = [k for k, v in state.items() if k in own and own[k].is_floating_point()
+            and not v.is_floating_point()]
+    if ints:  # load_state_dict would cast them silently
+        raise ConfigError(f"{path}: {len(ints)} tensor(s) are {state[ints[0]].dtype} where "
+                          f"{type(model).__name__} has floating point weights (e.g. {ints[0]}); "
+                          "a quantized or foreign checkpoint? pass float weights")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -373,3 +380,56 @@ def load_pretrained(model: nn.Module, path: str | None) -> nn.Module:
                           f"{list(missing)[:5]}, unexpected keys {list(unexpected)[:5]}; "
                           "build the variant the weights were saved from")
     return model
+
+
+def _read_state(path: str) -> object:
+    """The object stored in ``path``: safetensors (by name or content) or a torch file read with
+    ``weights_only=True``; a damaged, truncated or foreign file is a one-line ConfigError."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"pretrained_path {path!r} is not a file; pass a local .safetensors "
+                          "or .pt state dict (nothing is downloaded)")
+    expected = "expected a .safetensors file or a torch state dict (.pt / .pth)"
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte header length, then the JSON header; torch files are zip / pickle
+    if str(path).endswith(".safetensors") or head[8:9] == b"{":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise ConfigError(f"{path} is damaged or not safetensors ({_one_line(e)}); "
+                              f"{expected}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # the weights-only unpickler met a non-tensor class
+        raise ConfigError(f"{path} holds pickled objects other than tensors, which loading "
+                          f"could execute; {expected} (save model.state_dict())") from None
+    except Exception as e:  # truncated zip, foreign bytes: torch raises many types
+        raise ConfigError(f"{path} is damaged or not a torch file ({type(e).__name__}: "
+                          f"{_one_line(e)[:120]}); {expected}") from None
+
+
+def _unwrap(state: object, path: str) -> dict[str, torch.Tensor]:
+    """The state dict inside a training checkpoint's wrapper dict; ConfigError unless it maps
+    names to tensors."""
+    while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        inner = [state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)]
+        if not inner:
+            break
+        state = inner[0]
+    if not isinstance(state, dict) or not state:
+        what = "an empty dict" if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"{path} holds {what}, not a state dict; expected {{name: tensor}}, "
+                          f"optionally under one of {list(_WRAPPERS)}")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConfigError(f"{path}: {len(bad)} of its entries are not tensors (e.g. {bad[0]!r}: "
+                          f"{type(state[bad[0]]).__name__}); expected a state dict {{name: "
+                          f"tensor}}, optionally under one of {list(_WRAPPERS)}")
+    return state
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -2,8 +2,8 @@
 
 Each is torchvision's builder with ``weights=None`` (nothing is downloaded) and its classifier
 removed, so the parameter count is exactly torchvision's minus the classifier, and parameter
-names are torchvision's (a torchvision state dict without its ``fc.`` / ``classifier.`` /
-``head.`` entries loads with ``pretrained_path``). Video input ``(B, 3, T, H, W)`` float,
+names are torchvision's: a torchvision state dict loads with ``pretrained_path``, its
+classifier (``fc.`` / ``classifier.`` / ``head.``) dropped. Video input ``(B, 3, T, H, W)`` float,
 normalised with torchvision's Kinetics mean/std.
 
 No ``_tiny`` variants: the ResNets and S3D are fully convolutional and are tested at small
@@ -117,29 +117,33 @@ _CLIP_112 = (3, 16, 112, 112)
 @register_encoder("r3d18", "video")
 def r3d18(*, pretrained_path: str | None = None) -> VideoResNetEncoder:
     """ResNet3D-18 (Tran et al. 2018), all 3x3x3 convs; paper input 3x16x112x112, embed 512."""
-    return load_pretrained(VideoResNetEncoder(tvv.r3d_18(weights=None), _CLIP_112), pretrained_path)
+    return load_pretrained(VideoResNetEncoder(tvv.r3d_18(weights=None), _CLIP_112), pretrained_path,
+                           drop_head=("fc.",))
 
 
 @register_encoder("mc3_18", "video")
 def mc3_18(*, pretrained_path: str | None = None) -> VideoResNetEncoder:
     """MC3-18 (Tran et al. 2018): 3D convs early, 2D later; input 3x16x112x112, embed 512."""
-    return load_pretrained(VideoResNetEncoder(tvv.mc3_18(weights=None), _CLIP_112), pretrained_path)
+    return load_pretrained(VideoResNetEncoder(tvv.mc3_18(weights=None), _CLIP_112), pretrained_path,
+                           drop_head=("fc.",))
 
 
 @register_encoder("r2plus1d18", "video")
 def r2plus1d18(*, pretrained_path: str | None = None) -> VideoResNetEncoder:
     """R(2+1)D-18 (Tran et al. 2018): 3D convs split into 2D space + 1D time; embed 512."""
     net = tvv.r2plus1d_18(weights=None)
-    return load_pretrained(VideoResNetEncoder(net, _CLIP_112), pretrained_path)
+    return load_pretrained(VideoResNetEncoder(net, _CLIP_112), pretrained_path, drop_head=("fc.",))
 
 
 @register_encoder("s3d", "video")
 def s3d(*, pretrained_path: str | None = None) -> S3DEncoder:
     """S3D (Xie et al. 2018), separable 3D Inception; paper input 3x16x224x224, embed 1024."""
-    return load_pretrained(S3DEncoder(tvv.s3d(weights=None)), pretrained_path)
+    return load_pretrained(S3DEncoder(tvv.s3d(weights=None)), pretrained_path,
+                           drop_head=("classifier.",))
 
 
 @register_encoder("mvit_v2_s", "video")
 def mvit_v2_s(*, pretrained_path: str | None = None) -> MViTEncoder:
     """MViT-v2-S (Li et al. 2022): input exactly 3x16x224x224 (rel. position tables), embed 768."""
-    return load_pretrained(MViTEncoder(tvv.mvit_v2_s(weights=None)), pretrained_path)
+    return load_pretrained(MViTEncoder(tvv.mvit_v2_s(weights=None)), pretrained_path,
+                           drop_head=("head.",))
