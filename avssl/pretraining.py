@@ -10,8 +10,9 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterable, Iterator, Literal, Optional
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
@@ -23,6 +24,7 @@ from avssl.data.synthetic.cache import synthetic_folder
 from avssl.data.transforms import VideoPipeline, log_mel
 from avssl.errors import AvsslError, ConfigError
 from avssl.launch import process_state
+from avssl.objectives.gather import gather_rows
 from avssl.speed import SpeedSettings, apply_threads, pick
 
 
@@ -193,6 +195,68 @@ def held_out_batches(loader, accelerator: Accelerator):
     """
     for batch in loader:
         yield send_to_device(batch, accelerator.device)
+
+
+# pretrain_mbt's (video, audio) pairs: their random draws and the mismatched audio.
+
+
+def draw_generator(base: int, micro: int) -> torch.Generator:
+    """A CPU generator for one micro-batch: seeded by ``base`` (from the run seed and step) for
+    the first micro-batch, as before accumulation drew per micro-batch (so runs without
+    accumulation keep their numbers), and by (``base``, ``micro``) for the others."""
+    if micro == 0:
+        return torch.Generator().manual_seed(base)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(
+        [base % 2**32, micro]).generate_state(1)[0]))
+
+
+def mask_seed(seed: int, step: int) -> int:
+    """The token masks' seed for (run seed, step): a stream of its own. (It was seed * 7919 +
+    step, equal to the pair draw's seed * 1_000_003 + step at seed 0: the masks' noise repeated
+    the pair-type draw, so row 0's first video token was masked exactly when its pair was
+    shifted.)"""
+    return int(np.random.SeedSequence([seed % 2**32, step % 2**32, 7919]).generate_state(1)[0])
+
+
+def previous_rows(audio: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Each row's mismatched audio (B, 1, S): the previous row's in the global batch (rank-major;
+    the first row takes the last), so N processes pair what one process with the same global
+    batch pairs (a local roll would pair other clips, and nothing on one-row processes)."""
+    if world == 1:
+        return audio.roll(1, dims=0)
+    B = len(audio)
+    return gather_rows(audio).roll(1, dims=0)[rank * B:(rank + 1) * B]
+
+
+def with_previous_clip(batches: Iterable[dict]) -> Iterator[dict]:
+    """Held-out ``batches`` (in loader order) with each clip's mismatched audio ``audio_other``
+    (B, 1, S), the previous clip's ``audio``, and ``pair_rows`` (B, 3) bool: the pair types (in
+    sync, shifted, mismatched) each row is scored with (shifted only where ``hard_valid``).
+
+    The previous clip is carried across batches, and the first clip takes the last one (the whole
+    set rolled by one, as rolling it in one batch would): a roll within each batch paired each
+    batch's first clip with that batch's last, so the numbers depended on the batch size. The
+    last clip is known only at the end, so the first clip's mismatched pair comes as one extra
+    row, ``pair_rows`` [False, False, True], after the last batch (none for a single clip, whose
+    only other clip would be itself).
+    """
+    first = last = None
+    clips = 0
+    for batch in batches:
+        audio = batch["audio"]
+        rows = torch.ones(len(audio), 3, dtype=torch.bool, device=audio.device)
+        rows[:, 1] = batch["hard_valid"].bool()
+        if last is None:  # the first clip: its previous clip comes last
+            rows[0, 2] = False
+            # cloned: a view would keep the whole first batch alive until the end
+            first = {k: v[:1].clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        # row 0 of the first batch gets a placeholder, never scored (rows[0, 2] is False)
+        previous = torch.cat([audio[:1] if last is None else last, audio[:-1]])
+        yield {**batch, "audio_other": previous, "pair_rows": rows}
+        last, clips = audio[-1:], clips + len(audio)
+    if clips > 1:
+        rows = torch.tensor([[False, False, True]], device=last.device)
+        yield {**first, "audio_other": last, "pair_rows": rows}
 
 
 def mel(audio: torch.Tensor, d: PairDataConfig) -> torch.Tensor:

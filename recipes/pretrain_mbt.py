@@ -41,7 +41,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -53,12 +52,12 @@ from avssl.errors import AvsslError, ConfigError
 from avssl.fusion import build_fusion
 from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.fusion import FusionObjective
-from avssl.objectives.gather import gather_rows
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
-                               build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
-                               mel, nonfinite_action, nothing_left, pair_loader, run_location,
-                               speed_settings)
+                               build_pair_datasets, cosine_lr, draw_generator, flat_hparams,
+                               held_out_batches, mask_seed, mel, nonfinite_action, nothing_left,
+                               pair_loader, previous_rows, run_location, speed_settings,
+                               with_previous_clip)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
 
@@ -117,34 +116,6 @@ class Config:
     run: RunConfig = field(default_factory=lambda: RunConfig(save_every=240))
 
 
-def draw_generator(base: int, micro: int) -> torch.Generator:
-    """A CPU generator for one micro-batch: seeded by ``base`` (from the run seed and step) for
-    the first micro-batch, as before accumulation drew per micro-batch (so runs without
-    accumulation keep their numbers), and by (``base``, ``micro``) for the others."""
-    if micro == 0:
-        return torch.Generator().manual_seed(base)
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(
-        [base % 2**32, micro]).generate_state(1)[0]))
-
-
-def mask_seed(seed: int, step: int) -> int:
-    """The token masks' seed for (run seed, step): a stream of its own. (It was seed * 7919 +
-    step, equal to the pair draw's seed * 1_000_003 + step at seed 0: the masks' noise repeated
-    the pair-type draw, so row 0's first video token was masked exactly when its pair was
-    shifted.)"""
-    return int(np.random.SeedSequence([seed % 2**32, step % 2**32, 7919]).generate_state(1)[0])
-
-
-def previous_rows(audio: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """Each row's mismatched audio (B, 1, S): the previous row's in the global batch (rank-major;
-    the first row takes the last), so N processes pair what one process with the same global
-    batch pairs (a local roll would pair other clips, and nothing on one-row processes)."""
-    if world == 1:
-        return audio.roll(1, dims=0)
-    B = len(audio)
-    return gather_rows(audio).roll(1, dims=0)[rank * B:(rank + 1) * B]
-
-
 def draw_pair_types(rows: int, cfg: Config, step: int, *, micro: int = 0, rank: int = 0,
                     world: int = 1) -> torch.Tensor:
     """Pair types (``rows``,) of this process's rows: drawn for the global batch (``rows`` x
@@ -162,7 +133,8 @@ def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None =
 
     Unless ``label`` (B,) gives them, the types are drawn by :func:`draw_pair_types`: every
     micro-batch draws anew, and N processes draw what one process with the same global batch
-    draws. Rows without a valid shifted window become mismatched. Mismatched audio is the
+    draws. Rows without a valid shifted window become mismatched. Mismatched audio is
+    ``batch["audio_other"]`` where given (held-out clips: :func:`with_previous_clip`), else the
     previous row's of the global batch (another video in a shuffled batch; :func:`previous_rows`).
     """
     audio, shifted, valid = batch["audio"], batch["audio_shift"], batch["hard_valid"]
@@ -170,10 +142,13 @@ def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None =
         label = draw_pair_types(len(audio), cfg, step, micro=micro, rank=rank,
                                 world=world).to(audio.device)
     label = torch.where((label == 1) & ~valid.bool(), 2, label)
-    if len(audio) * world < 2 and bool((label == 2).any()):  # roll(1) of one row is itself
-        raise ConfigError("mismatched pairs need a global batch of at least 2 clips (another "
-                          "clip's audio); got 1")
-    choice = {0: audio, 1: shifted, 2: previous_rows(audio, rank, world)}
+    other = batch.get("audio_other")
+    if other is None:
+        if len(audio) * world < 2 and bool((label == 2).any()):  # roll(1) of one row is itself
+            raise ConfigError("mismatched pairs need a global batch of at least 2 clips (another "
+                              "clip's audio); got 1")
+        other = previous_rows(audio, rank, world)
+    choice = {0: audio, 1: shifted, 2: other}
     pair = torch.zeros_like(audio)
     for k, src in choice.items():
         pair = torch.where((label == k)[:, None, None], src, pair)
@@ -217,9 +192,10 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     unwrapped model, so the numbers do not depend on the number of processes.
 
     Every clip is scored with all three of its pairs (its own audio, the same audio shifted when
-    the clip has room for a shift, and another clip's audio), not one drawn type: with the
-    training fractions about 1/3 each, this estimates the same accuracy from three times the
-    rows (48 clips gave 0.40 and 0.52 for the same recipe on two CPUs with one pair per clip).
+    the clip has room for a shift, and the previous held-out clip's audio, whatever the batch
+    size: :func:`with_previous_clip`), not one drawn type: with the training fractions about 1/3
+    each, this estimates the same accuracy from three times the rows (48 clips gave 0.40 and 0.52
+    for the same recipe on two CPUs with one pair per clip).
     """
     model = accelerator.unwrap_model(model)
     # Scored on whole inputs: no token masks (with --loss.recon_weight > 0 training masks half
@@ -229,15 +205,14 @@ def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) ->
     objective = FusionObjective(num_classes=accelerator.unwrap_model(objective).num_classes)
     model.eval()
     sums = torch.zeros(5, device=accelerator.device)  # acc * n, n, acc_sync * m, m, clips
-    for i, batch in enumerate(held_out_batches(loader, accelerator)):
-        sums[4] += len(batch["video"])
-        valid = batch["hard_valid"].bool()
+    for i, batch in enumerate(with_previous_clip(held_out_batches(loader, accelerator))):
+        sums[4] += batch["pair_rows"][:, 0].sum()  # the extra row of the first clip is no clip
         for k in (0, 1, 2):
-            rows = batch if k != 1 else {key: v[valid] for key, v in batch.items()
-                                         if isinstance(v, torch.Tensor)}
-            if len(rows["video"]) < (2 if k == 2 else 1):  # one clip has no other clip's audio
+            keep = batch["pair_rows"][:, k]
+            if not keep.any():
                 continue
-            label = torch.full((len(rows["video"]),), k, device=valid.device)
+            rows = {key: v[keep] for key, v in batch.items() if isinstance(v, torch.Tensor)}
+            label = torch.full((len(rows["video"]),), k, device=keep.device)
             out = forward_loss(model, objective, rows, cfg, step=-(i + 1), label=label)
             n = torch.tensor(float(len(label)), device=accelerator.device)
             m = (out["pair_label"] <= 1).sum().float()  # the rows acc_sync is averaged over
@@ -309,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = None
     if val_ds is not None:
         # not prepared: every process scores all held-out clips (evaluate), in batches of the
-        # global batch size, so the batch-wise numbers match a one-process run too
+        # global batch size (the pairs do not depend on it; the kernels' rounding may)
         val_loader = pair_loader(val_ds, cfg.data, cfg.run.seed, train=False, speed=speed,
                                  batch_size=cfg.data.batch_size * accelerator.num_processes)
     if resume_from is not None:

@@ -426,7 +426,8 @@ def test_mbt_evaluation_scores_every_clip_with_all_three_pairs():
         for k in (0, 1, 2):
             model = Always(k)
             results[k] = pretrain_mbt.evaluate(model, FusionObjective(), [batch], cfg, acc)
-            assert model.seen == [6, 4, 6]
+            # the first clip's mismatched pair (the last clip's audio) comes as an extra row
+            assert model.seen == [6, 4, 5, 1]
     finally:
         AcceleratorState._reset_state(True)
         sys.path.remove(str(ROOT / "recipes"))
@@ -678,8 +679,70 @@ def test_mbt_held_out_accuracy_is_measured_without_token_masks():
                                     [_pair_batch(4)], cfg, Accelerator(cpu=True))
     finally:
         AcceleratorState._reset_state(True)
-    assert out["val_pairs"] == 12 and len(spy.calls) == 3
+    assert out["val_pairs"] == 12 and len(spy.calls) == 4  # + the first clip's mismatched row
     assert all(call == {} for call in spy.calls)
+
+
+class _PairScorer(torch.nn.Module):
+    """Logits a fixed function of (clip, paired audio): a pair scores the same in any batch."""
+
+    def forward(self, video, logmel, **kw):
+        v, a = video.flatten(1).mean(1), logmel.flatten(1).mean(1)
+        return {"logits": torch.stack([torch.sin(7 * v + 3 * a), torch.cos(5 * v - 2 * a),
+                                       torch.sin(11 * a * v)], dim=1)}
+
+
+def test_mbt_held_out_numbers_do_not_depend_on_the_batch_size():
+    """The mismatched audio of a held-out clip is the previous clip's, carried across batches
+    (the first clip takes the last one's). A roll within each batch paired each batch's first
+    clip with that batch's last: 9 clips gave val_acc 0.32 in one batch, 0.25 in batches of 4
+    and 0.29 in batches of 2 (and no mismatched pairs at all in batches of 1)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from avssl.objectives.fusion import FusionObjective
+
+    pretrain_mbt = _mbt_recipe()
+    cfg = pretrain_mbt.Config()
+    cfg.loss.contrast_weight = 0.0
+    g = torch.Generator().manual_seed(0)
+    n = 9
+    clips = {"video": torch.arange(n).float().view(n, 1, 1, 1, 1).expand(n, 3, 2, 8, 8),
+             "audio": torch.randn(n, 1, 1600, generator=g),
+             "audio_shift": torch.randn(n, 1, 1600, generator=g),
+             "hard_valid": torch.tensor([1, 0, 1, 1, 1, 0, 1, 1, 1]).bool()}
+    results = []
+    try:
+        acc = Accelerator(cpu=True)
+        for bs in (9, 4, 2, 1):
+            batches = [{k: v[i:i + bs] for k, v in clips.items()} for i in range(0, n, bs)]
+            results.append(pretrain_mbt.evaluate(_PairScorer(), FusionObjective(), batches, cfg,
+                                                 acc))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert results[0]["val_pairs"] == 9 + 7 + 9
+    assert all(r == results[0] for r in results[1:]), results
+
+
+def test_held_out_mismatched_audio_is_the_previous_clip_across_batches():
+    from avssl.pretraining import with_previous_clip
+
+    audio = torch.arange(5.0).view(5, 1, 1)
+    valid = torch.tensor([True, False, True, True, True])
+    batches = [{"audio": audio[i:i + 2], "hard_valid": valid[i:i + 2], "video_id": ["x"]}
+               for i in (0, 2, 4)]
+    out = list(with_previous_clip(batches))
+    assert len(out) == 4  # 3 batches + the first clip's mismatched row
+    rows = torch.cat([b["pair_rows"] for b in out])
+    other = torch.cat([b["audio_other"] for b in out]).flatten()
+    scored = [(int(a), int(o)) for b in out for a, o, r in
+              zip(b["audio"].flatten(), b["audio_other"].flatten(), b["pair_rows"][:, 2]) if r]
+    assert sorted(scored) == [(0, 4), (1, 0), (2, 1), (3, 2), (4, 3)]  # all rolled by one
+    assert rows[:, 0].sum() == 5 and rows[:5, 1].tolist() == valid.tolist()
+    assert out[-1]["pair_rows"].tolist() == [[False, False, True]] and other[-1] == 4
+    # one held-out clip has no other clip: no mismatched pair at all
+    one = list(with_previous_clip([{"audio": audio[:1], "hard_valid": valid[:1]}]))
+    assert len(one) == 1 and one[0]["pair_rows"].tolist() == [[True, True, False]]
 
 
 def test_mbt_refuses_what_would_silently_train_nothing(tmp_path, cache):
