@@ -488,8 +488,8 @@ def test_default_sync_run_learns_synchronisation(tmp_path):
 def test_default_mbt_run_learns_the_pair_types(tmp_path):
     """The README's default MBT run (6-9 minutes): held-out 3-way pair-type accuracy above
     chance (1/3) by a margin, on 504 pairs (168 clips x in-sync, shifted, mismatched; standard
-    error about 0.02). Measured 0.429 on the AMD EPYC; plain MBT stayed at 0.23-0.35 (scored
-    with one drawn pair per clip). The bar is chance + 3 standard errors, a learning claim that
+    error about 0.02). Measured 0.427 on the AMD EPYC (2026-11-29); plain MBT stayed at
+    0.23-0.35 (scored with one drawn pair per clip). The bar is chance + 3 standard errors, a learning claim that
     another machine's run-to-run spread (about one standard error) does not trip."""
     final = default_run_metrics("pretrain_mbt", tmp_path)
     se = math.sqrt((1 / 3) * (2 / 3) / final["val_pairs"])
