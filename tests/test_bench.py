@@ -244,6 +244,38 @@ def test_finetune_trains_and_tests_multi_view(tmp_path, ucf, monkeypatch):
     assert (each - each.mean(1, keepdim=True)).abs().max() > 1e-3
 
 
+def test_finetune_skips_a_non_finite_step_without_touching_weights_or_statistics(tmp_path, ucf,
+                                                                                 monkeypatch):
+    """One training batch with NaN logits: the update is skipped and counted, and neither the
+    weights nor the BatchNorm running statistics (updated by that forward pass) turn NaN, so the
+    test scores stay finite."""
+    from avssl.bench.protocols import finetune as FT
+
+    nets, calls = [], []
+
+    class Poisoned(FT.Classifier):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            nets.append(self)
+
+        def forward(self, batch):
+            out = super().forward(batch)
+            if self.training:
+                calls.append(len(calls))
+                if len(calls) == 2:  # the second training step
+                    return out * float("nan")
+            return out
+
+    monkeypatch.setattr(FT, "Classifier", Poisoned)
+    out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="finetune", epochs=1)
+    assert out["metrics"]["steps"] == 5 and out["metrics"]["skipped_steps"] == 1
+    (net,) = nets
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    stats = [b for n, b in net.named_buffers() if "running" in n]
+    assert stats and all(torch.isfinite(b).all() for b in stats)
+    assert np.isfinite(out["metrics"]["top1"])
+
+
 def _cosine_end(m: dict) -> float:
     """The learning rate of finetune's last optimizer step under warm-up + cosine."""
     import math

@@ -4,7 +4,9 @@ The train split is read in train mode (random window, random resized crop and fl
 trained with AdamW, a linear warm-up then cosine schedule and gradient clipping through
 Accelerate (one process, several GPUs, bf16 with ``accelerate launch --mixed_precision bf16``).
 The test split is read in eval mode with the task's views; the softmax of every view is
-averaged per video (the usual multi-view test of video classification).
+averaged per video (the usual multi-view test of video classification). A step whose loss or
+gradient is not finite (on any process) is skipped, its BatchNorm statistics restored, and counted
+in the ``skipped_steps`` metric.
 
 On N processes the test scores are computed exactly as on one (sharded, see
 :func:`avssl.bench.features.map_items`), but training is data-parallel: with BatchNorm encoders
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 
 from avssl.bench import features as F
 from avssl.data.transforms import VideoPipeline
+from avssl.pretraining import BufferGuard, all_finite, nonfinite_action
 
 
 class Classifier(nn.Module):
@@ -77,17 +80,24 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
         else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup)))))
     net.train()
     bar = tqdm(total=steps, desc=f"{task.name} finetune", disable=not accelerator.is_main_process)
-    step, lr_used = 0, args.lr
+    step, lr_used, skipped = 0, args.lr, 0
+    guard = BufferGuard(net)  # BatchNorm statistics as a step found them, for a skipped step
     for epoch in range(epochs):
         train_ds.set_epoch(epoch)
         loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
         for batch in loader:
+            guard.save()
             loss = nn.functional.cross_entropy(net(batch), batch["label"])
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            lr_used = raw_opt.param_groups[0]["lr"]
-            sched.step()
+            norm = accelerator.clip_grad_norm_(net.parameters(), 1.0)
+            if all_finite(accelerator, loss, norm):
+                opt.step()
+                lr_used = raw_opt.param_groups[0]["lr"]
+            else:  # a NaN never reaches the weights, nor the BatchNorm statistics
+                guard.restore()
+                nonfinite_action("skip", step, loss, accelerator)
+                skipped += 1
+            sched.step()  # the schedule follows the planned steps, skipped or not
             opt.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
@@ -113,7 +123,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     labels = np.asarray(test_ds.labels, np.int64)
     metrics = classification_metrics(scores, labels, test_ds.class_names)
     metrics.update(epochs=epochs, lr=args.lr, steps=step, warmup_steps=warmup,
-                   lr_last_step=lr_used)  # cosine end: near 0 but > 0 on any process count
+                   lr_last_step=lr_used, skipped_steps=skipped)  # cosine end: near 0 but > 0 on any process count
     return {"metrics": metrics, "used": train_ds.num_used + test_ds.num_used,
             "expected": train_ds.num_listed + test_ds.num_listed,
             "manifest": F.manifest_hash(train_ds.records + test_ds.records)}
