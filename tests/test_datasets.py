@@ -180,6 +180,23 @@ def test_manifest_folder_drops_bad_rows_and_skips_probing(tree, tmp_path, monkey
     assert [x["has_audio"] for x in s].count(False) == 1
 
 
+def test_manifest_rows_without_media_fields_are_probed(good_tree, tmp_path):
+    """A hand-made manifest (paths and flags, media fields left empty) gave NaN durations:
+    train items crashed in the window draw, eval items asked the decoder for [nan, nan)."""
+    df = scan(good_tree, progress=False)
+    df[["duration_s", "fps", "start_s", "audio_end_s"]] = float("nan")
+    csv = tmp_path / "by_hand.csv"
+    write_manifest(df, csv, root=good_tree)
+    eval_kw = dict(KW, num_clips=2)
+    want = [x["clip_start_s"] for x in folder_dataset(good_tree, mode="eval", **eval_kw)]
+    ds = folder_dataset(csv, mode="eval", **eval_kw)
+    assert [x["clip_start_s"] for x in ds] == pytest.approx(want)
+    assert want[1] == pytest.approx(DUR - 0.4)  # the last view ends at the file's end
+    train = folder_dataset(csv, mode="train", skip_bad=False, **KW)
+    s = train[0]
+    assert 0 <= s["clip_start_s"] <= DUR - 0.4 and s["fps"] == 10
+
+
 def _batches(root: Path, seed: int, workers: int, epoch: int = 0) -> list[dict]:
     ds = folder_dataset(root, mode="train", seed=seed, video_transform=VideoPipeline(size=12),
                         **KW)

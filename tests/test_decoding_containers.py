@@ -7,6 +7,7 @@ round(mean / 2).
 """
 from __future__ import annotations
 
+import io
 import math
 from fractions import Fraction
 
@@ -25,14 +26,32 @@ def _tone(n: int, sr: int, t0: float = 0.0) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * TONE_HZ * (np.arange(n) / sr + t0))).astype(np.float32)
 
 
+class _Pipe(io.RawIOBase):
+    """A write-only, unseekable sink: what a muxer writing to a pipe sees."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.data += bytes(b)
+        return len(b)
+
+
 def _write(path, *, video_s: float, audio_s: float, fps: int = 25, sr: int = 16000,
-           offset_s: float = 0.0, acodec: str = "aac") -> None:
+           offset_s: float = 0.0, acodec: str = "aac", streamed: bool = False) -> None:
     """An H.264 video of ``video_s`` s and a mono tone of ``audio_s`` s, both starting at
-    ``offset_s`` on the file's clock (what ``ffmpeg -copyts -ss`` leaves behind)."""
+    ``offset_s`` on the file's clock (what ``ffmpeg -copyts -ss`` leaves behind).
+    ``streamed``: muxed into a pipe, as a live recording is, so Matroska cannot go back to write
+    any length (no Duration, no DURATION tags, no cues)."""
     import av
 
     rate = Fraction(fps)
-    with av.open(str(path), "w") as c:
+    pipe = _Pipe() if streamed else None
+    fmt = {".mkv": "matroska", ".webm": "webm"}.get(path.suffix) if streamed else None
+    with av.open(pipe if streamed else str(path), "w", format=fmt) as c:
         vs = c.add_stream("libx264", rate=rate)
         vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
         ast = c.add_stream(acodec, rate=sr)
@@ -54,6 +73,8 @@ def _write(path, *, video_s: float, audio_s: float, fps: int = 25, sr: int = 160
                 c.mux(p)
         for p in ast.encode(None):
             c.mux(p)
+    if streamed:
+        path.write_bytes(bytes(pipe.data))
 
 
 def _ids(frames: torch.Tensor) -> list[int]:
@@ -78,6 +99,25 @@ def test_aac_in_mkv_is_continuous_across_its_millisecond_timestamps(tmp_path, sr
     assert err.max() < 0.2, err.max()
 
 
+def test_streamed_mkv_without_any_length_is_measured_from_its_packets(tmp_path):
+    """A Matroska file muxed into a pipe (a live recording, ``ffmpeg -f matroska pipe:``)
+    records no length; it was probed as 0 s long, so every clip, train or eval, was its first
+    second."""
+    from avssl.data.datasets import ClipDataset, VideoRecord
+
+    path = tmp_path / "live.mkv"
+    _write(path, video_s=3.0, audio_s=2.0, streamed=True)
+    info = probe(path)
+    assert info.duration_s == pytest.approx(3.0, abs=0.05)
+    assert info.num_frames == 75
+    assert info.audio_end_s == pytest.approx(2.0, abs=0.07)  # + the last AAC frame's padding
+    ds = ClipDataset([VideoRecord(str(path), "live")], mode="eval", num_clips=3, clip_s=1.0,
+                     fps=5, audio=False, progress=False)
+    assert [ds[i]["clip_start_s"] for i in range(3)] == pytest.approx([0.0, 1.0, 2.0], abs=0.05)
+    got = _ids(ds[2]["video"])  # frames 50..74: the file's last second, not its first
+    assert all(abs(g - k) <= 1 for g, k in zip(got, [50, 55, 60, 65, 70])), got
+
+
 def test_mkv_whose_audio_outlasts_the_video_is_the_videos_length(tmp_path):
     """Matroska has no per-stream duration: the container's length is the audio's here, and the
     probe called the file truncated ("claims 6.06 s of video")."""
@@ -86,6 +126,18 @@ def test_mkv_whose_audio_outlasts_the_video_is_the_videos_length(tmp_path):
     info = probe(path)
     assert info.duration_s == pytest.approx(4.0, abs=0.05)
     assert info.num_frames == 100
+
+
+def test_mkv_cut_with_copyts_is_not_truncated_and_its_audio_ends_on_time(tmp_path):
+    """ffmpeg's Matroska muxer tags each track with its END time (00:00:13 for 3 s starting at
+    10 s): read as a length, the probe claimed 13 s of video and rejected the file as truncated,
+    and put the audio's end at 22 s, so sync clips were allowed past it into silence."""
+    path = tmp_path / "late.mkv"
+    _write(path, video_s=3.0, audio_s=2.0, offset_s=10.0)
+    info = probe(path)
+    assert info.start_s == pytest.approx(10.0, abs=1e-3)
+    assert (info.duration_s, info.num_frames) == (pytest.approx(3.0, abs=0.05), 75)
+    assert info.audio_end_s == pytest.approx(12.0, abs=0.07)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -172,11 +172,11 @@ def _probe(path: str) -> MediaInfo:
             raise DecodeError(path, "video stream has no frame rate")
         fps = float(rate)
         from_container = False
-        tagged = _tag_seconds(vs.metadata.get("DURATION"))  # Matroska / WebM per-stream length
+        tagged = _tag_seconds(vs.metadata.get("DURATION"))  # Matroska / WebM per-stream end
         if vs.duration is not None and vs.time_base is not None:
             duration = float(vs.duration * vs.time_base)
         elif tagged is not None:
-            duration = tagged
+            duration = _tag_length(tagged, _stream_start_s(vs))
         elif container.duration is not None:
             # the longest stream's length: audio often outlasts the video by a few frames
             duration, from_container = container.duration / av.time_base, True
@@ -199,6 +199,14 @@ def _probe(path: str) -> MediaInfo:
         if first is None:
             raise DecodeError(path, "no decodable video frame")
         origin = _stream_start_s(vs)
+        if duration <= 0:
+            # A streamed Matroska/WebM (browser MediaRecorder, `ffmpeg -f webm pipe:`) records no
+            # length anywhere: measured as 0 s, every clip window was the file's first seconds.
+            ends = _packet_ends(container, vs, 1.0 / fps)
+            duration = max(0.0, ends.get(vs.index, origin) - origin)
+            num_frames = int(round(duration * fps))
+            if has_audio and audio_end is None:
+                audio_end = ends.get(container.streams.audio[0].index)
         if not width or not height:
             raise DecodeError(path, "video stream has no frame size")
         # Prove the end decodes: a truncated file often keeps a header claiming the full length
@@ -226,7 +234,32 @@ def _audio_end_s(ast: av.AudioStream) -> float | None:
     if ast.duration is not None and ast.time_base is not None:
         return start + float(ast.duration * ast.time_base)
     tagged = _tag_seconds(ast.metadata.get("DURATION"))
-    return None if tagged is None else start + tagged
+    return None if tagged is None else start + _tag_length(tagged, start)
+
+
+def _tag_length(tag_s: float, start_s: float) -> float:
+    """A Matroska track's length from its DURATION tag and first timestamp. ffmpeg's muxer (which
+    yt-dlp also uses) tags the track's END on the file's clock, which is its length
+    only when it starts at 0: a 3 s cut made with ``-copyts -ss 10`` is tagged 00:00:13, and was
+    probed as 13 s long, so as truncated. A tag not past the start can only be a length."""
+    return tag_s - start_s if tag_s > start_s else tag_s
+
+
+def _packet_ends(container: av.container.InputContainer, vs: av.VideoStream,
+                 frame_s: float) -> dict[int, float]:
+    """Stream index -> end of its last packet (pts + duration) in seconds on the file's clock,
+    read from the packets (not decoded) from the current position on; a video packet without a
+    duration lasts ``frame_s``. For files whose headers record no length."""
+    ends: dict[int, float] = {}
+    for packet in container.demux():
+        if packet.pts is None or packet.time_base is None:
+            continue
+        length = float((packet.duration or 0) * packet.time_base)
+        if packet.stream.index == vs.index and length <= 0:
+            length = frame_s
+        end = float(packet.pts * packet.time_base) + length
+        ends[packet.stream.index] = max(ends.get(packet.stream.index, end), end)
+    return ends
 
 
 def _tag_seconds(tag: str | None) -> float | None:

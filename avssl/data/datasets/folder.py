@@ -42,10 +42,7 @@ def folder_dataset(
             extra: dict[str, Any] = {"has_audio": bool(row["has_audio"]),
                                      "decodable": bool(row["decodable"]), "error": row["error"]}
             if row["decodable"]:
-                extra.update(duration_s=float(row["duration_s"]), fps=float(row["fps"]))
-                for key in ("start_s", "audio_end_s"):  # NaN: unknown, or an older manifest
-                    if row[key] == row[key]:
-                        extra[key] = float(row[key])
+                extra.update(_media_fields(row))
             records.append(VideoRecord(path, _video_id(row["path"]), None, extra))
         # Stops at the first file found, so this costs one stat unless every path is wrong.
         if records and not any(os.path.isfile(r.path) for r in records):
@@ -69,6 +66,20 @@ def folder_dataset(
     records = [VideoRecord(str(src / rel), _video_id(rel)) for rel in rels]
     return ClipDataset(records, mode=mode, name=f"folder:{src.name}", skip_bad=bool(skip_bad),
                        **kw)
+
+
+def _media_fields(row: dict[str, Any]) -> dict[str, float]:
+    """The known media fields of a decodable manifest row (NaN: unknown, or an older manifest).
+
+    A row without a usable length or frame rate (a manifest made by hand, media fields left
+    empty) gives neither, so the dataset probes the file: NaN lengths made NaN clip windows.
+    """
+    known = {k: float(row[k]) for k in ("duration_s", "fps", "start_s", "audio_end_s")
+             if row[k] == row[k]}
+    if not (known.get("duration_s", 0.0) > 0 and known.get("fps", 0.0) > 0):
+        known.pop("duration_s", None)
+        known.pop("fps", None)
+    return known
 
 
 def _video_id(rel: str) -> str:
