@@ -224,12 +224,15 @@ def _order(r: ResultRow) -> tuple:
 
 
 def latest_only(rows: Iterable[ResultRow]) -> list[ResultRow]:
-    """The newest row per (task, encoder, checkpoint_sha256, recipe, protocol, split, metric,
-    views); on equal timestamps the row read last wins."""
+    """The newest row per (task, encoder, checkpoint_sha256, recipe, config_hash, seed,
+    protocol, split, metric, views); on equal timestamps the row read last wins.
+
+    ``config_hash`` and ``seed`` are part of the run: two random-init rows of one encoder name
+    built with other keyword arguments, or drawn with another seed, are different models."""
     newest: dict[tuple, ResultRow] = {}
     for r in rows:
-        key = (r.task, r.encoder, r.checkpoint_sha256, r.recipe, r.protocol, r.split, r.metric,
-               r.views)
+        key = (r.task, r.encoder, r.checkpoint_sha256, r.recipe, r.config_hash, r.seed,
+               r.protocol, r.split, r.metric, r.views)
         if key not in newest or r.timestamp >= newest[key].timestamp:
             newest[key] = r
     return list(newest.values())
@@ -450,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", action="store_true",
                    help="also write <dir>/README.md and one <task>.png per task")
     p.add_argument("--latest", action="store_true",
-                   help="keep only the newest row per (encoder, checkpoint, recipe, protocol, "
-                        "split, metric, views)")
+                   help="keep only the newest row per (encoder, checkpoint, recipe, config "
+                        "hash, seed, protocol, split, metric, views)")
     args = p.parse_args(argv)
     directory = Path(args.dir)
     try:

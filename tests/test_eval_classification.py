@@ -164,6 +164,21 @@ def test_prediction_file_gives_top1_only(files):
                               for c in np.unique(y)}
 
 
+@pytest.mark.parametrize("labels,preds,alike", [
+    ("id,label\nx,0\ny,1\n", "id,prediction\nx,cat\ny,dog\n", "id,prediction\nx,7\ny,7\n"),
+    ("id,label\nx,cat\ny,dog\n", "id,prediction\nx,0\ny,1\n", "id,prediction\nx,ox\ny,ox\n"),
+])
+def test_predictions_written_unlike_the_labels_are_refused(tmp_path, labels, preds, alike):
+    """Predicted class names against integer labels (or back) used to score top-1 = 0."""
+    (tmp_path / "l.csv").write_text(labels)
+    (tmp_path / "p.csv").write_text(preds)
+    with pytest.raises(DataError, match="no prediction is written like a label"):
+        evaluate_classification_files(tmp_path / "p.csv", tmp_path / "l.csv")
+    # wrong predictions written like the labels still score (0 here), never an error
+    (tmp_path / "p.csv").write_text(alike)
+    assert evaluate_classification_files(tmp_path / "p.csv", tmp_path / "l.csv")["top1"] == 0.0
+
+
 def test_missing_id_is_a_one_line_data_error(files):
     d = files["dir"]
     with pytest.raises(DataError, match="1 labelled ids have no prediction.*v_999") as e:

@@ -117,6 +117,19 @@ def test_blocks_only_for_present_candidates():
     assert sync_metrics(rows) == {"acc_hard": 50.0, "num_hard": 2, "num_clips": 2}
 
 
+def test_true_offset_on_any_row_of_the_clip_counts():
+    # the clip's true offset 0.5 written on its sync row only, its grid rows left blank: the
+    # best grid point 0.5 is the right one (it used to be scored against offset 0, silently)
+    rows = [dict(clip_id="a", candidate="sync", offset_s=0.5, score=0.9, true_offset_s=0.5)]
+    rows += [dict(clip_id="a", candidate="grid", offset_s=o, score=v, true_offset_s="")
+             for o, v in ((-0.5, 0.1), (0.0, 0.2), (0.5, 0.9))]
+    out = sync_metrics(rows)
+    assert out["offset_acc"] == 100.0 and out["offset_acc_1"] == 100.0
+    rows[1]["true_offset_s"] = 0.0  # a grid row that disagrees with the sync row
+    with pytest.raises(DataError, match="conflicting true_offset_s"):
+        sync_metrics(rows)
+
+
 @pytest.mark.parametrize("rows, match", [
     ([dict(clip_id="a", candidate="shifted", offset_s=0, score=1.0)], "unknown candidate"),
     ([dict(clip_id="a", candidate="grid", offset_s=0.0, score=1.0),

@@ -221,6 +221,26 @@ def test_latest_keeps_newest_row_per_run():
     assert L.ranked([old, new, other], latest=True) == [new, other]
 
 
+def test_latest_keeps_distinct_configs_and_seeds():
+    """Random-init rows of one encoder name built with other keyword arguments (config_hash) or
+    another seed are other models: --latest used to keep only the newest of them."""
+    base = dict(checkpoint="", checkpoint_sha256="", recipe="random-init", encoder="vit_video_tiny")
+    patch = _row(**base, config_hash="aa", value=9.5, timestamp="2026-01-01T00:00:00Z")
+    conv = _row(**base, config_hash="bb", value=6.0, timestamp="2026-02-01T00:00:00Z")
+    seed = _row(**base, config_hash="bb", seed=7, value=7.0, timestamp="2026-02-02T00:00:00Z")
+    assert L.ranked([patch, conv, seed], latest=True) == [patch, seed, conv]
+
+
+def test_random_init_config_hash_tells_encoder_kwargs_apart():
+    from avssl.bench.model import random_model
+
+    plain = random_model("vit_video_tiny").config_hash
+    conv = random_model("vit_video_tiny", video_kwargs={"stem": "conv"}).config_hash
+    assert plain and conv and plain != conv
+    assert conv == random_model("vit_video_tiny", video_kwargs={"stem": "conv"}).config_hash
+    assert random_model().config_hash != random_model("i3d_r18_tiny").config_hash  # default strides
+
+
 def test_format_table_lists_values_in_rank_order():
     rows = [_row(encoder="small", value=12.345), _row(encoder="big", value=67.891,
                                                       gmacs_per_clip=4.5)]

@@ -12,6 +12,7 @@ baseline per seed, not a new one on every run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +140,13 @@ def random_model(video: str | None = None, audio: str | None = None, *, video_kw
             towers = AVTowers(v, a, p["proj_dim"], p["temporal_bins"])
         except AvsslError:
             towers = AVTowers(v, a, p["proj_dim"], 0)
-    return BenchModel(v, a, towers, spec, video, audio, "random-init", seed=seed,
-                      kwargs={"video": video_kwargs or {}, "audio": audio_kwargs or {}})
+    kwargs = {"video": video_kwargs or {}, "audio": audio_kwargs or {}}
+    # the row's config_hash: without it, `--encoder vit_video_tiny` and the same name with
+    # --encoder-kwargs (or the default baseline's i3d strides) would be one run on the leaderboard
+    blob = json.dumps({"video": video, "audio": audio, "kwargs": kwargs}, sort_keys=True,
+                      default=str)
+    return BenchModel(v, a, towers, spec, video, audio, "random-init", seed=seed, kwargs=kwargs,
+                      config_hash=hashlib.sha256(blob.encode()).hexdigest()[:16])
 
 
 def load_model(path: str | Path, spec_overrides: dict | None = None) -> BenchModel:

@@ -239,7 +239,14 @@ def evaluate_classification_files(predictions: str | os.PathLike,
         names = sorted(set(y_text))
         index = {c: i for i, c in enumerate(names)}
         y = np.array([index[v] for v in y_text])
-        correct = np.array([p.strip() for p in pred["prediction"]]) == np.array(y_text)
+        p_text = [p.strip() for p in pred["prediction"]]
+        if not set(p_text) & set(y_text) and _all_ints(p_text) != _all_ints(y_text):
+            # indices against names (or back) would silently score 0 for every sample
+            raise DataError(f"{predictions}: no prediction is written like a label (predictions "
+                            f"{_first(dict.fromkeys(p_text))}; labels "
+                            f"{_first(dict.fromkeys(y_text))}); write both as class names or "
+                            f"both as integer indices")
+        correct = np.array(p_text) == np.array(y_text)
         per_class = _per_class(correct, y, names)
         return {"top1": float(100.0 * correct.mean()),
                 "mean_class_acc": float(np.mean(list(per_class.values()))),
@@ -268,6 +275,10 @@ def evaluate_classification_files(predictions: str | os.PathLike,
                         f"({_first(names)}) or indices 0..{len(names) - 1}; unknown: "
                         f"{_first(dict.fromkeys(unknown))}")
     return classification_metrics(scores, y, class_names=names)
+
+
+def _all_ints(values) -> bool:
+    return all(v.lstrip("-").isdigit() for v in values)
 
 
 def _numeric(col) -> bool:

@@ -22,8 +22,8 @@ Each block appears only when its candidates exist. File format (``python -m avss
 ``candidate`` is ``sync`` (the in-sync pair; at most one per clip), ``hard`` (the clip's audio
 shifted by ``offset_s``), ``easy`` (another clip's audio; ``offset_s`` unused, may be empty) or
 ``grid`` (the clip's audio at ``offset_s``, one row per grid point; every clip with grid rows
-must use the same grid, which contains the true offset: 0.0, or the row's ``true_offset_s``
-when that optional column is filled in).
+must use the same grid, which contains the true offset: 0.0, or the clip's ``true_offset_s``
+when that optional column is filled in on any of its rows; rows of one clip must agree).
 """
 from __future__ import annotations
 
@@ -175,6 +175,13 @@ def sync_metrics(rows: Any) -> dict:
     true_seen: dict[int, float] = {}
     for c, k, s, o, t in zip(clip, cand, score, offset, true_col):
         i = index[c]
+        # the true offset belongs to the clip, so it counts on whichever of its rows carries it
+        # (e.g. only the sync row), not only on grid rows
+        if not np.isnan(t):
+            if i in true_seen and abs(true_seen[i] - t) > _OFFSET_ATOL:
+                raise DataError(f"sync scores: clip {c} has conflicting true_offset_s values "
+                                f"{true_seen[i]:g} and {t:g}")
+            true_seen[i] = true_off[i] = t
         if k == "sync":
             if not np.isnan(sync[i]):
                 raise DataError(f"sync scores: clip {c} has more than one sync row")
@@ -188,11 +195,6 @@ def sync_metrics(rows: Any) -> dict:
             if any(abs(o - p) <= _OFFSET_ATOL for p in points):
                 raise DataError(f"sync scores: clip {c} has two grid rows at offset {o:g} s")
             points[float(o)] = s
-            if not np.isnan(t):
-                if i in true_seen and abs(true_seen[i] - t) > _OFFSET_ATOL:
-                    raise DataError(f"sync scores: clip {c} has conflicting true_offset_s values "
-                                    f"{true_seen[i]:g} and {t:g}")
-                true_seen[i] = true_off[i] = t
 
     def padded(kind: str) -> np.ndarray | None:
         width = max(len(v) for v in lists[kind])
