@@ -140,7 +140,8 @@ def test_checkpoint_changes_features_and_provenance(tmp_path, ucf, checkpoint, c
 
 @pytest.mark.parametrize("protocol,metric", [("retrieval", "R@1"), ("fewshot", "top1")])
 def test_other_protocols(tmp_path, ucf, cache, protocol, metric):
-    out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol=protocol, shots=(1, 2))
+    shots = {"shots": (1, 2)} if protocol == "fewshot" else {}  # other protocols refuse it
+    out = bench(tmp_path, task="synthetic", data_root=str(ucf), protocol=protocol, **shots)
     assert out["metric"] == metric and 0 <= out["value"] <= 100
     if protocol == "fewshot":
         assert set(out["metrics"]["shots"]) == {"1", "2"}
@@ -622,6 +623,16 @@ def test_thumos14_skip_bad_leaves_an_undecodable_video_out(tmp_path, thumos):
     assert (out["videos_used"], out["videos_expected"]) == (3, 4)
 
 
+def test_localization_trains_its_head_with_the_given_lr(tmp_path, thumos, monkeypatch):
+    """--lr reached finetune, ava and music but not the localization head (always 1e-3)."""
+    import avssl.bench.localization.train as L
+
+    seen, real = [], L.train_localizer
+    monkeypatch.setattr(L, "train_localizer", lambda *a, **k: seen.append(k["lr"]) or real(*a, **k))
+    bench(tmp_path, task="thumos14", data_root=str(thumos), epochs=1, lr=3e-4, leaderboard="")
+    assert seen == [3e-4]
+
+
 def test_activitynet_localization_with_audio_visual_features(tmp_path, tmp_path_factory):
     from avssl.eval.localization import evaluate_localization_files
 
@@ -743,6 +754,14 @@ def _no_compute(*a, **k):
     ("av-sync", {"modality": "audio"}, "--modality has no effect on task av-sync"),
     ("av-retrieval", {"modality": "video"}, "--modality has no effect on task av-retrieval"),
     ("synthetic", {"index": "ivfpq"}, "--index ivfpq applies to the retrieval protocol only"),
+    # linear is the default protocol: `--k 200` without `--protocol knn` used to be dropped
+    ("synthetic", {"k": 200}, "--k applies to the knn protocol only; task synthetic runs "
+                              "protocol linear: pass --protocol knn"),
+    ("ucf101", {"protocol": "knn", "shots": (1, 10)}, "--shots applies to the fewshot protocol"),
+    ("hmdb51", {"protocol": "fewshot", "epochs": 5}, "--epochs applies to the finetune protocol"),
+    ("kinetics", {"protocol": "retrieval", "lr": 0.1}, "--lr applies to the finetune protocol"),
+    ("ucf101", {"stride_s": 0.5}, "--stride-s applies to localization tasks only"),
+    ("synthetic", {"separation": {"mask": "ratio"}}, "--separation applies to separation tasks"),
 ])
 def test_flags_a_task_ignores_are_refused(tmp_path, task, opts, message):
     """Else the row would record views / modality that had no effect on the number."""

@@ -151,6 +151,24 @@ def _check_task_flags(task: Task, args: BenchArgs, protocol: str) -> None:
     if args.index != "flat" and protocol != "retrieval":
         raise ConfigError(f"--index {args.index} applies to the retrieval protocol only; task "
                           f"{task.name} runs protocol {protocol}: leave --index out")
+    # the default protocol is linear: `--task ucf101 --k 200` without `--protocol knn` would
+    # silently report a linear probe, so a protocol option given to another protocol is refused
+    defaults = BenchArgs()
+    frozen = task.kind == "classification" and task.run is None and protocol != "finetune"
+    for flag, value, default, used_by, used in (
+            ("--k", args.k, defaults.k, "knn", protocol == "knn"),
+            ("--shots", tuple(args.shots), defaults.shots, "fewshot", protocol == "fewshot"),
+            ("--epochs", args.epochs, defaults.epochs, "finetune", not frozen),
+            ("--lr", args.lr, defaults.lr, "finetune", not frozen)):
+        if value != default and not used:
+            raise ConfigError(f"{flag} applies to the {used_by} protocol only; task {task.name} "
+                              f"runs protocol {protocol}: pass --protocol {used_by} or leave "
+                              f"{flag} out")
+    for flag, value, kind in (("--stride-s", args.stride_s, "localization"),
+                              ("--separation", args.separation, "separation")):
+        if value and task.kind != kind:
+            raise ConfigError(f"{flag} applies to {kind} tasks only; task {task.name} is a "
+                              f"{task.kind} task: leave {flag} out")
 
 
 def check_leaderboard(directory: str | os.PathLike, task: str) -> None:
@@ -436,7 +454,7 @@ def _localization(task, model: BenchModel, args, root, modality) -> dict:
     head = train_localizer(
         [{"x": x, "segments": r.segments, "duration_s": r.duration_s}
          for x, r in zip(train_x, train_v.records)], len(names), stride_s=stride,
-        window_s=model.spec.clip_s, epochs=args.epochs or 30, seed=args.seed,
+        window_s=model.spec.clip_s, epochs=args.epochs or 30, lr=args.lr, seed=args.seed,
         device=F.state().device, progress=F.state().is_main_process)
     segs = predict(head, [{"x": x, "duration_s": r.duration_s}
                           for x, r in zip(test_x, test_v.records)],
