@@ -194,3 +194,18 @@ def test_audio_subset_keeps_undecodable_files_for_evaluation_to_report(ucf, trut
     ds = ucf101(root, split=1, train=False, audio_subset=True, skip_bad=True, **KW)
     assert ds.num_listed == ds.num_used + 1
     assert Path(victim).name not in {Path(r.path).name for r in ds.records}
+
+
+def test_audio_subset_keeps_the_first_timestamp_and_the_audio_end(tmp_path):
+    """ucf101-av records carried only duration and fps from the probe table: a video cut with
+    -copyts (first timestamp 10 s) or with audio ending early was sampled from time 0 and past
+    its sound, unlike the same file through a folder or manifest."""
+    from avssl.data.datasets.base import VideoRecord
+    from avssl.data.datasets.ucf101 import _audio_subset
+
+    row = {"decodable": True, "has_audio": True, "error": float("nan"), "duration_s": 3.0,
+           "fps": 25.0, "start_s": 10.0, "audio_end_s": 12.0}
+    rec = VideoRecord(str(tmp_path / "A" / "v.avi"), "v", 0, {})
+    _, (out,) = _audio_subset(["A"], {"A/v.avi": row}, [rec], tmp_path)
+    assert {k: out.extra[k] for k in ("duration_s", "fps", "start_s", "audio_end_s")} == \
+        {"duration_s": 3.0, "fps": 25.0, "start_s": 10.0, "audio_end_s": 12.0}

@@ -42,7 +42,7 @@ def folder_dataset(
             extra: dict[str, Any] = {"has_audio": bool(row["has_audio"]),
                                      "decodable": bool(row["decodable"]), "error": row["error"]}
             if row["decodable"]:
-                extra.update(_media_fields(row))
+                extra.update(media_fields(row))
             records.append(VideoRecord(path, _video_id(row["path"]), None, extra))
         # Stops at the first file found, so this costs one stat unless every path is wrong.
         if records and not any(os.path.isfile(r.path) for r in records):
@@ -68,7 +68,7 @@ def folder_dataset(
                        **kw)
 
 
-def _media_fields(row: dict[str, Any]) -> dict[str, float]:
+def media_fields(row: dict[str, Any]) -> dict[str, float]:
     """The known media fields of a decodable manifest row (NaN: unknown, or an older manifest).
 
     A row without a usable length or frame rate (a manifest made by hand, media fields left

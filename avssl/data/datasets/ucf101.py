@@ -31,6 +31,7 @@ from typing import Any
 
 from avssl.cache import cache_dir
 from avssl.data.datasets.base import ClipDataset, VideoRecord
+from avssl.data.datasets.folder import media_fields
 from avssl.data.datasets.layout import abs_root, check_split, default_mode, layout_error, read_lines
 from avssl.errors import DataError
 
@@ -186,8 +187,8 @@ def _audio_subset(classes: list[str], rows: dict[str, Any], records: list[VideoR
                 continue
             extra.update(has_audio=True, decodable=bool(row["decodable"]),
                          error=row["error"] if isinstance(row["error"], str) else "")
-            if row["decodable"]:
-                extra.update(duration_s=float(row["duration_s"]), fps=float(row["fps"]))
+            if row["decodable"]:  # with the first timestamp and the audio's end, as a folder
+                extra.update(media_fields(row))
         out.append(VideoRecord(rec.path, rec.video_id, remap[rec.label], extra))
     log.info("ucf101-av: %d of %d classes have audio; %d of %d listed videos kept",
              len(keep), len(classes), len(out), len(records))
