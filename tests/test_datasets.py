@@ -417,6 +417,26 @@ def test_audioset_multi_hot_labels(tmp_path_factory):
         classes.write_text(text)
 
 
+def test_audioset_whole_video_files_are_sampled_inside_the_labelled_segment(tmp_path_factory):
+    """Y<ytid>.mp4 / <ytid>.mp4 are whole videos: clips come from the row's start..end. (The
+    segment start was stored as the file's first timestamp, which the probe then overwrote, so
+    clips came from anywhere in the video.)"""
+    root, _ = _layout(tmp_path_factory, "audioset", 1)
+    csv = root / "balanced_train_segments.csv"
+    lines = csv.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    ytid, start, _, mids = [f.strip() for f in lines[row].split(",", 3)]
+    clip = next(root.rglob(f"{ytid}_*.mp4"))
+    clip.rename(clip.with_name(f"Y{ytid}.mp4"))  # a 1 s "video" whose labelled part is 0.2-0.8 s
+    lines[row] = f"{ytid}, 0.200, 0.800, {mids}"
+    csv.write_text("\n".join(lines) + "\n")
+    ds = audioset(root, "balanced_train", mode="eval", **{**KW, "num_clips": 3})
+    vi = next(i for i, r in enumerate(ds.records) if r.extra["youtube_id"] == ytid)
+    starts = [ds[vi * 3 + c]["clip_start_s"] for c in range(3)]
+    assert starts == pytest.approx([0.2, 0.3, 0.4], abs=1e-6)
+    assert ds.records[vi].extra["segment_start_s"] == 0.2
+
+
 def test_index_files_with_a_bom_parse_and_damaged_csvs_name_file_and_format(tmp_path):
     """Spreadsheet-saved copies start with a BOM; an unquoted comma in a label breaks the column
     count: the first parses as the clean file, the second is a one-line DataError."""

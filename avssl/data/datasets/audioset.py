@@ -7,7 +7,8 @@ Expected layout::
         three "#" lines, then: YTID, start_seconds, end_seconds, "mid1,mid2"   (", " separated)
     clip files anywhere under root, named <ytid>_<start:06d>.mp4 (VGGSound style; the synthetic
     writer's choice), <ytid>_<start:06d>_<end:06d>.mp4 (Kinetics style), <ytid>_<start_ms>.mp4,
-    Y<ytid>.mp4 or <ytid>.mp4 — the first that exists is used.
+    Y<ytid>.mp4 or <ytid>.mp4 — the first that exists is used. The last two are whole videos:
+    clips are drawn from the labelled start..end only (``extra["segment_s"]``).
 
 Labels are multi-hot float tensors ``(num_classes,)`` in ``class_labels_indices.csv`` order.
 Rows with a malformed id or time, or with no known label, are counted in ``ds.invalid_rows``;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -101,8 +103,10 @@ def audioset(
         names_tried = _candidates(ytid, start, end)
         path = next((files[n] for n in names_tried if n in files),
                     str(root / "video" / f"{names_tried[0]}.mp4"))
-        records.append(VideoRecord(path, names_tried[0], labels,
-                                   {"youtube_id": ytid, "start_s": start, "end_s": end}))
+        extra = {"youtube_id": ytid, "segment_start_s": start, "segment_end_s": end}
+        if Path(path).stem in names_tried[-2:]:  # Y<ytid> / <ytid>: the whole video, not the clip
+            extra["segment_s"] = (start, end)
+        records.append(VideoRecord(path, names_tried[0], labels, extra))
     if invalid:
         log.warning("audioset %s: dropped %d rows with a malformed id or time or no known label",
                     split, invalid)

@@ -113,11 +113,16 @@ def apply_transform(fn: Callable, x: torch.Tensor, gen: torch.Generator,
 def clip_span(duration: float, extra: dict, *, needs_sound: bool) -> tuple[float, float]:
     """(seconds clip windows may cover, where they begin on the file's clock).
 
-    The video's ``duration`` from its first timestamp (``extra["start_s"]``); for clips that
+    The video's ``duration`` from its first timestamp (``extra["start_s"]``), or only its labelled
+    ``extra["segment_s"] = (start, end)`` (seconds from that timestamp) when given; for clips that
     need their sound only as far as the audio goes (``extra["audio_end_s"]``), as audio past its
     end is silence: a silent positive, and a "hard negative" equal to it, taught nothing.
     """
     origin = float(extra.get("start_s") or 0.0)
+    segment = extra.get("segment_s")
+    if segment is not None:  # a labelled (start, end) of a longer file, from its first timestamp
+        s0, s1 = float(segment[0]), float(segment[1])
+        duration, origin = max(0.0, min(duration - s0, s1 - s0)), origin + s0
     audio_end = extra.get("audio_end_s")
     if needs_sound and audio_end is not None:
         duration = max(0.0, min(duration, float(audio_end) - origin))
@@ -239,7 +244,8 @@ class ClipDataset(Dataset):
                 f"({len(self.missing)} missing, {len(self.bad)} undecodable); check the data root"
             )
         self.records = records
-        self._media_cache: dict[str, tuple[float, float, bool | None]] = {}  # per process
+        # path -> (duration_s, fps, has_audio, start_s, audio_end_s), per process
+        self._media_cache: dict[str, tuple[float, float, bool | None, float, float | None]] = {}
         self._bad_here: set[str] = set()  # bad paths seen by this process (saves re-reading)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -382,9 +388,12 @@ class ClipDataset(Dataset):
             return float(ex["duration_s"]), float(ex["fps"]), ex.get("has_audio")
         if rec.path not in self._media_cache:
             info = decoding.probe(rec.path, timeout_s=self.timeout_s)
-            self._media_cache[rec.path] = (info.duration_s, info.fps, info.has_audio)
-            rec.extra.update(start_s=info.start_s, audio_end_s=info.audio_end_s)
-        return self._media_cache[rec.path]
+            self._media_cache[rec.path] = (info.duration_s, info.fps, info.has_audio,
+                                           info.start_s, info.audio_end_s)
+        duration, fps, has_audio, start, audio_end = self._media_cache[rec.path]
+        # every record of the file (AudioSet lists one video's segments as several records)
+        rec.extra.update(start_s=start, audio_end_s=audio_end)
+        return duration, fps, has_audio
 
     def _span(self, rec: VideoRecord) -> tuple[float, float]:
         """:func:`clip_span` of ``rec``; sync pairs and ``require_audio`` clips need sound."""
