@@ -650,6 +650,25 @@ def test_activitynet_localization_with_audio_visual_features(tmp_path, tmp_path_
     assert row.modality == "av" and row.encoder == "i3d_r18_tiny+audio_resnet18_tiny"
 
 
+def test_audio_features_decode_no_video(tmp_path, ucf, monkeypatch):
+    """Audio-only benchmarks (vggsound, --modality audio) used to decode and crop every view's
+    frames and throw them away; the numbers are those of items that decode video too."""
+    from avssl.data import decoding
+
+    probe = bench(tmp_path, task="synthetic", data_root=str(ucf), encoder="audio_resnet18_tiny",
+                  modality="audio", cache=False, leaderboard="")
+
+    def no_video(*a, **k):
+        raise AssertionError("decode_video called for audio features")
+
+    monkeypatch.setattr(decoding, "decode_video", no_video)
+    again = bench(tmp_path, task="synthetic", data_root=str(ucf), encoder="audio_resnet18_tiny",
+                  modality="audio", cache=False, leaderboard="")
+    assert again["metrics"] == probe["metrics"]
+    with pytest.raises(AssertionError, match="decode_video called"):  # video still decodes
+        bench(tmp_path, task="synthetic", data_root=str(ucf), cache=False, leaderboard="")
+
+
 # ------------------------------------------------------------------ failures stay one line
 class _Failing(torch.utils.data.Dataset):
     """Items 0-2 load; item 3 raises ``error`` (in a DataLoader worker when num_workers > 0)."""

@@ -368,6 +368,25 @@ def test_kinetics_quoted_labels_missing_rows_and_test(kin, tmp_path):
     assert kinetics(copy, "test", **KW).video_ids == test.video_ids
 
 
+def test_audio_only_items_decode_no_frames(tmp_path_factory, monkeypatch):
+    from avssl.data import decoding
+
+    root, _ = _layout(tmp_path_factory, "vggsound", 2)
+    both = vggsound(root, "test", mode="eval", num_clips=2, **KW)
+    refs = [both[i] for i in range(len(both))]
+    calls = []
+    real = decoding.decode_video
+    monkeypatch.setattr(decoding, "decode_video", lambda *a, **k: calls.append(a) or real(*a, **k))
+    audio = vggsound(root, "test", mode="eval", num_clips=2, video=False, **KW)
+    for i in range(len(audio)):
+        item, ref = audio[i], refs[i]
+        assert "video" not in item and torch.equal(item["audio"], ref["audio"])
+        assert item["clip_start_s"] == ref["clip_start_s"] and item["label"] == ref["label"]
+    assert calls == []
+    with pytest.raises(ConfigError, match="video=True or audio=True"):
+        vggsound(root, "test", video=False, audio=False, **KW)
+
+
 def test_vggsound_labels_with_commas(tmp_path_factory):
     root, truth = _layout(tmp_path_factory, "vggsound", 2)
     by_id = {c["youtube_id"]: c for c in truth["clips"]}

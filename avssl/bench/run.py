@@ -286,6 +286,7 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
 
     kw = dict(mode="eval", clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
               sample_rate=spec.sample_rate, num_clips=clips, audio=modality != "video",
+              video=modality != "audio",  # audio features: no frames decoded or cropped
               video_transform=spec.video_transform(crops),
               audio_transform=spec.audio_transform(), skip_bad=args.skip_bad, seed=args.seed)
     cache = F.FeatureCache(task.name, enabled=args.cache)

@@ -50,6 +50,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     mods = ("video", "audio") if modality == "av" else (modality,)
     common = dict(clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
                   sample_rate=spec.sample_rate, audio=modality != "video",
+                  video=modality != "audio",
                   audio_transform=spec.audio_transform(), seed=args.seed)
     train_ds = _load(task, task.load, root, split, True, mode="train",
                      video_transform=VideoPipeline("train", size=spec.crop, scale=(0.5, 1.0),

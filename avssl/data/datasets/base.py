@@ -6,7 +6,8 @@ behaviour of DESIGN.md, so every source behaves the same way.
 
 Sample dict (DESIGN.md contract) returned by ``ds[i]``:
 
-- ``video``: uint8 ``(T, C, H, W)`` (or whatever ``video_transform`` returns); with ``fps=None``
+- ``video`` (unless ``video=False``: audio-only items decode no frames): uint8 ``(T, C, H, W)``
+  (or whatever ``video_transform`` returns); with ``fps=None``
   each video keeps its own frame rate, so ``T`` differs between videos of different rates and
   such items cannot be batched: pass ``fps`` to batch them;
 - ``audio``: float32 ``(1, S)`` with ``S = round(clip_s * sample_rate)`` when ``audio=True``
@@ -143,6 +144,7 @@ class ClipDataset(Dataset):
         sample_rate: int = 16000,
         num_clips: int = 1,
         audio: bool = True,
+        video: bool = True,
         require_audio: bool = False,
         video_transform: Callable | None = None,
         audio_transform: Callable | None = None,
@@ -173,7 +175,10 @@ class ClipDataset(Dataset):
         self.size = size
         self.sample_rate = int(sample_rate)
         self.num_clips = int(num_clips) if mode == "eval" else 1
+        if not (video or audio):
+            raise ConfigError("a dataset needs video=True or audio=True (it would load nothing)")
         self.audio = audio
+        self.video = video  # False: audio-only items, no video decoded (e.g. audio features)
         self.require_audio = require_audio
         if audio_shift is not None and not (audio and 0 <= audio_shift[0] <= audio_shift[1]):
             raise ConfigError(f"audio_shift needs audio=True and 0 <= min <= max seconds, got "
@@ -412,12 +417,7 @@ class ClipDataset(Dataset):
         _, native_fps, has_audio = self._media(rec)
         end = start + self.clip_s
         gen = torch_generator(rng)
-        video = decoding.decode_video(rec.path, start, end, fps=self.fps, size=self.size,
-                                      backend=self.backend, timeout_s=self.timeout_s)
-        if self.video_transform is not None:
-            video = apply_transform(self.video_transform, video, gen, self._vt_gen)
         sample: dict[str, Any] = {
-            "video": video,
             "fps": self.fps or float(native_fps),
             "sample_rate": self.sample_rate,
             "clip_start_s": float(start),
@@ -425,6 +425,12 @@ class ClipDataset(Dataset):
             "index": index,
             "video_index": vi,
         }
+        if self.video:
+            video = decoding.decode_video(rec.path, start, end, fps=self.fps, size=self.size,
+                                          backend=self.backend, timeout_s=self.timeout_s)
+            if self.video_transform is not None:
+                video = apply_transform(self.video_transform, video, gen, self._vt_gen)
+            sample["video"] = video
         if self.audio:
             audio, has_audio = self._audio(rec, start, end, has_audio)
             if self.audio_transform is not None:
