@@ -322,9 +322,11 @@ def _commit(c: str) -> str:
     return c[:8] + (" (dirty)" if c.endswith("-dirty") else "")
 
 
+# seed: runs of one model that differ only in seed (few-shot draws, finetune, random init) would
+# otherwise be indistinguishable lines
 TABLE_COLUMNS = ["rank", "encoder", "recipe", "checkpoint", "protocol", "split", "task v",
-                 "views", "metric", "value", "secondary", "params (M)", "GMACs", "videos", "date",
-                 "commit"]
+                 "views", "seed", "metric", "value", "secondary", "params (M)", "GMACs", "videos",
+                 "date", "commit"]
 
 
 def format_table(rows: Iterable[ResultRow]) -> str:
@@ -335,7 +337,8 @@ def format_table(rows: Iterable[ResultRow]) -> str:
                             for c in TABLE_COLUMNS) + "|"]
     for rank, r in zip(ranks(rows), rows):
         cells = [str(rank), r.encoder, r.recipe, checkpoint_label(r), r.protocol, r.split,
-                 r.task_version, r.views, r.metric, f"{r.value:.2f}", _highlights(r.secondary),
+                 r.task_version, r.views, str(r.seed), r.metric, f"{r.value:.2f}",
+                 _highlights(r.secondary),
                  f"{r.params_m:.2f}",
                  "" if r.gmacs_per_clip is None else f"{r.gmacs_per_clip:.2f}",
                  f"{r.videos_used}/{r.videos_expected}", r.timestamp[:10], _commit(r.git_commit)]

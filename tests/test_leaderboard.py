@@ -251,6 +251,9 @@ def test_format_table_lists_values_in_rank_order():
     assert "| 2 | small |" in lines[3] and "12.35" in lines[3]
     assert "run-a/step_000500@abababab" in lines[2] and "01234567 (dirty)" in lines[2]
     assert "top5 91.25" in lines[2] and "55/56" in lines[2]
+    # two runs differing only in seed are told apart by the seed column
+    seeds = L.format_table([_row(seed=0, value=1.0), _row(seed=7, value=2.0)]).splitlines()
+    assert "| 10x3 | 7 | top1 | 2.00 |" in seeds[2] and "| 10x3 | 0 | top1 | 1.00 |" in seeds[3]
 
 
 # ------------------------------------------------------------------------------------- rendering
@@ -381,7 +384,7 @@ def test_task_versions_rank_apart_newest_first_and_directions_must_agree(tmp_pat
                    _row(encoder="new2", task_version="10", value=14.0)])
     assert [r.encoder for r in rows] == ["new2", "new", "old"] and ranks(rows) == [1, 1, 1]
     assert "| 1 | old | pretrain_sync |" in format_table(rows)
-    assert "| linear | 1 | 1 | 10x3 |" in format_table(rows)  # split, then the task version
+    assert "| linear | 1 | 1 | 10x3 | 3 |" in format_table(rows)  # split, task version, seed
     L.append_row(_row(metric="err", higher_is_better=False, value=1.0), tmp_path)
     L.append_row(_row(metric="err", higher_is_better=True, value=9.0), tmp_path)
     with pytest.raises(DataError, match=r"synthetic.csv:3: metric 'err' has higher_is_better "
