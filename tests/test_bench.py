@@ -40,10 +40,11 @@ def ucf(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """28 unlabeled 4-s clips with sound (every 7th has none) for the audio-visual tasks."""
+    """28 unlabeled 7-s clips with sound (every 7th has none) for the audio-visual tasks (av-sync
+    shifts audio by up to 3 s around a 1-s clip)."""
     root = tmp_path_factory.mktemp("folder")
     write_layout("folder", root, clips_per_class=2, seed=4,
-                 cfg=WorldConfig(size=32, duration_s=4.0), workers=2)
+                 cfg=WorldConfig(size=32, duration_s=7.0), workers=2)
     return root
 
 
@@ -323,17 +324,17 @@ def test_av_sync_and_retrieval(tmp_path, folder, checkpoint, cache):
     m = sync["metrics"]
     assert sync["metric"] == "acc_hard" and 0 <= m["acc_hard"] <= 100
     assert m["num_hard"] == m["num_easy"] == m["num_offset"] == 24  # 28 clips, 4 without sound
-    assert m["grid"] == [-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0]
-    # recomputed by hand from the cached unit embeddings (N, 1 + 9 grid offsets + hard, D):
-    # the in-sync pair is grid offset 0 (column 4), the hard negative the last column
+    assert m["grid"] == pytest.approx(np.linspace(-2, 2, 21).tolist())  # DATASETS.md: 21 classes
+    # recomputed by hand from the cached unit embeddings (N, 1 + 21 grid offsets + hard, D):
+    # the in-sync pair is grid offset 0 (column 10), the hard negative the last column
     emb = _cached(cache, "av-sync", "emb")
-    assert emb.shape[:2] == (24, 11)
+    assert emb.shape[:2] == (24, 23)
     scores = np.einsum("nd,nkd->nk", emb[:, 0], emb[:, 1:])
-    grid, hard = scores[:, :9], scores[:, 9]
-    assert m["acc_hard"] == pytest.approx(100 * np.mean(grid[:, 4] > hard))
-    others = np.delete(grid, 4, axis=1).max(axis=1)
-    assert m["offset_acc"] == pytest.approx(100 * np.mean(grid[:, 4] > others))
-    near, far = grid[:, 3:6].max(axis=1), np.delete(grid, [3, 4, 5], axis=1).max(axis=1)
+    grid, hard = scores[:, :21], scores[:, 21]
+    assert m["acc_hard"] == pytest.approx(100 * np.mean(grid[:, 10] > hard))
+    others = np.delete(grid, 10, axis=1).max(axis=1)
+    assert m["offset_acc"] == pytest.approx(100 * np.mean(grid[:, 10] > others))
+    near, far = grid[:, 9:12].max(axis=1), np.delete(grid, [9, 10, 11], axis=1).max(axis=1)
     assert m["offset_acc_1"] == pytest.approx(100 * np.mean(near > far))
     # the scores go through the projection heads, so the row counts them with the encoders
     from avssl.bench.model import load_model
@@ -369,6 +370,28 @@ def test_av_sync_and_retrieval(tmp_path, folder, checkpoint, cache):
     from avssl.bench.__main__ import _table
 
     assert "| av-retrieval | retrieval-ivfpq | test |" in _table(approx, None)
+
+
+def test_av_sync_hard_negatives_are_shifted_at_least_two_seconds(folder, ucf, checkpoint):
+    """DATASETS.md's protocol: the hard negative is the same video's audio shifted by >= ~2 s
+    (here 2-3 s, either sign) and the offset grid has 21 classes over +-2 s; every candidate is
+    cut from the video's own sound, and videos too short for that are refused with the need."""
+    from avssl.bench.model import load_model
+    from avssl.bench.tasks.av import load_av
+
+    spec = load_model(checkpoint).spec
+    ds = load_av(folder, "test", spec=spec)
+    assert len(ds) == 24 and ds.grid == pytest.approx(np.linspace(-2, 2, 21))
+    hard = np.array([h for _, _, h in ds.items])
+    assert np.all((np.abs(hard) >= 2.0) & (np.abs(hard) <= 3.0)), hard
+    assert (hard > 0).any() and (hard < 0).any()
+    for rec, start, h in ds.items:  # every candidate window lies inside the 7-s file
+        assert start + min(-2.0, h) >= -1e-6 and start + max(2.0, h) + spec.clip_s <= 7.0 + 1e-6
+    item = ds[0]
+    assert item["offsets"][-1] == pytest.approx(ds.items[0][2])
+    assert not torch.equal(item["mels"][10], item["mels"][-1])  # the shift moved the sound
+    with pytest.raises(DataError, match=r"need about 6\.0 s each"):
+        load_av(ucf, "test", spec=spec)  # 2-s clips
 
 
 def test_av_sync_of_one_video_has_no_easy_negative_and_counts_skipped_files(tmp_path, folder,
@@ -575,6 +598,11 @@ def test_saved_predictions_give_the_same_numbers_through_the_evaluators(tmp_path
     files = evaluate_sync_file(tmp_path / "s" / "scores.csv")
     for k in ("acc_hard", "acc_easy", "offset_acc", "offset_acc_1"):
         assert files[k] == pytest.approx(sync["metrics"][k], abs=1e-9), k
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "s" / "scores.csv")
+    hard = rows[rows.candidate == "hard"].offset_s.to_numpy(float)
+    assert len(hard) == 24 and np.all((np.abs(hard) >= 2.0) & (np.abs(hard) <= 3.0)), hard
     ret = bench(tmp_path, task="av-retrieval", save_predictions=str(tmp_path / "r"), **common)
     files = evaluate_retrieval_files(tmp_path / "r" / "queries.npy", tmp_path / "r" / "gallery.npy")
     assert files["R@1"] == pytest.approx(ret["metrics"]["v2a_R@1"])

@@ -36,11 +36,18 @@ def _bench(task: str, checkpoint=None, **kw) -> dict:
 
 @pytest.mark.slow
 def test_sync_pretraining_transfers_to_av_sync(sync_checkpoint):
-    """The pretrained towers tell in-sync from shifted audio far above the random towers."""
+    """The pretrained towers tell in-sync from shifted audio far above the random towers.
+
+    Task version 2 (hard negatives shifted 2-3 s, 21 offset classes, chance 4.8 %), measured
+    2026-11-29 on the 2-core AMD EPYC: random-init acc_hard 45.8, offset 4.2 / 10.4 (exact / +-1
+    class); pretrain_sync 79.2, offset 14.6 / 20.8."""
     rnd = _bench("av-sync")["metrics"]
     pre = _bench("av-sync", sync_checkpoint)["metrics"]
     assert pre["acc_hard"] >= rnd["acc_hard"] + 20, (rnd, pre)
-    assert pre["offset_acc"] >= rnd["offset_acc"] + 10, (rnd, pre)
+    assert pre["acc_easy"] >= rnd["acc_easy"] + 20, (rnd, pre)
+    # 21 classes: +8 points is 1.7x chance on top of random's score
+    assert pre["offset_acc"] >= rnd["offset_acc"] + 8, (rnd, pre)
+    assert pre["offset_acc_1"] >= rnd["offset_acc_1"] + 8, (rnd, pre)
 
 
 @pytest.mark.slow

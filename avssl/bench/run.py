@@ -358,7 +358,7 @@ def _threads_for(elements: int):
 def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
     import torch
 
-    from avssl.bench.tasks.av import GRID
+    from avssl.bench.tasks.av import GRID, HARD_SHIFT
 
     if model.towers is None:
         raise ConfigError(
@@ -368,7 +368,7 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
             f"{model.video_name or 'no video'} / {model.audio_name or 'no audio'}")
     sync = task.kind == "sync"
     ds = _load(task, task.load, root, split, spec=model.spec, grid=GRID if sync else (0.0,),
-               hard=None if not sync else (0.5, 1.5), skip_bad=args.skip_bad, seed=args.seed)
+               hard=HARD_SHIFT if sync else None, skip_bad=args.skip_bad, seed=args.seed)
     towers = model.towers.to(PartialState().device).eval()
     device = PartialState().device
     k = len(ds.offsets)

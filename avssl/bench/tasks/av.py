@@ -32,10 +32,15 @@ from avssl.data.datasets import folder_dataset
 from avssl.data.datasets.base import clip_span
 from avssl.errors import DataError, DecodeError
 
-GRID = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
-HARD_SHIFT = (0.5, 1.5)
+# DATASETS.md's protocol: offset classes every 0.2 s over +-2 s (21 classes, 0 among them), and a
+# hard negative shifted by at least ~2 s (Multisensory, Owens & Efros 2018, shifts 2.0-5.8 s; ours
+# stops at 3 s so that a 1-s clip and every candidate fit in 6 s of video)
+GRID = tuple(round(0.2 * k, 1) for k in range(-10, 11))
+HARD_SHIFT = (2.0, 3.0)
 SYNTHETIC_SEED = 8
 SYNTHETIC_CLIPS = 112
+SYNC_DURATION_S = 7.0  # synthetic av-sync videos: clip_s + 2 s + 3 s with room to spare
+RETRIEVAL_DURATION_S = 4.0
 
 
 class AVClips(Dataset):
@@ -75,7 +80,9 @@ class AVClips(Dataset):
             else:
                 self.items.append((rec, placed[0] + origin, placed[1]))
         if not self.items:
-            need = clip_s + 2 * max(max(abs(g) for g in self.grid), hard[1] if hard else 0)
+            lo, hi = min(min(self.grid), 0.0), max(max(self.grid), 0.0)
+            beyond = max(0.0, hard[1] - max(hi, -lo)) if hard else 0.0  # on the side that fits
+            need = clip_s + hi - lo + beyond
             raise DataError(f"no listed video is long enough for these offsets (need about "
                             f"{need:.1f} s each)")
 
@@ -128,12 +135,20 @@ class AVClips(Dataset):
                 "video_id": rec.video_id}
 
 
-def _synthetic_root() -> str:
+def _synthetic_root(duration_s: float) -> str:
     from avssl.data.synthetic import WorldConfig
     from avssl.data.synthetic.cache import synthetic_folder
 
     return str(synthetic_folder(SYNTHETIC_CLIPS, seed=SYNTHETIC_SEED,
-                                cfg=WorldConfig(size=64, duration_s=4.0)))
+                                cfg=WorldConfig(size=64, duration_s=duration_s)))
+
+
+def _sync_root() -> str:
+    return _synthetic_root(SYNC_DURATION_S)
+
+
+def _retrieval_root() -> str:
+    return _synthetic_root(RETRIEVAL_DURATION_S)
 
 
 def load_av(root: str | os.PathLike, split: str, *, spec, grid=GRID, hard=HARD_SHIFT,
@@ -150,19 +165,20 @@ def load_av(root: str | os.PathLike, split: str, *, spec, grid=GRID, hard=HARD_S
 
 
 _DATA = ("a folder of videos with sound or a manifest CSV (python -m avssl.data.manifest scan); "
-         "by default 112 synthetic clips written on first use into $AVSSL_CACHE/synthetic")
+         "by default 112 synthetic {:g}-s clips written on first use into $AVSSL_CACHE/synthetic")
 
 TASKS.add("av-sync", Task(
     name="av-sync",
-    summary="audio-visual sync: in-sync vs shifted (hard) and vs other-video (easy) audio, "
-            "and offset classification on a 9-point grid",
-    data=_DATA, kind="sync", version="1", protocols=("zeroshot",), metric="acc_hard",
-    load=load_av, splits=("test",), modality="av", views="1x1", layout="folder",
-    default_root=_synthetic_root))
+    summary="audio-visual sync: in-sync vs audio shifted 2-3 s (hard) and vs other-video (easy) "
+            "audio, and offset classification on 21 classes over +-2 s; videos need clip + 5 s",
+    # version 2: DATASETS.md's grid and hard shifts (v1: 9 classes over +-1 s, hard 0.5-1.5 s)
+    data=_DATA.format(SYNC_DURATION_S), kind="sync", version="2", protocols=("zeroshot",),
+    metric="acc_hard", load=load_av, splits=("test",), modality="av", views="1x1",
+    layout="folder", default_root=_sync_root))
 
 TASKS.add("av-retrieval", Task(
     name="av-retrieval",
     summary="cross-modal retrieval of in-sync pairs: video->audio and audio->video R@1/5/10",
-    data=_DATA, kind="retrieval", version="1", protocols=("retrieval",), metric="v2a_R@1",
-    load=load_av, splits=("test",), modality="av", views="1x1", layout="folder",
-    default_root=_synthetic_root))
+    data=_DATA.format(RETRIEVAL_DURATION_S), kind="retrieval", version="1",
+    protocols=("retrieval",), metric="v2a_R@1", load=load_av, splits=("test",), modality="av",
+    views="1x1", layout="folder", default_root=_retrieval_root))
