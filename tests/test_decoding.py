@@ -345,3 +345,36 @@ def test_fast_calls_pass_through_the_watchdog_from_a_thread(media):
     thread.start()
     thread.join(10)
     assert len(out) == 1 and _ids(out[0]) == [12, 13, 14]
+
+
+def test_audio_frames_whose_layout_changes_mid_stream_fill_every_channel():
+    """Broadcast recordings switch 5.1 <-> stereo mid-stream: a stereo frame in a stream declared
+    5.1 raised a broadcast error (2 rows into 6); now each channel gets the frame's mean."""
+    from fractions import Fraction
+
+    import av
+
+    from avssl.data.decoding import _fill_audio
+
+    def frame(values, layout, pts):
+        f = av.AudioFrame.from_ndarray(np.asarray(values, np.float32), format="fltp",
+                                       layout=layout)
+        f.sample_rate, f.pts, f.time_base = 100, pts, Fraction(1, 100)
+        return f
+
+    six = np.arange(6, dtype=np.float32)[:, None].repeat(10, 1) / 10  # channel c holds c / 10
+    frames = [frame(six, "5.1", 0), frame([[0.2] * 10, [0.6] * 10], "stereo", 10),
+              frame([[0.3] * 10], "mono", 20)]
+
+    class Container:
+        def decode(self, stream):
+            return iter(frames)
+
+    class Stream:
+        time_base = Fraction(1, 100)
+
+    buf = np.zeros((6, 30), np.float32)
+    _fill_audio(Container(), Stream(), buf, 0, 100, 0.0)
+    np.testing.assert_allclose(buf[:, :10], six)  # the declared layout: channel by channel
+    np.testing.assert_allclose(buf[:, 10:20], 0.4)  # stereo: its mix in all six
+    np.testing.assert_allclose(buf[:, 20:], 0.3)

@@ -505,7 +505,7 @@ def _decode_audio(path: str, start_s: float, end_s: float, sr: int, mono: bool,
         ast = container.streams.audio[0]
         ast.thread_type = "AUTO"
         native = int(ast.codec_context.sample_rate)
-        channels = int(ast.codec_context.layout.nb_channels)
+        channels = max(1, int(ast.codec_context.layout.nb_channels))  # 0: layout undeclared
         pad = _RESAMPLE_PAD_S if native != sr else 0.0
         # Native-rate buffer [a0, a0 + n_in) starting on a time both rates share (multiples of
         # 1/gcd), so the resampled buffer's samples fall exactly on the output grid.
@@ -556,7 +556,9 @@ def _fill_audio(container: av.container.InputContainer, ast: av.AudioStream, buf
         if lo >= n_in:
             break
         s0, s1 = max(lo, 0), min(hi, n_in)
-        buf[:, s0:s1] = data[:buf.shape[0], s0 - lo:s1 - lo]
+        if data.shape[0] != buf.shape[0]:  # layout changed mid-stream (broadcast TS: 5.1 <->
+            data = data.mean(axis=0, keepdims=True)  # stereo): every channel gets the frame's mix
+        buf[:, s0:s1] = data[:, s0 - lo:s1 - lo]
 
 
 def _frame_samples(frame: av.AudioFrame) -> np.ndarray:
