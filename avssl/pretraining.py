@@ -298,7 +298,9 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
     A new run refuses a folder that already holds a run (its checkpoints and config would be
     overwritten). ``resume`` continues ``<out>/<recipe>/<name>``'s newest complete checkpoint,
     or with no name the one ``<out>/<recipe>/latest`` points at; ``config`` (the resolved config
-    as a dict) must then agree with the run's ``config.json`` outside :data:`RESUME_MAY_CHANGE`.
+    as a dict) must then agree with the run's ``config.json`` outside :data:`RESUME_MAY_CHANGE`
+    (the number of processes is checked by :func:`check_same_processes` once the recipe has
+    checked that every process sees the run folder).
     """
     recipe_dir = Path(out) / recipe
     if not resume:
@@ -348,6 +350,19 @@ def _check_same_run(run_dir: Path, config: dict) -> None:
                          f"{asked}; resume with the run's settings (--config "
                          f"{run_dir / 'config.json'} --run.resume) or start a new run with "
                          f"another --run.name")
+
+
+def check_same_processes(ckpt: Path, processes: int) -> None:
+    """AvsslError unless ``ckpt`` was saved by ``processes`` processes (accelerate's
+    ``save_state`` writes one ``random_states_<rank>.pkl`` per process). ``--data.batch_size`` is
+    per process, so on another count the resumed run silently trained with another global batch
+    and data order, and the processes without a saved RNG state started from a fresh one."""
+    saved = len(list((ckpt / "state").glob("random_states_*.pkl")))
+    if saved and saved != processes:
+        raise AvsslError(f"--run.resume: {ckpt} was saved by {saved} process(es) but this launch "
+                         f"has {processes}; --data.batch_size is per process, so the global "
+                         f"batch and the data order would change: resume with {saved} "
+                         f"process(es) (accelerate launch --num_processes {saved})")
 
 
 def nothing_left(run_dir: Path, step: int, last: int) -> Optional[dict]:

@@ -54,7 +54,8 @@ from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
-                               build_pair_datasets, cosine_lr, draw_generator, flat_hparams,
+                               build_pair_datasets, check_same_processes, cosine_lr,
+                               draw_generator, flat_hparams,
                                held_out_batches, mask_seed, mel, nonfinite_action, nothing_left,
                                pair_loader, previous_rows, run_location, speed_settings,
                                with_previous_clip)
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.print(warning)
     set_seed(cfg.run.seed)
     check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
+    if resume_from is not None:  # --data.batch_size is per process: same count, same run
+        check_same_processes(resume_from, accelerator.num_processes)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is None:  # a resumed run keeps the config.json it was started with

@@ -50,9 +50,9 @@ from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
 from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
-                               build_pair_datasets, cosine_lr, flat_hparams, held_out_batches,
-                               mel, nonfinite_action, nothing_left, pair_loader, run_location,
-                               speed_settings)
+                               build_pair_datasets, check_same_processes, cosine_lr, flat_hparams,
+                               held_out_batches, mel, nonfinite_action, nothing_left, pair_loader,
+                               run_location, speed_settings)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.print(warning)
     set_seed(cfg.run.seed)
     check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
+    if resume_from is not None:  # --data.batch_size is per process: same count, same run
+        check_same_processes(resume_from, accelerator.num_processes)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is None:  # a resumed run keeps the config.json it was started with

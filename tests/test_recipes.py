@@ -163,6 +163,23 @@ def test_run_names_that_would_leave_their_folder_are_refused(name):
     assert RunConfig(name="lr3e-4_bs32").name == "lr3e-4_bs32"
 
 
+@pytest.mark.parametrize("saved,now", [(1, 2), (2, 1)])
+def test_resuming_on_another_number_of_processes_is_refused(tmp_path, saved, now):
+    """--data.batch_size is per process: a run saved by one process continued on two with twice
+    its global batch (and the second process without a saved RNG state), silently."""
+    from avssl.errors import AvsslError
+    from avssl.pretraining import check_same_processes
+
+    ckpt = tmp_path / "pretrain_sync" / "r" / "step_0000002"
+    (ckpt / "state").mkdir(parents=True)
+    for rank in range(saved):  # accelerate's save_state: one RNG state per process
+        (ckpt / "state" / f"random_states_{rank}.pkl").write_bytes(b"")
+    with pytest.raises(AvsslError, match=rf"saved by {saved} process\(es\) but this launch has "
+                                         rf"{now}; .* resume with {saved} process\(es\)"):
+        check_same_processes(ckpt, now)
+    check_same_processes(ckpt, saved)
+
+
 def test_hard_negatives_are_shifted_by_at_least_one_frame():
     """min_shift_s 0 made the in-sync audio its own hard negative (acc_hard was noise)."""
     from avssl.pretraining import PairDataConfig
@@ -309,12 +326,20 @@ def test_resume_on_two_machines_is_exact(tmp_path, cache):
     weights. 12 clips / global batch 4 = 3 steps per epoch: the stop falls mid-epoch."""
     common = [*GLOO_COMMON, "--data.batch_size=2", "--optim.steps=4", "--optim.warmup_steps=1",
               "--data.num_workers=2"]
-    for cwd, extra in ((tmp_path / "a", []), (tmp_path / "b", ["--run.stop_after=2"]),
-                       (tmp_path / "b", ["--run.resume"])):
-        for proc in launch_two_machines([cwd] * 2, cache, *common, *extra):
-            assert proc.returncode == 0, proc.stderr[-3000:]
     straight = tmp_path / "a" / "runs" / "pretrain_sync" / "r"
     split = tmp_path / "b" / "runs" / "pretrain_sync" / "r"
+    for cwd, extra in ((tmp_path / "a", []), (tmp_path / "b", ["--run.stop_after=2"]),
+                       (tmp_path / "b", ["--run.resume"])):
+        if extra == ["--run.resume"]:
+            # continued on one process, each process's share of the global batch would double:
+            # refused before anything is written
+            before = sorted(split.rglob("*"))
+            proc = run("pretrain_sync.py", tmp_path / "b" / "runs", cache, *common, *extra,
+                       check=False)
+            assert "saved by 2 process(es) but this launch has 1" in proc.stderr, proc.stderr
+            assert proc.returncode != 0 and sorted(split.rglob("*")) == before
+        for proc in launch_two_machines([cwd] * 2, cache, *common, *extra):
+            assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(straight) == losses(split) and sorted(losses(split)) == [1, 2, 3, 4]
     a, b = weights(straight / "step_0000004"), weights(split / "step_0000004")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
