@@ -385,7 +385,9 @@ def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
     ok = torch.isfinite(loss.detach().float())
     if grad_norm is not None:
         ok = ok & torch.isfinite(torch.as_tensor(grad_norm, device=loss.device).float())
-    return bool(accelerator.reduce(ok.float(), "min") > 0)
+    # "max" of the failures: accelerate's reduce knows sum, mean and max only, and treated the
+    # "min" this asked for as a sum, so one finite process outvoted the others
+    return not bool(accelerator.reduce((~ok).float(), "max") > 0)
 
 
 class BufferGuard:

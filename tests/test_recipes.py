@@ -586,6 +586,34 @@ def test_skipped_fp16_step_still_updates_the_loss_scale():
     assert torch.equal(w.detach(), torch.full((3,), 0.9))  # only the finite step updated w
 
 
+def _all_finite_worker(rank: int, port: int, out: Path) -> None:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from avssl.pretraining import all_finite
+
+    AcceleratorState._reset_state(True)  # a state forked from the parent would be one process
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      ACCELERATE_USE_CPU="1")
+    acc = Accelerator(cpu=True)
+    assert acc.num_processes == 2
+    answers = []
+    for bad_rank in (0, 1, None):  # one process's loss is NaN, then none
+        loss = torch.tensor(math.nan if rank == bad_rank else 1.0)
+        answers.append(all_finite(acc, loss, None))
+    (out / f"rank{rank}.json").write_text(json.dumps(answers))
+
+
+def test_one_nonfinite_process_makes_every_process_skip_the_step(tmp_path):
+    """all_finite asked accelerate for a "min" reduction, which it does as a sum: one process
+    with a finite loss outvoted a NaN one, so the process holding the NaN went on as if finite."""
+    torch.multiprocessing.start_processes(_all_finite_worker, args=(_free_port(), tmp_path),
+                                          nprocs=2, start_method="fork")
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == [False, False, True]
+
+
 def test_gradient_accumulation_steps_log_their_mean_and_drop_partial_steps(tmp_path, cache,
                                                                           monkeypatch):
     """K=2 micro-batches per step over 3 batches an epoch: each step uses exactly 2 (the third
