@@ -6,7 +6,8 @@ accelerate ``GeneralTracker``, so recipes log through ``accelerator.log`` only.
 
 ``metrics.csv`` columns are ``step`` then every metric name seen so far; a new name rewrites the
 header (rare: names are fixed after the first log). Resumed runs append, dropping rows after the
-resumed checkpoint's step so a crash-and-resume leaves one row per step.
+resumed checkpoint's step so a crash-and-resume leaves one row per step; a new run
+(``resume_step`` None) starts the file afresh.
 """
 from __future__ import annotations
 
@@ -37,13 +38,17 @@ class CSVTracker(GeneralTracker):
         """Called by ``accelerator.init_trackers`` on the main process only."""
         self.dir.mkdir(parents=True, exist_ok=True)
         resume_step = self.resume_step
-        if self.path.exists():
+        if resume_step is None:
+            # a new run: rows left by an earlier attempt under this name (one that stopped before
+            # its first checkpoint, which run_location lets start again) are not this run's; kept,
+            # they gave every step two values in the CSV
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
                 self.fields = list(reader.fieldnames or ["step"])
                 # rows past the checkpoint we resume from are redone by the resumed run
-                self.rows = [r for r in reader
-                             if resume_step is None or int(float(r["step"])) <= resume_step]
+                self.rows = [r for r in reader if int(float(r["step"])) <= resume_step]
             self._rewrite()
 
     @property
