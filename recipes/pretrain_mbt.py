@@ -55,10 +55,9 @@ from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, check_same_processes, cosine_lr,
-                               draw_generator, flat_hparams,
-                               held_out_batches, mask_seed, mel, nonfinite_action, nothing_left,
-                               pair_loader, previous_rows, run_location, speed_settings,
-                               with_previous_clip)
+                               draw_generator, flat_hparams, held_out_batches, mask_seed, mel,
+                               nonfinite_action, nothing_left, pair_loader, previous_rows,
+                               run_location, speed_settings, with_previous_clip)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
 

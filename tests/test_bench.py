@@ -385,7 +385,7 @@ def test_av_sync_hard_negatives_are_shifted_at_least_two_seconds(folder, ucf, ch
     hard = np.array([h for _, _, h in ds.items])
     assert np.all((np.abs(hard) >= 2.0) & (np.abs(hard) <= 3.0)), hard
     assert (hard > 0).any() and (hard < 0).any()
-    for rec, start, h in ds.items:  # every candidate window lies inside the 7-s file
+    for _, start, h in ds.items:  # every candidate window lies inside the 7-s file
         assert start + min(-2.0, h) >= -1e-6 and start + max(2.0, h) + spec.clip_s <= 7.0 + 1e-6
     item = ds[0]
     assert item["offsets"][-1] == pytest.approx(ds.items[0][2])
