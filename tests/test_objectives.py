@@ -223,7 +223,20 @@ def test_infonce_accuracy_and_learnable_temperature():
     assert obj.log_scale.grad is not None and obj.log_scale.grad != 0
     with torch.no_grad():
         obj.log_scale.fill_(math.log(1000.0))
-    assert float(obj({"video": v, "audio": a})["temperature"]) == pytest.approx(0.01)
+    out = obj({"video": v, "audio": a})
+    assert float(out["temperature"]) == pytest.approx(0.01)
+    # the parameter is projected back to the bound, and still gets a gradient there, so a loss
+    # that wants a higher temperature can move it (a clamp on the value gave zero gradient)
+    assert float(obj.log_scale) == pytest.approx(math.log(100.0))
+    obj.log_scale.grad = None
+    (-out["loss"]).backward()  # pretend the loss wants 1/T up: the gradient must be nonzero
+    assert obj.log_scale.grad is not None and float(obj.log_scale.grad) != 0.0
+    opt = torch.optim.SGD(obj.parameters(), lr=1.0)
+    for _ in range(3):  # anti-aligned pairs want a high temperature: T leaves the bound
+        opt.zero_grad()
+        obj({"video": v, "audio": -v})["loss"].backward()
+        opt.step()
+    assert float(obj({"video": v, "audio": -v})["temperature"]) > 0.011
     # CLIP clamps the learned scale only; a fixed temperature under 0.01 is used as given
     fixed = InfoNCE(temperature=0.005)({"video": v, "audio": a})
     assert float(fixed["temperature"]) == pytest.approx(0.005)

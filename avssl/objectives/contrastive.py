@@ -20,7 +20,9 @@ Logits ``L = v @ a.T / T`` (B, B). Returned (0-dim tensors):
 
 The loss is symmetric: swapping video and audio swaps ``loss_v2a`` and ``loss_a2v`` and leaves
 ``loss`` unchanged. ``learnable_temperature=True`` learns log(1/T) from the given initial value,
-clamped to 1/T <= 100 as in CLIP. ``gather=True`` all-gathers both embeddings over processes
+with 1/T kept at most 100 as in CLIP: the parameter itself is projected back into range (CLIP
+clamps it after each optimizer step; here before each use), so a scale that reached the bound
+still gets a gradient and can come down again. ``gather=True`` all-gathers both embeddings over processes
 (:mod:`avssl.objectives.gather`), so negatives come from the global batch and every rank
 computes the loss of the whole global batch; with one process it is a no-op.
 """
@@ -55,10 +57,14 @@ class InfoNCE(nn.Module):
             self.register_buffer("log_scale", log_scale, persistent=False)
 
     def scale(self) -> torch.Tensor:
-        """1 / temperature (0-dim); a learned one is clamped to at most 100, as in CLIP. A fixed
+        """1 / temperature (0-dim); a learned one is kept at most 100, as in CLIP. A fixed
         temperature is used as given (clamping it silently changed the loss below T = 0.01)."""
-        scale = self.log_scale.float().exp()
-        return scale.clamp(max=MAX_LOGIT_SCALE) if self.learnable else scale
+        if self.learnable:
+            # Project the parameter, not the value: clamping the value in the graph has zero
+            # gradient past the bound, which left the temperature stuck at 0.01 for good.
+            with torch.no_grad():
+                self.log_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+        return self.log_scale.float().exp()
 
     def forward(self, outputs: dict, batch: dict | None = None) -> dict[str, torch.Tensor]:
         v, a = outputs["video"], outputs["audio"]
