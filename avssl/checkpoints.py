@@ -89,11 +89,18 @@ def save_checkpoint(path: str | os.PathLike, components: dict[str, nn.Module], *
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if write_state is not None:
             write_state(tmp / "state")
-        if path.exists():  # re-saving the same step: move the old one aside first
-            old = path.parent / f".old-{path.name}-{os.getpid()}"
-            os.replace(path, old)
+        if path.exists():  # re-saving the same step: swap the new one in, then delete the old
+            # (deleting first left no checkpoint at all if the process died before the rename)
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".old-{path.name}-"))
+            os.replace(path, old)  # onto the empty folder mkdtemp made
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
             shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

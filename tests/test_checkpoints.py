@@ -46,6 +46,30 @@ def test_failed_write_leaves_no_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "step_1")
 
 
+def test_resaving_a_step_keeps_the_old_checkpoint_until_the_new_one_is_in(tmp_path, monkeypatch):
+    """Re-saving step N swaps the new folder in before deleting the old one: if the swap fails,
+    the old checkpoint is back in place (deleting it first left no checkpoint at all)."""
+    import avssl.checkpoints as ckmod
+
+    path = tmp_path / "step_1"
+    save_checkpoint(path, _modules(), config={"v": "old"}, step=1)
+    real = os.replace
+
+    def failing_replace(src, dst):
+        if os.path.basename(str(src)).startswith(".tmp-step_1"):
+            raise OSError("killed during the rename")
+        return real(src, dst)
+
+    monkeypatch.setattr(ckmod.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="killed"):
+        save_checkpoint(path, _modules(), config={"v": "new"}, step=1)
+    assert load_checkpoint(path).config == {"v": "old"}
+    monkeypatch.setattr(ckmod.os, "replace", real)
+    save_checkpoint(path, _modules(), config={"v": "new"}, step=1)
+    assert load_checkpoint(path).config == {"v": "new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["step_1"]  # nothing hidden left behind
+
+
 def test_latest_link_and_resolution(tmp_path):
     a = save_checkpoint(tmp_path / "step_1", _modules(), config={}, step=1)
     b = save_checkpoint(tmp_path / "step_2", _modules(), config={}, step=2)
