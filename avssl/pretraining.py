@@ -348,8 +348,8 @@ def _check_same_run(run_dir: Path, config: dict) -> None:
         asked = ", ".join(f"{k}={json.dumps(now.get(k))}" for k in differ[:4])
         raise AvsslError(f"--run.resume: {run_dir} was started with {was} but this command sets "
                          f"{asked}; resume with the run's settings (--config "
-                         f"{run_dir / 'config.json'} --run.resume) or start a new run with "
-                         f"another --run.name")
+                         f"{run_dir / 'config.json'} --run.name {run_dir.name} --run.resume) or "
+                         f"start a new run with another --run.name")
 
 
 def check_same_processes(ckpt: Path, processes: int) -> None:

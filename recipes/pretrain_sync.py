@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     # view of --run.resume counts, and check_shared_run_dir then checks the others see it)
     run_dir, resume_from, step = decided_by_main(
         lambda: run_location(cfg.run.out, RECIPE, cfg.run.name, cfg.run.resume, asdict(cfg)))
+    cfg.run.name = run_dir.name  # a clock-made one too: --config <run>/config.json resumes it
     last = min(cfg.optim.steps, cfg.run.stop_after or cfg.optim.steps)
     if resume_from is not None and (done := nothing_left(run_dir, step, last)) is not None:
         return done

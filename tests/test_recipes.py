@@ -116,6 +116,7 @@ def test_run_folders_are_never_overwritten_and_resume_continues_the_named_run(tm
                   "--optim.lr=0.01", check=False)
     assert changed.returncode != 0
     assert "was started with optim.lr=0.001 but this command sets optim.lr=0.01" in changed.stderr
+    assert f"--config {r / 'config.json'} --run.name r --run.resume" in changed.stderr
     done = run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=r", "--run.resume",
                "--run.log_every=5")  # a setting a resumed run may change
     assert f"{r} is already at step 2" in done.stdout and "nothing to do" in done.stdout
@@ -126,6 +127,22 @@ def test_run_folders_are_never_overwritten_and_resume_continues_the_named_run(tm
     run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=other", "--run.resume")
     assert sorted(losses(tmp_path / "pretrain_sync" / "other")) == [1, 2]
     assert (tmp_path / "pretrain_sync" / "other" / "config.json").read_text() == cfg
+
+
+def test_a_run_named_by_the_clock_resumes_from_its_config_json(tmp_path, cache):
+    """Without --run.name the folder is named by the clock and config.json records that name,
+    so `--config <run>/config.json --run.resume` continues this run even when `latest` points
+    at another one (config.json said name null, and resume took whatever `latest` was)."""
+    common = ["--optim.steps=2", "--optim.warmup_steps=1", "--run.stop_after=1"]
+    run("pretrain_sync.py", tmp_path, cache, *common)
+    (clocked,) = [p for p in (tmp_path / "pretrain_sync").iterdir() if p.name != "latest"]
+    cfg = json.loads((clocked / "config.json").read_text())
+    assert cfg["run"]["name"] == clocked.name
+    run("pretrain_sync.py", tmp_path, cache, *common, "--run.name=later")
+    run("pretrain_sync.py", tmp_path, cache, "--config", str(clocked / "config.json"),
+        "--run.resume", "--run.stop_after=0")
+    assert sorted(losses(clocked)) == [1, 2]
+    assert sorted(losses(tmp_path / "pretrain_sync" / "later")) == [1]
 
 
 @pytest.mark.parametrize("flag,message", [
