@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from avssl.encoders.layers import non_float_for_float
 from avssl.errors import AvsslError, DataError
 
 FORMAT = 1
@@ -208,9 +209,7 @@ def build_component(ckpt: Checkpoint, component: str) -> nn.Module:
 def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
     """``module.load_state_dict(state, strict=True)`` with one-line errors, refusing tensors whose
     dtype kind differs (integer weights into float parameters would be cast silently)."""
-    own = module.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].is_floating_point()
-           and not v.is_floating_point()]
+    bad = non_float_for_float(module, state)
     if bad:
         raise DataError(f"{where}: {len(bad)} tensor(s) are {state[bad[0]].dtype}, expected floating "
                         f"point (e.g. {bad[0]}); a quantized or foreign checkpoint?")

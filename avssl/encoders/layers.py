@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -346,6 +347,14 @@ def init_vit_weights(module: nn.Module) -> None:
 _WRAPPERS = ("state_dict", "model", "model_state", "model_state_dict")
 
 
+def non_float_for_float(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys of ``state`` holding integer (or bool) tensors where ``model`` has floating-point
+    ones: ``load_state_dict`` would cast them silently, so callers refuse such a file."""
+    own = model.state_dict()
+    return [k for k, v in state.items() if k in own and own[k].is_floating_point()
+            and not v.is_floating_point()]
+
+
 def load_pretrained(model: nn.Module, path: str | None, *,
                     drop_head: tuple[str, ...] = ()) -> nn.Module:
     """Load a local ``.safetensors`` or torch state-dict file into ``model`` (strict); no downloads.
@@ -362,10 +371,8 @@ def load_pretrained(model: nn.Module, path: str | None, *,
     state = _unwrap(_read_state(path), path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(tuple(drop_head))}
-    own = model.state_dict()
-    ints = [k for k, v in state.items() if k in own and own[k].is_floating_point()
-            and not v.is_floating_point()]
-    if ints:  # load_state_dict would cast them silently
+    ints = non_float_for_float(model, state)
+    if ints:
         raise ConfigError(f"{path}: {len(ints)} tensor(s) are {state[ints[0]].dtype} where "
                           f"{type(model).__name__} has floating point weights (e.g. {ints[0]}); "
                           "a quantized or foreign checkpoint? pass float weights")
