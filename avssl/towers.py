@@ -93,8 +93,19 @@ class AVTowers(nn.Module):
         """log-mel (B, 1, F, frames) -> (B, proj_dim)."""
         return self.audio_proj(self._series(self.audio, mel))
 
-    def forward(self, video: torch.Tensor, mel: torch.Tensor, mel_shift: torch.Tensor) -> dict:
-        """video (B, C, T, H, W); mel, mel_shift (B, 1, F, frames) -> three (B, proj_dim)."""
+    def forward(self, video: torch.Tensor, mel: torch.Tensor, mel_shift: torch.Tensor,
+                hard_valid: torch.Tensor | None = None) -> dict:
+        """video (B, C, T, H, W); mel, mel_shift (B, 1, F, frames) -> three (B, proj_dim).
+
+        hard_valid: optional bool (B,), False where ``mel_shift`` is a silent placeholder (no
+        shifted window fitted): those rows skip the audio tower, so they do not enter its
+        BatchNorm batch statistics, and their ``audio_shift`` embedding is zero (the objective
+        masks them out)."""
+        n = len(mel)
+        if hard_valid is not None and not bool(hard_valid.all()):
+            keep = hard_valid.to(mel_shift.device).bool()
+            a = self.embed_audio(torch.cat([mel, mel_shift[keep]]))
+            shift = a.new_zeros(n, a.shape[1]).index_copy(0, keep.nonzero().squeeze(1), a[n:])
+            return {"video": self.embed_video(video), "audio": a[:n], "audio_shift": shift}
         a = self.embed_audio(torch.cat([mel, mel_shift]))
-        return {"video": self.embed_video(video), "audio": a[: len(mel)],
-                "audio_shift": a[len(mel):]}
+        return {"video": self.embed_video(video), "audio": a[:n], "audio_shift": a[n:]}

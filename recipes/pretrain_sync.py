@@ -108,7 +108,8 @@ class Config:
 
 
 def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
-    out = model(batch["video"], mel(batch["audio"], cfg.data), mel(batch["audio_shift"], cfg.data))
+    out = model(batch["video"], mel(batch["audio"], cfg.data), mel(batch["audio_shift"], cfg.data),
+                batch["hard_valid"])  # placeholder rows stay out of the audio BatchNorm batch
     return objective(out, {"hard_valid": batch["hard_valid"], "step": step})
 
 

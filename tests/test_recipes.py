@@ -494,7 +494,7 @@ def test_sync_evaluation_leaves_out_a_one_clip_tail_batch():
     import pretrain_sync
 
     class InSync(torch.nn.Module):  # audio embeddings equal the video's; shifted ones differ
-        def forward(self, video, mel, mel_shift):
+        def forward(self, video, mel, mel_shift, hard_valid=None):
             v = torch.nn.functional.one_hot(torch.arange(len(video)), 8).float()
             return {"video": v, "audio": v, "audio_shift": -v}
 
