@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Literal, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import send_to_device
+from accelerate.utils import DataLoaderConfiguration, send_to_device
 
 from avssl import checkpoints
 from avssl.data.datasets import folder_dataset
@@ -184,6 +184,17 @@ def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True,
         ds, batch_size=batch_size or d.batch_size, shuffle=train, drop_last=train,
         num_workers=d.num_workers, persistent_workers=train and persistent, pin_memory=pin,
         generator=torch.Generator().manual_seed(seed))
+
+
+SEED_STRIDE = 2**20  # epochs a run may have before its sampler seeds reach the next --run.seed's
+
+
+def loader_config(seed: int) -> DataLoaderConfiguration:
+    """accelerate's seedable sampler (the same order on every process, resumable mid-epoch),
+    seeded ``seed * SEED_STRIDE``. The sampler shuffles epoch e with seed ``data_seed + e`` and
+    by default takes ``data_seed`` = the torch seed, so --run.seed 0's second epoch was --run.seed
+    1's first: a seed sweep shared its data orders. Seed 0 keeps the order it always had."""
+    return DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed * SEED_STRIDE)
 
 
 def held_out_batches(loader, accelerator: Accelerator):

@@ -43,7 +43,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from avssl import checkpoints
@@ -55,9 +55,9 @@ from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, check_same_processes, cosine_lr,
-                               draw_generator, flat_hparams, held_out_batches, mask_seed, mel,
-                               nonfinite_action, nothing_left, pair_loader, previous_rows,
-                               run_location, speed_settings, with_previous_clip)
+                               draw_generator, flat_hparams, held_out_batches, loader_config,
+                               mask_seed, mel, nonfinite_action, nothing_left, pair_loader,
+                               previous_rows, run_location, speed_settings, with_previous_clip)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = Accelerator(
         mixed_precision=speed.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=loader_config(cfg.run.seed),
         step_scheduler_with_optimizer=False,
         log_with=default_trackers(run_dir.name, run_dir, step if resume_from else None),
         project_dir=str(run_dir),

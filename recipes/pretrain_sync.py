@@ -38,7 +38,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from avssl import checkpoints
@@ -51,8 +51,8 @@ from avssl.speed import prepare_module
 from avssl.towers import AVTowers
 from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
                                build_pair_datasets, check_same_processes, cosine_lr, flat_hparams,
-                               held_out_batches, mel, nonfinite_action, nothing_left, pair_loader,
-                               run_location, speed_settings)
+                               held_out_batches, loader_config, mel, nonfinite_action,
+                               nothing_left, pair_loader, run_location, speed_settings)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = Accelerator(
         mixed_precision=speed.mixed_precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=loader_config(cfg.run.seed),
         step_scheduler_with_optimizer=False,
         log_with=default_trackers(run_dir.name, run_dir, step if resume_from else None),
         project_dir=str(run_dir),

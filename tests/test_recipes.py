@@ -848,3 +848,39 @@ def test_mbt_pair_types_are_drawn_per_micro_batch_and_per_global_batch():
     assert not torch.equal(one, pretrain_mbt.make_pairs(batch(32), cfg, step=5, micro=1)[1])
     halves = [pretrain_mbt.draw_pair_types(16, cfg, step=5, rank=r, world=2) for r in (0, 1)]
     assert torch.equal(torch.cat(halves), one)
+
+
+def _epoch_orders(config, seed: int, epochs: int = 3) -> list[list[int]]:
+    """The order a prepared shuffling loader gives in each of ``epochs`` epochs."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    try:
+        acc = Accelerator(cpu=True, dataloader_config=config)
+        set_seed(seed)  # as the recipes do, before the loader is prepared
+        loader = acc.prepare(torch.utils.data.DataLoader(list(range(32)), batch_size=32,
+                                                         shuffle=True))
+        orders = []
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            orders.append([int(i) for b in loader for i in b])
+        return orders
+    finally:
+        AcceleratorState._reset_state(True)
+
+
+def test_different_run_seeds_never_share_an_epoch_order():
+    """accelerate's seedable sampler shuffles epoch e with seed + e, so --run.seed 0's epoch 1
+    was --run.seed 1's epoch 0; the recipes space the seeds apart, and seed 0 (every shipped
+    run) keeps its order."""
+    from accelerate.utils import DataLoaderConfiguration
+
+    from avssl.pretraining import loader_config
+
+    plain = [_epoch_orders(DataLoaderConfiguration(use_seedable_sampler=True), s) for s in (0, 1)]
+    assert plain[0][1] == plain[1][0]  # the collision, as accelerate does it
+    ours = [_epoch_orders(loader_config(s), s) for s in (0, 1)]
+    assert ours[0] == plain[0]
+    assert not any(a == b for a in ours[0] for b in ours[1])
+    assert all(sorted(o) == list(range(32)) for o in ours[0] + ours[1])
