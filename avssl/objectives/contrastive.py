@@ -22,9 +22,9 @@ The loss is symmetric: swapping video and audio swaps ``loss_v2a`` and ``loss_a2
 ``loss`` unchanged. ``learnable_temperature=True`` learns log(1/T) from the given initial value,
 with 1/T kept at most 100 as in CLIP: the parameter itself is projected back into range (CLIP
 clamps it after each optimizer step; here before each use), so a scale that reached the bound
-still gets a gradient and can come down again. ``gather=True`` all-gathers both embeddings over processes
-(:mod:`avssl.objectives.gather`), so negatives come from the global batch and every rank
-computes the loss of the whole global batch; with one process it is a no-op.
+still gets a gradient and can come down again. ``gather=True`` all-gathers both embeddings over
+processes (:mod:`avssl.objectives.gather`), so negatives come from the global batch and every
+rank computes the loss of the whole global batch; with one process it is a no-op.
 """
 from __future__ import annotations
 
