@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from avssl import errors
 from avssl.cache import cache_dir
+from avssl.data.workers import stop_workers
 from avssl.speed import SpeedSettings, apply_threads, pick
 
 
@@ -76,13 +77,15 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
                             num_workers=num_workers, pin_memory=fast.pin_memory)
         # accelerate launch --mixed_precision fp16 asks for fp16 (the cache key says so too)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fast.mixed_precision)
+        batches = iter(loader)
         try:
-            for batch in tqdm(loader, desc=desc, unit="batch", disable=not st.is_main_process,
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=not st.is_main_process,
                               leave=False):
                 with torch.no_grad(), torch.autocast(st.device.type, dtype or torch.bfloat16,
                                                      enabled=dtype is not None):
                     outs.append(fn(batch).float().cpu().numpy())
         except Exception as err:
+            stop_workers(batches)  # now, not ~20 s into someone else's code (data/workers.py)
             if (clean := worker_error(err)) is None:
                 raise
             raise clean from None

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from avssl.bench import features as F
 from avssl.data.transforms import VideoPipeline
+from avssl.data.workers import stop_workers
 from avssl.pretraining import BufferGuard, all_finite, nonfinite_action
 
 
@@ -83,26 +84,30 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     bar = tqdm(total=steps, desc=f"{task.name} finetune", disable=not accelerator.is_main_process)
     step, lr_used, skipped = 0, args.lr, 0
     guard = BufferGuard(net)  # BatchNorm statistics as a step found them, for a skipped step
-    for epoch in range(epochs):
-        train_ds.set_epoch(epoch)
-        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
-        for batch in loader:
-            guard.save()
-            loss = nn.functional.cross_entropy(net(batch), batch["label"])
-            accelerator.backward(loss)
-            norm = accelerator.clip_grad_norm_(net.parameters(), 1.0)
-            if all_finite(accelerator, loss, norm):
-                opt.step()
-                lr_used = raw_opt.param_groups[0]["lr"]
-            else:  # a NaN never reaches the weights, nor the BatchNorm statistics
-                guard.restore()
-                nonfinite_action("skip", step, loss, accelerator)
-                skipped += 1
-            sched.step()  # the schedule follows the planned steps, skipped or not
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+    try:
+        for epoch in range(epochs):
+            train_ds.set_epoch(epoch)
+            loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else None
+            for batch in loader:
+                guard.save()
+                loss = nn.functional.cross_entropy(net(batch), batch["label"])
+                accelerator.backward(loss)
+                norm = accelerator.clip_grad_norm_(net.parameters(), 1.0)
+                if all_finite(accelerator, loss, norm):
+                    opt.step()
+                    lr_used = raw_opt.param_groups[0]["lr"]
+                else:  # a NaN never reaches the weights, nor the BatchNorm statistics
+                    guard.restore()
+                    nonfinite_action("skip", step, loss, accelerator)
+                    skipped += 1
+                sched.step()  # the schedule follows the planned steps, skipped or not
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+    except BaseException:
+        stop_workers(loader)  # its persistent workers, now (avssl/data/workers.py)
+        raise
     bar.close()
 
     net = accelerator.unwrap_model(net).eval()
