@@ -227,7 +227,7 @@ def test_infonce_accuracy_and_learnable_temperature():
     assert float(out["temperature"]) == pytest.approx(0.01)
     # the parameter is projected back to the bound, and still gets a gradient there, so a loss
     # that wants a higher temperature can move it (a clamp on the value gave zero gradient)
-    assert float(obj.log_scale) == pytest.approx(math.log(100.0))
+    assert obj.log_scale.item() == pytest.approx(math.log(100.0))
     obj.log_scale.grad = None
     (-out["loss"]).backward()  # pretend the loss wants 1/T up: the gradient must be nonzero
     assert obj.log_scale.grad is not None and float(obj.log_scale.grad) != 0.0
@@ -236,12 +236,12 @@ def test_infonce_accuracy_and_learnable_temperature():
         opt.zero_grad()
         obj({"video": v, "audio": -v})["loss"].backward()
         opt.step()
-    assert float(obj({"video": v, "audio": -v})["temperature"]) > 0.011
+    assert obj({"video": v, "audio": -v})["temperature"].item() > 0.011
     # CLIP clamps the learned scale only; a fixed temperature under 0.01 is used as given
     fixed = InfoNCE(temperature=0.005)({"video": v, "audio": a})
-    assert float(fixed["temperature"]) == pytest.approx(0.005)
+    assert fixed["temperature"].item() == pytest.approx(0.005)
     ref = _ref_infonce(v.detach().double(), a.detach().double(), 0.005)  # exp(200): float64
-    assert float(fixed["loss"]) == pytest.approx(float(ref), rel=1e-4)
+    assert fixed["loss"].item() == pytest.approx(float(ref), rel=1e-4)
 
 
 # ---- gathering ----------------------------------------------------------------------------
