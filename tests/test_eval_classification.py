@@ -198,14 +198,25 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_prints_json_and_one_line_errors(files):
+def _main(capsys, *args):
+    """The same command in process (the error path needs no second interpreter start-up)."""
+    from types import SimpleNamespace
+
+    from avssl.eval.__main__ import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
+def test_cli_prints_json_and_one_line_errors(files, capsys):
     d = files["dir"]
     ok = _cli("classification", "--predictions", d / "pred.csv", "--labels", d / "labels.csv")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout) == evaluate_classification_files(d / "pred.csv",
                                                                   d / "labels.csv")
-    bad = _cli("classification", "--predictions", d / "pred.csv", "--labels",
-               d / "labels_missing.csv")
+    bad = _main(capsys, "classification", "--predictions", d / "pred.csv", "--labels",
+                d / "labels_missing.csv")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
     assert "v_999" in bad.stderr and bad.stdout == ""

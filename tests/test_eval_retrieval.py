@@ -126,7 +126,18 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_json_equals_function_and_errors_are_one_line(tmp_path):
+def _main(capsys, *args):
+    """The same command in process (the error path needs no second interpreter start-up)."""
+    from types import SimpleNamespace
+
+    from avssl.eval.__main__ import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
+def test_cli_json_equals_function_and_errors_are_one_line(tmp_path, capsys):
     rng = np.random.default_rng(6)
     q = rng.normal(size=(60, 12)).astype(np.float32)
     g = q + rng.normal(size=q.shape).astype(np.float32)
@@ -138,7 +149,8 @@ def test_cli_json_equals_function_and_errors_are_one_line(tmp_path):
     assert json.loads(ok.stdout) == evaluate_retrieval_files(tmp_path / "q.npy",
                                                              tmp_path / "g.npy")
     assert json.loads(ok.stdout) == retrieval_metrics(q, g)
-    bad = _cli("retrieval", "--queries", tmp_path / "q.npy", "--gallery", tmp_path / "bad.npy")
+    bad = _main(capsys, "retrieval", "--queries", tmp_path / "q.npy", "--gallery",
+                tmp_path / "bad.npy")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
     assert "(60, 12)" in bad.stderr and "(60, 5)" in bad.stderr

@@ -148,7 +148,18 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_json_equals_function_and_errors_are_one_line(scores, tmp_path):
+def _main(capsys, *args):
+    """The same command in process (the error path needs no second interpreter start-up)."""
+    from types import SimpleNamespace
+
+    from avssl.eval.__main__ import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
+def test_cli_json_equals_function_and_errors_are_one_line(scores, tmp_path, capsys):
     import pandas as pd
 
     path = tmp_path / "scores.csv"
@@ -159,7 +170,7 @@ def test_cli_json_equals_function_and_errors_are_one_line(scores, tmp_path):
     assert ok.returncode == 0, ok.stderr
     result = json.loads(ok.stdout)
     assert result == evaluate_sync_file(path) and result == sync_metrics(_rows(scores))
-    err = _cli("sync", "--scores", bad)
+    err = _main(capsys, "sync", "--scores", bad)
     assert err.returncode == 2 and "Traceback" not in err.stderr
     assert err.stderr.startswith("error: ") and err.stderr.count("\n") == 1
     assert "same grid" in err.stderr and "bad.csv" in err.stderr
