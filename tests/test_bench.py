@@ -454,17 +454,21 @@ def test_helpful_errors(tmp_path):
         bench(tmp_path, task="synthetic", views="10x2", data_root=str(tmp_path))
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     proc = subprocess.run([sys.executable, "-m", "avssl.bench", "--task", "ucf10"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: unknown task 'ucf10' (did you mean: ucf101")
-    proc = subprocess.run([sys.executable, "-m", "avssl.bench", "--task", "ucf101"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "python -m avssl.data.synthetic --layout ucf101 --out DIR" in proc.stderr
-    listing = subprocess.run([sys.executable, "-m", "avssl.bench", "--list"],
-                             capture_output=True, text=True, check=True).stdout
+    # the rest in process: the same main() the command runs, without an interpreter start-up
+    from avssl.bench.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--task", "ucf101"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert "python -m avssl.data.synthetic --layout ucf101 --out DIR" in err
+    assert main(["--list"]) == 0
+    listing = capsys.readouterr().out
     from avssl.bench.tasks import TASKS
 
     for name in TASKS.names():
