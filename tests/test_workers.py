@@ -47,9 +47,19 @@ def test_a_worker_error_in_map_items_leaves_no_worker_running(no_gc):
     assert set(mp.active_children()) - before == set()
 
 
-def test_stop_workers_ends_persistent_workers_after_an_error_in_the_loop(no_gc):
+@pytest.mark.parametrize("prepared", [False, True])
+def test_stop_workers_ends_persistent_workers_after_an_error_in_the_loop(no_gc, prepared):
+    """As the bench's finetune loop uses it: on its accelerate-prepared training loader too."""
     before = set(mp.active_children())
     loader = DataLoader(_Items(), batch_size=2, num_workers=2, persistent_workers=True)
+    if prepared:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        try:
+            loader = Accelerator(cpu=True).prepare(loader)
+        finally:
+            AcceleratorState._reset_state(True)  # later tests build their own
     with pytest.raises(RuntimeError, match="the loop body failed"):
         try:
             for _ in loader:
