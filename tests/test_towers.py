@@ -18,7 +18,8 @@ def test_placeholder_shifted_audio_stays_out_of_the_audio_batchnorm_batch():
     of a batch without them, and their audio_shift embedding is zero."""
     g = torch.Generator().manual_seed(1)
     video = torch.randn(4, 3, 8, 32, 32, generator=g)
-    mel, mel_shift = torch.randn(4, 1, 64, 101, generator=g), torch.randn(4, 1, 64, 101, generator=g)
+    mel = torch.randn(4, 1, 64, 101, generator=g)
+    mel_shift = torch.randn(4, 1, 64, 101, generator=g)
     valid = torch.tensor([True, False, True, False])
     mel_shift[~valid] = 0.0  # what the dataset gives: silence
     model, ref = _towers(), _towers()
@@ -37,7 +38,8 @@ def test_placeholder_shifted_audio_stays_out_of_the_audio_batchnorm_batch():
 def test_all_valid_rows_are_one_audio_batch_as_without_the_mask():
     g = torch.Generator().manual_seed(2)
     video = torch.randn(3, 3, 8, 32, 32, generator=g)
-    mel, mel_shift = torch.randn(3, 1, 64, 101, generator=g), torch.randn(3, 1, 64, 101, generator=g)
+    mel = torch.randn(3, 1, 64, 101, generator=g)
+    mel_shift = torch.randn(3, 1, 64, 101, generator=g)
     a, b = _towers(), _towers()
     with_mask = a(video, mel, mel_shift, torch.ones(3, dtype=torch.bool))
     without = b(video, mel, mel_shift)
