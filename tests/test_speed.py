@@ -27,6 +27,14 @@ def test_cpu_keeps_fp32_eager_and_says_why():
     assert "pinned memory off (no GPU)" in line and "persistent workers on (2 worker(s))" in line
 
 
+def test_the_bench_log_says_only_finetune_keeps_its_workers():
+    """Feature extraction reads each item once; a log claiming persistent workers misleads."""
+    from avssl.bench.features import speed
+    line = speed(2).describe()
+    assert "persistent workers on (2 worker(s), finetune training only" in line
+    assert "persistent workers off (no workers)" in speed(0).describe()
+
+
 def test_bf16_gpu_gets_bf16_and_pinned_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     s = pick("cuda")

@@ -51,10 +51,13 @@ _announced = False
 
 def speed(num_workers: int = 0) -> SpeedSettings:
     """The bench's speed settings for this process's device (avssl/speed.py): bf16 autocast for
-    extraction on a bf16 GPU (fp16 or bf16 when accelerate launch asks), fp32 on CPU; pinned memory only for a GPU. The first call that
-    starts work prints them (stderr, main process), so a log says what the numbers ran with."""
+    extraction on a bf16 GPU (fp16 or bf16 when accelerate launch asks), fp32 on CPU; pinned
+    memory only for a GPU. The first call that starts work prints them (stderr, main process),
+    so a log says what the numbers ran with."""
     global _announced
     settings = pick(state().device, num_workers=num_workers)
+    if settings.persistent_workers:  # only finetune's training loader keeps its workers
+        settings.why["persistent_workers"] += ", finetune training only: extraction reads once"
     apply_threads(settings)
     if not _announced and state().is_main_process:
         print(settings.describe(), file=sys.stderr)
