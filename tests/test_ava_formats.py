@@ -109,6 +109,18 @@ def test_read_labelmap_both_styles(tmp_path):
         [1, 2, 3], ["bend/bow (at the waist)", "crawl", "crouch/kneel"])
 
 
+def test_read_labelmap_skips_commented_out_classes(tmp_path):
+    """'#' starts a protobuf-text comment: a class commented out of the map is not a class (it
+    would otherwise count, with AP 0, in the mean), and '#' inside a quoted name is text."""
+    text = ('# AVA v2.2, edited\nitem { name: "a #1" id: 1 }  # kept\n'
+            '# item {\n#   name: "dropped"\n#   id: 2\n# }\n'
+            'item {\n  name: "b"\n  # id: 9\n  id: 3\n}\nitem { name: "c" }\n')
+    with pytest.raises(DataError, match=r"b\.pbtxt:12: expected"):  # line numbers kept
+        read_labelmap(write(tmp_path / "b.pbtxt", text))
+    assert read_labelmap(write(tmp_path / "b.pbtxt", text.rsplit("item", 1)[0])) == (
+        [1, 3], ["a #1", "b"])
+
+
 @pytest.mark.parametrize("text, why", [
     ('item {\n  name: "a"\n  id: 1\n}\nitem {\n  name: "b"\n}\n', r"b\.pbtxt:5: expected"),
     ('item { name: "a" id: 1 }\nitem { name: "b" id: 1 }\n', r"b\.pbtxt:2: class ids must be"),

@@ -171,9 +171,11 @@ def test_thumos14_text_liberalities(tmp_path):
     (folder / "Diving_test.txt").write_text("video_test_0000009  1.0 2.0\nvideo_test_0000009 1.0\n")
     with pytest.raises(DataError, match=r"Diving_test\.txt:2:"):
         read_thumos14_annotations(folder, "test")
-    (folder / "Diving_test.txt").write_text("video_test_0000009  1.0 two\n")
-    with pytest.raises(DataError, match=r"Diving_test\.txt:1:"):
-        read_thumos14_annotations(folder, "test")
+    for bad in ("1.0 two", "nan 5.0", "1.0 inf"):  # float() reads nan/inf; no segment is
+        # endless, and an unmatchable one would only lower AP
+        (folder / "Diving_test.txt").write_text(f"video_test_0000009  {bad}\n")
+        with pytest.raises(DataError, match=r"Diving_test\.txt:1:"):
+            read_thumos14_annotations(folder, "test")
     with pytest.raises(ConfigError, match="subset"):
         read_thumos14_annotations(folder, "train")
 
@@ -194,6 +196,12 @@ def test_missing_annotations_say_how_to_fix(tmp_path):
     (tmp_path / "bad.json").write_text('{"version": "VERSION 1.3"}')
     with pytest.raises(DataError, match="database"):
         read_activitynet(tmp_path / "bad.json")
+    for bad in ("NaN", "Infinity"):  # what Python's json writes for non-finite floats
+        (tmp_path / "bad.json").write_text(
+            '{"database": {"v1": {"subset": "validation", "duration": 9.0, "annotations": '
+            f'[{{"segment": [1.0, {bad}], "label": "Diving"}}]}}}}}}')
+        with pytest.raises(DataError, match="malformed database entry 'v1'"):
+            read_activitynet(tmp_path / "bad.json")
 
 
 def test_listed_video_without_file_is_counted_missing(trees, tmp_path):

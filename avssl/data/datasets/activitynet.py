@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ def read_activitynet(path: str | os.PathLike, subset: str = "validation") -> dic
                 durations[vid] = float(entry["duration"])
             for a, label in zip(anns, labels):
                 start, end = (float(x) for x in a["segment"])
+                if not (math.isfinite(start) and math.isfinite(end)):
+                    raise ValueError  # json reads NaN / Infinity: never a real segment
                 segments.append({"video": vid, "start": start, "end": end, "label": label})
         except (AttributeError, KeyError, TypeError, ValueError):
             raise DataError(f"{path}: malformed database entry {vid!r}; expected {{\"subset\", "

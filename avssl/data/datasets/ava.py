@@ -176,6 +176,7 @@ def read_exclusions(path: str | os.PathLike) -> set[tuple[str, int]]:
 _BLOCK = re.compile(r"\b(item|label)\s*\{([^{}]*)\}", re.S)
 _NAME = re.compile(r"\bname\s*:\s*\"([^\"]*)\"")
 _ID = re.compile(r"\b(?:label_id|id)\s*:\s*(-?\d+)")
+_COMMENT = re.compile(r'("[^"\n]*")|#[^\n]*')  # a quoted string is kept whole, '#' inside too
 
 
 def read_labelmap(path: str | os.PathLike) -> tuple[list[int], list[str]]:
@@ -187,6 +188,10 @@ def read_labelmap(path: str | os.PathLike) -> tuple[list[int], list[str]]:
     """
     p = _check_file(path, "AVA label map")
     text = p.read_text(encoding="utf-8-sig", errors="replace")
+    # protobuf text format: '#' starts a comment (outside quoted names), and commenting a class
+    # out is how people drop it; its block must not become a class. Blanked, not deleted, so the
+    # line numbers in errors stay those of the file.
+    text = _COMMENT.sub(lambda m: m.group(1) or " " * len(m.group(0)), text)
     ids: list[int] = []
     names: list[str] = []
     for m in _BLOCK.finditer(text):

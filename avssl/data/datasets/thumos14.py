@@ -23,6 +23,7 @@ and ActionFormer's ``thumos14.json`` do).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ def _read_segments(path: Path) -> list[tuple[str, float, float]]:
                 if len(parts) != 3:
                     raise ValueError
                 start, end = float(parts[1]), float(parts[2])
+                if not (math.isfinite(start) and math.isfinite(end)):
+                    raise ValueError  # float() reads 'nan' / 'inf': never a real segment
             except ValueError:
                 raise DataError(f"{path}:{lineno}: expected 'video_name  start end' (seconds), "
                                 f"got {line.strip()!r}") from None
