@@ -195,6 +195,34 @@ def test_audio_subset_keeps_undecodable_files_for_evaluation_to_report(ucf, trut
     assert ds.num_listed == ds.num_used + 1
     assert Path(victim).name not in {Path(r.path).name for r in ds.records}
 
+    # the user repairs the file (a half-finished copy, say): the probe cache sees the change
+    shutil.copyfile(ucf / "UCF-101" / victim, root / "UCF-101" / victim)
+    ds = ucf101(root, split=1, train=False, audio_subset=True, **KW)
+    assert ds.num_listed == ds.num_used and Path(victim).name in {
+        Path(r.path).name for r in ds.records}
+
+
+def test_audio_subset_keeps_a_class_whose_videos_all_fail(ucf, truth, tmp_path, monkeypatch):
+    """With every file of a sound class broken nothing says the class has sound; dropping it
+    made its videos vanish from the count (evaluation ran on one class fewer, silently)."""
+    import shutil
+
+    from avssl.errors import DataError
+
+    monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ucf"
+    shutil.copytree(ucf, root)
+    good = ucf101(root, split=1, train=False, audio_subset=True, **KW)
+    victim = good.class_names[-1]
+    for f in (root / "UCF-101" / victim).iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(DataError, match=f"{victim}.*not decodable"):
+        ucf101(root, split=1, train=False, audio_subset=True, **KW)
+    ds = ucf101(root, split=1, train=False, audio_subset=True, skip_bad=True, **KW)
+    assert ds.class_names == good.class_names
+    assert ds.num_listed == good.num_listed == ds.num_used + good.labels.count(
+        len(good.class_names) - 1)
+
 
 def test_audio_subset_keeps_the_first_timestamp_and_the_audio_end(tmp_path):
     """ucf101-av records carried only duration and fps from the probe table: a video cut with

@@ -15,14 +15,16 @@ frame rates are handled by sampling in seconds.
 
 ``ucf101-av`` (``audio_subset=True``): no official list of the videos with sound exists, so the
 files are probed once (:func:`avssl.data.manifest.scan`, cached on disk under
-``$AVSSL_CACHE/manifests/`` or ``~/.cache/avssl/manifests/``). A class is kept when at least half
-of its decodable videos have an audio stream (51 classes on the real data), labels are remapped to
-``0..K-1`` in classInd order, and videos without audio are dropped. The AV literature (AV-SUPERB)
+``$AVSSL_CACHE/manifests/`` or ``~/.cache/avssl/manifests/``; a file whose size or mtime changed
+is probed again). A class is kept when at least half of its decodable videos have an audio stream
+(51 classes on the real data), labels are remapped to ``0..K-1`` in classInd order, and videos
+without audio are dropped. The AV literature (AV-SUPERB)
 uses split 1 of this subset; the video SSL literature uses all 101 classes, 3 splits averaged.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -93,26 +95,59 @@ def _manifest_cache(root: Path) -> Path:
     return cache_dir("manifests") / f"ucf101_{key}.csv"
 
 
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def _probe_all(videos: Path, listed: set[str], workers: int, progress: bool) -> dict[str, Any]:
     """Manifest rows by relative path, read from the on-disk cache or scanned once.
 
     The cache is a probe table, not a manifest to load videos from: its paths stay relative to
-    ``videos`` (the lookup key here), not to the cache file's folder as in a user's manifest."""
-    from avssl.data.manifest import read_manifest, scan, write_manifest
+    ``videos`` (the lookup key here), not to the cache file's folder as in a user's manifest.
+    A sidecar ``.stat.json`` keeps each file's (size, mtime) at probe time, so a file added,
+    replaced or repaired since (a half-copied video probes as undecodable) is probed again and a
+    deleted one leaves the table; the first use probes the whole tree (every split at once)."""
+    from avssl.data.manifest import _frame, read_manifest, scan, write_manifest
 
     cache = _manifest_cache(videos)
-    df = None
+    stats_file = cache.with_suffix(".stat.json")
+    rows: dict[str, dict] = {}
+    stats: dict[str, list[int]] = {}
     if cache.is_file():
-        df = read_manifest(cache)
-        present = {rel for rel in listed if (videos / rel).is_file()}
-        if not present <= set(df["path"]):  # the tree changed since the cache was written
-            df = None
-    if df is None:
+        rows = {row["path"]: row for row in read_manifest(cache).to_dict("records")}
+        try:
+            stats = json.loads(stats_file.read_text())
+        except (OSError, ValueError):  # a cache written before the sidecar: probe again
+            stats = {}
+    now = {rel: _stat(videos / rel) for rel in set(rows) | listed}
+    stale = sorted(rel for rel, st in now.items()
+                   if st is not None and (rel not in rows or stats.get(rel) != st))
+    gone = [rel for rel in rows if now[rel] is None]
+    if rows and not stale and not gone:
+        return rows
+    if not rows:
         log.info("ucf101-av: probing %s for audio streams (cached in %s)", videos, cache)
         df = scan(videos, workers=workers, progress=progress)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_manifest(df, cache)
-    return {row["path"]: row for row in df.to_dict("records")}
+        now = {rel: _stat(videos / rel) for rel in df["path"]}
+    else:
+        log.info("ucf101-av: probing %d new or changed files of %s (cache %s)", len(stale),
+                 videos, cache)
+        for rel in gone:
+            del rows[rel]
+        if stale:
+            rows.update((r["path"], r) for r in scan(
+                videos, paths=stale, workers=workers, progress=progress).to_dict("records"))
+        df = _frame(list(rows.values()))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(df, cache)
+    tmp = stats_file.with_name(stats_file.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({rel: st for rel, st in now.items() if st is not None}))
+    os.replace(tmp, stats_file)
+    return {row["path"]: row for row in read_manifest(cache).to_dict("records")}
 
 
 def ucf101(
@@ -163,7 +198,11 @@ def ucf101(
 
 def _audio_subset(classes: list[str], rows: dict[str, Any], records: list[VideoRecord],
                   videos: Path) -> tuple[list[str], list[VideoRecord]]:
-    """Keep classes whose videos have sound, remap labels, drop silent videos."""
+    """Keep classes whose videos have sound, remap labels, drop silent videos.
+
+    A listed class none of whose files decodes (or exists) is kept with a warning: whether it
+    has sound is unknown, and dropping it would make its broken videos vanish from the count
+    instead of stopping evaluation on them (or being counted as unused with ``skip_bad``)."""
     folded = {c.lower(): i for i, c in enumerate(classes)}
     with_audio = [0] * len(classes)
     decodable = [0] * len(classes)
@@ -172,7 +211,17 @@ def _audio_subset(classes: list[str], rows: dict[str, Any], records: list[VideoR
         if label is not None and row["decodable"]:
             decodable[label] += 1
             with_audio[label] += bool(row["has_audio"])
-    keep = [i for i in range(len(classes)) if decodable[i] and with_audio[i] * 2 >= decodable[i]]
+    listed = {rec.label for rec in records}
+    unknown = [i for i in sorted(listed) if not decodable[i]]
+    if unknown:
+        log.warning("ucf101-av: no video of class%s %s decodes, so whether %s sound is unknown; "
+                    "kept, so that %s videos are reported", "es" if len(unknown) > 1 else "",
+                    ", ".join(classes[i] for i in unknown[:5]) + (", ..." if len(unknown) > 5
+                                                                   else ""),
+                    "they have" if len(unknown) > 1 else "it has",
+                    "their" if len(unknown) > 1 else "its")
+    keep = [i for i in range(len(classes))
+            if (decodable[i] and with_audio[i] * 2 >= decodable[i]) or i in unknown]
     remap = {old: new for new, old in enumerate(keep)}
     out = []
     for rec in records:
