@@ -348,16 +348,23 @@ def test_kinetics_quoted_labels_missing_rows_and_test(kin, tmp_path):
         os.symlink(root / d, copy / d)
     (copy / "val.csv").write_text((root / "validate.csv").read_text())
     rows = (root / "train.csv").read_text()
-    damaged = '"zumba",1.23E+05,12,22,train\n"zumba",-abc,1,11,train\n'
+    damaged = ('"zumba",1.23E+05,12,22,train\n"zumba",-abc,1,11,train\n'
+               '"zumba",abcdefghijk,inf,11,train\n')  # int(float("inf")) raised OverflowError
     (copy / "train.csv").write_text(rows + damaged)
     damaged_train = kinetics(copy, "train", **KW)
-    assert damaged_train.invalid_rows == 2
-    assert damaged_train.num_listed == train.num_listed + 2  # dropped rows are listed videos
+    assert damaged_train.invalid_rows == 3
+    assert damaged_train.num_listed == train.num_listed + 3  # dropped rows are listed videos
+    assert damaged_train.report().endswith(", 3 invalid rows)")  # the count adds up
     assert kinetics(copy, "validate", **KW).video_ids == val.video_ids
     # a val row whose label train.csv never names is dropped, and counted as listed
     (copy / "val.csv").write_text((root / "validate.csv").read_text() + "skydiving,abcdefghijk,1,11,val\n")
     odd = kinetics(copy, "val", **KW)
     assert (odd.invalid_rows, odd.num_listed) == (1, val.num_listed + 1)
+    # ... and when every row is dropped, the error counts them instead of "0 listed videos"
+    (copy / "val.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                  "skydiving,abcdefghijk,1,11,val\n")
+    with pytest.raises(DataError, match=r"none of the 1 listed videos .*1 invalid rows"):
+        kinetics(copy, "val", **KW)
     # the real files' form: multi-word labels quoted, no label column in test.csv
     assert any(line.startswith('"') and " " in line.split(",")[0]
                for line in (root / "train.csv").read_text().splitlines())
@@ -402,12 +409,18 @@ def test_vggsound_labels_with_commas(tmp_path_factory):
     assert ds[0]["label"] == ds.records[0].label
     # a spreadsheet-damaged id is dropped and still counted as a listed video
     text = (root / "vggsound.csv").read_text()
-    (root / "vggsound.csv").write_text(text + "1.23E+05,12,dog barking,test\n")
+    # (and so is a row with an infinite time, and a truncated row without a split, which
+    # belongs to neither list and counts in both)
+    (root / "vggsound.csv").write_text(text + "1.23E+05,12,dog barking,test\n"
+                                       "abcdefghijk,inf,dog barking,test\n"
+                                       "abcdefghijk,12,dog barking\n")
     try:
         damaged = vggsound(root, "test", **KW)
+        train = vggsound(root, "train", **KW)
     finally:
         (root / "vggsound.csv").write_text(text)
-    assert (damaged.invalid_rows, damaged.num_listed) == (1, ds.num_listed + 1)
+    assert (damaged.invalid_rows, damaged.num_listed) == (3, ds.num_listed + 3)
+    assert train.invalid_rows == 1 and train.num_used == train.num_listed - 1
 
 
 def test_audioset_multi_hot_labels(tmp_path_factory):
@@ -425,6 +438,16 @@ def test_audioset_multi_hot_labels(tmp_path_factory):
     assert s["label"].dtype == torch.float32 and torch.equal(s["label"], hot)
     ev = audioset(root, "eval", **KW)
     assert ev.mode == "eval" and not set(ev.video_ids) & set(ds.video_ids)
+    segments = root / "eval_segments.csv"
+    rows = segments.read_text()
+    mid = (root / "class_labels_indices.csv").read_text().splitlines()[1].split(",")[1]
+    segments.write_text(rows + "".join(f'abcdefghijk, {t}, "{mid}"\n'
+                                       for t in ("nan, 10.000", "0.000, inf")))
+    try:  # non-finite times are invalid rows (nan and inf crashed the int() of the file name)
+        damaged = audioset(root, "eval", **KW)
+    finally:
+        segments.write_text(rows)
+    assert (damaged.invalid_rows, damaged.num_listed) == (2, ev.num_listed + 2)
     classes = root / "class_labels_indices.csv"
     text = classes.read_text()
     lines = text.splitlines()

@@ -17,6 +17,7 @@ missing clips are reported as found vs listed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ def audioset(
             start, end = float(row.start), float(row.end)
         except ValueError:
             start = end = None
-        if start is None or not YOUTUBE_ID.match(ytid) or not labels:
+        if (start is None or not (math.isfinite(start) and math.isfinite(end))
+                or not YOUTUBE_ID.match(ytid) or not labels):
             invalid += 1
             continue
         names_tried = _candidates(ytid, start, end)
@@ -110,8 +112,6 @@ def audioset(
     if invalid:
         log.warning("audioset %s: dropped %d rows with a malformed id or time or no known label",
                     split, invalid)
-    ds = ClipDataset(records, mode=default_mode(mode, split != "eval"), class_names=names,
-                     name=f"audioset-{split}", **kw)
-    ds.invalid_rows = invalid
-    ds.num_listed += invalid  # dropped rows are listed videos too (found vs listed)
-    return ds
+    # dropped rows are listed videos too (found vs listed)
+    return ClipDataset(records, mode=default_mode(mode, split != "eval"), class_names=names,
+                       name=f"audioset-{split}", invalid_rows=invalid, **kw)

@@ -39,8 +39,9 @@ Failure behaviour (DESIGN.md): missing files are dropped at construction and rep
 quarantine (persisted; skipped on later epochs and runs) and replaced by another index drawn from
 the item's rng, at most ``max_retries`` times. In eval mode it raises :class:`DataError` naming the
 file, unless ``skip_bad=True``: then every file is probed up front (or its manifest row is used)
-and bad ones are dropped; ``num_listed``, ``num_used``, ``missing`` and ``bad`` report what was
-used. Decoders are opened only inside ``__getitem__`` (i.e. in DataLoader workers).
+and bad ones are dropped; ``num_listed``, ``num_used``, ``missing``, ``bad`` and
+``invalid_rows`` (rows of the source list a loader could not turn into a record: a damaged id or
+time, an unknown label; listed videos too) report what was used. Decoders are opened only inside ``__getitem__`` (i.e. in DataLoader workers).
 """
 from __future__ import annotations
 
@@ -159,6 +160,7 @@ class ClipDataset(Dataset):
         progress: bool = True,
         name: str = "dataset",
         audio_shift: tuple[float, float] | None = None,
+        invalid_rows: int = 0,
     ):
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -205,16 +207,18 @@ class ClipDataset(Dataset):
         # Private copies: probing below fills ``extra`` and must not touch the caller's records.
         records = [dataclasses.replace(r, path=os.path.abspath(r.path), extra=dict(r.extra))
                    for r in records]
-        self.num_listed = len(records)
+        self.invalid_rows = int(invalid_rows)
+        self.num_listed = len(records) + self.invalid_rows
         self.missing: list[str] = [r.path for r in records if not os.path.isfile(r.path)]
         self.bad: list[tuple[str, str]] = []
         if self.missing:
             records = [r for r in records if os.path.isfile(r.path)]
             shown = ", ".join(self.missing[:3]) + (", ..." if len(self.missing) > 3 else "")
             log.warning("%s: found %d of %d listed videos (missing: %s)",
-                        name, len(records), self.num_listed, shown)
+                        name, len(records), self.num_listed - self.invalid_rows, shown)
         else:
-            log.info("%s: found %d of %d listed videos", name, len(records), self.num_listed)
+            log.info("%s: found %d of %d listed videos", name, len(records),
+                     self.num_listed - self.invalid_rows)
         if mode == "train" and self.quarantine is not None:
             quarantined = self.quarantine.paths()  # absolute paths, like ours
             kept = [r for r in records if r.path not in quarantined]
@@ -246,7 +250,7 @@ class ClipDataset(Dataset):
         if not records:
             raise DataError(
                 f"{name}: none of the {self.num_listed} listed videos is usable "
-                f"({len(self.missing)} missing, {len(self.bad)} undecodable); check the data root"
+                f"({self._why_unused()}); check the data root"
             )
         self.records = records
         # path -> (duration_s, fps, has_audio, start_s, audio_end_s), per process
@@ -287,7 +291,11 @@ class ClipDataset(Dataset):
     def report(self) -> str:
         """One line for logs and leaderboard rows: videos used vs listed and why not."""
         return (f"{self.name}: using {self.num_used} of {self.num_listed} listed videos "
-                f"({len(self.missing)} missing, {len(self.bad)} undecodable)")
+                f"({self._why_unused()})")
+
+    def _why_unused(self) -> str:
+        invalid = f", {self.invalid_rows} invalid rows" if self.invalid_rows else ""
+        return f"{len(self.missing)} missing, {len(self.bad)} undecodable{invalid}"
 
     @property
     def labels(self) -> list[Any]:

@@ -98,7 +98,7 @@ def kinetics(
         ytid = row.youtube_id.strip()
         try:
             stem = clip_name(ytid, row.time_start, row.time_end)
-        except ValueError:
+        except (ValueError, OverflowError):  # int(float("inf")) overflows
             stem = None
         if stem is None or not YOUTUBE_ID.match(ytid):
             invalid += 1
@@ -115,9 +115,6 @@ def kinetics(
         log.warning("kinetics %s: dropped %d rows with a malformed YouTube id or time and %d "
                     "with a label missing from train.csv (of %d rows in %s)",
                     split, invalid, unknown, len(df), csv.name)
-    ds = ClipDataset(records, mode=default_mode(mode, split == "train"), class_names=classes,
-                     name=f"kinetics-{split}", **kw)
     # dropped rows are listed videos too: "used N of M listed" must count them (DATASETS.md)
-    ds.invalid_rows = invalid + unknown
-    ds.num_listed += invalid + unknown
-    return ds
+    return ClipDataset(records, mode=default_mode(mode, split == "train"), class_names=classes,
+                       name=f"kinetics-{split}", invalid_rows=invalid + unknown, **kw)

@@ -54,12 +54,15 @@ def vggsound(
     lookup = {c: i for i, c in enumerate(classes)}
 
     files = index_video_files(root)
-    records, invalid = [], 0
-    for row in df[df["split"].str.strip() == split].itertuples(index=False):
+    # a row without a train/test split (a truncated line) belongs to neither list: counted as an
+    # invalid row of both, so that it cannot vanish from "used N of M listed"
+    splits = df["split"].fillna("").str.strip()
+    records, invalid = [], int((~splits.isin(["train", "test"])).sum())
+    for row in df[splits == split].itertuples(index=False):
         ytid = row.ytid.strip()
         try:
             stem = f"{ytid}_{int(float(row.start)):06d}"
-        except ValueError:
+        except (ValueError, OverflowError):  # int(float("inf")) overflows
             stem = None
         if stem is None or not YOUTUBE_ID.match(ytid) or row.label not in lookup:
             invalid += 1
@@ -67,10 +70,8 @@ def vggsound(
         path = files.get(stem) or str(root / "video" / f"{stem}.mp4")
         records.append(VideoRecord(path, stem, lookup[row.label], {"youtube_id": ytid}))
     if invalid:
-        log.warning("vggsound %s: dropped %d rows with a malformed id, time or label",
+        log.warning("vggsound %s: dropped %d rows with a malformed id, time, label or split",
                     split, invalid)
-    ds = ClipDataset(records, mode=default_mode(mode, split == "train"), class_names=classes,
-                     name=f"vggsound-{split}", **kw)
-    ds.invalid_rows = invalid
-    ds.num_listed += invalid  # dropped rows are listed videos too (found vs listed)
-    return ds
+    # dropped rows are listed videos too (found vs listed)
+    return ClipDataset(records, mode=default_mode(mode, split == "train"), class_names=classes,
+                       name=f"vggsound-{split}", invalid_rows=invalid, **kw)
