@@ -107,10 +107,16 @@ def test_train_substitutes_bad_files_and_quarantines_them(tree, tmp_path, caplog
             assert early[i]["video_index"] != i
     assert not bad_paths & set(opened)
     assert "truncated.mp4" in caplog.text and "zero.mp4" in caplog.text
-    # A new dataset object (a later run) skips the quarantined files up front.
+    # A new dataset object (a later run, or a resumed one) substitutes the quarantined files
+    # without opening them, and keeps them in its index: the same items as the first object
+    # (a resumed run dropping them trained on other samples than the straight run).
+    opened.clear()
     again = folder_dataset(tree, mode="train", quarantine=str(qfile), **KW)
-    assert again.num_used == len(GOOD)
-    assert not bad_paths & {r.path for r in again.records}
+    assert (again.num_used, again.num_quarantined) == (len(GOOD) + len(BAD), len(BAD))
+    assert again.report().endswith(f", {len(BAD)} quarantined)")
+    for i in range(len(again)):
+        assert torch.equal(again[i]["video"], samples[i]["video"])
+    assert not bad_paths & set(opened)
 
 
 def test_train_substitution_is_bounded(tree, tmp_path):

@@ -36,7 +36,8 @@ flips are reproducible too.
 
 Failure behaviour (DESIGN.md): missing files are dropped at construction and reported
 (``found N of M listed videos``). A file that fails to decode in train mode is logged, added to the
-quarantine (persisted; skipped on later epochs and runs) and replaced by another index drawn from
+quarantine (persisted; skipped unopened on later epochs and runs, which keep it in the index so
+that the data order never depends on the quarantine) and replaced by another index drawn from
 the item's rng, at most ``max_retries`` times. In eval mode it raises :class:`DataError` naming the
 file, unless ``skip_bad=True``: then every file is probed up front (or its manifest row is used)
 and bad ones are dropped; ``num_listed``, ``num_used``, ``missing``, ``bad`` and
@@ -219,13 +220,17 @@ class ClipDataset(Dataset):
         else:
             log.info("%s: found %d of %d listed videos", name, len(records),
                      self.num_listed - self.invalid_rows)
+        self.num_quarantined = 0
         if mode == "train" and self.quarantine is not None:
+            # Quarantined files stay in the index and are substituted, unopened, when drawn:
+            # dropping them here made the data order depend on the quarantine, so a resumed run
+            # (whose quarantine file survives) trained on other samples than the straight run.
             quarantined = self.quarantine.paths()  # absolute paths, like ours
-            kept = [r for r in records if r.path not in quarantined]
-            if len(kept) < len(records):
-                log.warning("%s: skipping %d quarantined videos listed in %s",
-                            name, len(records) - len(kept), self.quarantine.path)
-            records = kept
+            self.num_quarantined = sum(r.path in quarantined for r in records)
+            if self.num_quarantined:
+                log.warning("%s: %d listed videos are quarantined in %s; each is replaced by "
+                            "another video when drawn", name, self.num_quarantined,
+                            self.quarantine.path)
         known_bad = [r for r in records if r.extra.get("decodable") is False]  # from a manifest
         if known_bad:
             first = known_bad[0]
@@ -295,7 +300,8 @@ class ClipDataset(Dataset):
 
     def _why_unused(self) -> str:
         invalid = f", {self.invalid_rows} invalid rows" if self.invalid_rows else ""
-        return f"{len(self.missing)} missing, {len(self.bad)} undecodable{invalid}"
+        held = f", {self.num_quarantined} quarantined" if self.num_quarantined else ""
+        return f"{len(self.missing)} missing, {len(self.bad)} undecodable{invalid}{held}"
 
     @property
     def labels(self) -> list[Any]:
