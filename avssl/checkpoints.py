@@ -11,7 +11,9 @@ A checkpoint is a folder::
 
 It is written into a hidden temporary folder and renamed into place, so a folder with the final
 name is always complete; a kill mid-write leaves only a ``.tmp-*`` folder that nothing loads.
-``<run root>/latest`` is a relative symlink to the newest complete checkpoint, replaced atomically.
+``<run root>/latest`` is a relative symlink to the newest complete checkpoint, replaced atomically;
+on a filesystem without symlinks (exFAT, some SMB mounts) it is a one-line text file holding that
+relative path instead, which :func:`resolve` follows the same way.
 
 Loading reads only JSON and safetensors, so a stranger's checkpoint never executes code.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +36,8 @@ from torch import nn
 
 from avssl.encoders.layers import non_float_for_float
 from avssl.errors import AvsslError, DataError
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -110,16 +115,45 @@ def save_checkpoint(path: str | os.PathLike, components: dict[str, nn.Module], *
 
 def update_latest(run_root: str | os.PathLike, ckpt: str | os.PathLike,
                   name: str = "latest") -> Path:
-    """Point ``run_root/<name>`` at ``ckpt`` (relative symlink, replaced atomically)."""
+    """Point ``run_root/<name>`` at ``ckpt`` (relative symlink, replaced atomically; a pointer
+    file where symlinks cannot be made).
+
+    A ``latest`` that is a real folder - a copy of the runs tree that followed links (``cp -rL``,
+    ``rsync -L``, an object-store sync) - is kept, renamed ``latest.copy-<step>``, since
+    ``os.replace`` cannot put a link over a folder."""
     run_root = Path(run_root)
     link = run_root / name
     target = os.path.relpath(Path(ckpt).resolve(), run_root.resolve())
     tmp = run_root / f".{name}.tmp-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
-    os.symlink(target, tmp)
+    try:
+        os.symlink(target, tmp)
+    except OSError:  # no symlinks here: the same relative path, in a file
+        tmp.write_text(Path(target).as_posix() + "\n", encoding="utf-8")
+    if link.is_dir() and not link.is_symlink():
+        step = _json_object(link / "meta.json").get("step", "unknown") if (
+            link / "meta.json").is_file() else "unknown"
+        aside = run_root / f"{name}.copy-{step}"
+        if aside.exists():  # (an empty folder that os.replace may overwrite)
+            aside = Path(tempfile.mkdtemp(dir=run_root, prefix=f"{name}.copy-{step}-"))
+        os.replace(link, aside)
+        log.warning("%s was a folder (a copy that followed links?), not a link; kept as %s",
+                    link, aside.name)
     os.replace(tmp, link)
     return link
+
+
+def _pointer(p: Path) -> Path:
+    """The checkpoint a ``latest`` pointer file names (relative to the file's folder)."""
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        text = ""
+    if not text or "\n" in text or len(text) > 4096:
+        raise AvsslError(f"{p} is neither a checkpoint folder nor a link or pointer file to one; "
+                         f"pass runs/<recipe>/<run>/step_N")
+    return p.parent / text
 
 
 def newest_step(run_dir: str | os.PathLike) -> Path | None:
@@ -139,6 +173,8 @@ def resolve(path: str | os.PathLike) -> Path:
             p = p / "latest"
         elif (step := newest_step(p)) is not None:
             p = step
+    if p.is_file() and p.stat().st_size < 4096:  # a ``latest`` pointer file (no symlinks)
+        p = _pointer(p)
     p = p.resolve()
     if not p.exists():
         raise AvsslError(f"checkpoint {path} does not exist; pass a checkpoint folder written by "

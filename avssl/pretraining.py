@@ -333,12 +333,30 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
             raise AvsslError(f"--run.resume: no {recipe_dir / 'latest'} to continue; start a run "
                              f"first, or name the run to continue with --run.name")
         ckpt = checkpoints.resolve(recipe_dir / "latest")
-        if ckpt.parent.parent == recipe_dir.resolve():  # keep the path in --run.out's form
-            ckpt = recipe_dir / ckpt.parent.name / ckpt.name  # (relative stays relative)
+        if ckpt.parent.parent == recipe_dir.resolve() and ckpt.name.startswith("step_"):
+            ckpt = recipe_dir / ckpt.parent.name / ckpt.name  # --run.out's form (relative stays)
+        else:  # `latest` is a folder: a copy of the runs tree that followed links (cp -rL)
+            ckpt = _copied_latest(recipe_dir, ckpt)
     if config is not None and (ckpt.parent / "config.json").is_file():
         _check_same_run(ckpt.parent, config)
     step = json.loads((ckpt / "meta.json").read_text())["step"]
     return ckpt.parent, ckpt, step
+
+
+def _copied_latest(recipe_dir: Path, copy: Path) -> Path:
+    """The run checkpoint a copied ``latest`` folder duplicates, found by the run name and step
+    it records: resuming "in" the copy made the recipe folder the run folder."""
+    try:
+        name = json.loads((copy / "config.json").read_text())["run"]["name"]
+        step = int(json.loads((copy / "meta.json").read_text())["step"])
+        ckpt = recipe_dir / str(name) / f"step_{step:07d}"
+    except (OSError, ValueError, KeyError, TypeError):
+        ckpt = None
+    if ckpt is None or not (ckpt / checkpoints.WEIGHTS).is_file():
+        raise AvsslError(f"--run.resume: {recipe_dir / 'latest'} is a folder, not a link to a "
+                         f"run's checkpoint (a copy that followed links?), and the run it came "
+                         f"from is not there ({ckpt}); name the run to continue with --run.name")
+    return ckpt
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

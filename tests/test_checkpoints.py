@@ -81,6 +81,54 @@ def test_latest_link_and_resolution(tmp_path):
     assert file_sha256(tmp_path / "latest") == file_sha256(b / "model.safetensors")
 
 
+def test_latest_is_a_pointer_file_where_symlinks_cannot_be_made(tmp_path, monkeypatch):
+    """exFAT, some SMB mounts: os.symlink fails, and every checkpoint save used to crash after
+    writing its step folder."""
+    import avssl.checkpoints as ckmod
+
+    def no_symlinks(*a, **k):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(ckmod.os, "symlink", no_symlinks)
+    run = tmp_path / "pretrain_sync"
+    a = save_checkpoint(run / "r" / "step_1", _modules(), config={}, step=1)
+    b = save_checkpoint(run / "r" / "step_2", _modules(), config={}, step=2)
+    update_latest(run, a)
+    update_latest(run, b)
+    assert (run / "latest").read_text() == "r/step_2\n" and not (run / "latest").is_symlink()
+    assert resolve(run / "latest") == b.resolve() == resolve(run)
+    assert load_checkpoint(run / "latest").meta["step"] == 2
+    assert sorted(p.name for p in run.iterdir()) == ["latest", "r"]  # no temporary left
+    (run / "latest").write_text("not\na pointer\n")
+    with pytest.raises(AvsslError, match="neither a checkpoint folder nor a link or pointer"):
+        resolve(run / "latest")
+
+
+def test_a_copied_latest_folder_is_kept_aside_and_resume_finds_the_run(tmp_path):
+    """`cp -rL runs copy` turns the latest link into a folder: resume took the recipe folder
+    for the run folder (writing step folders beside the runs, skipping the changed-settings
+    check), and the next save crashed with IsADirectoryError."""
+    import shutil
+
+    from avssl.pretraining import run_location
+
+    run = tmp_path / "pretrain_sync" / "r"
+    ck = save_checkpoint(run / "step_0000002", _modules(), config={"run": {"name": "r"}}, step=2)
+    shutil.copytree(ck, tmp_path / "pretrain_sync" / "latest")  # what cp -rL leaves
+    run_dir, resume_from, step = run_location(str(tmp_path), "pretrain_sync", None, True)
+    assert (run_dir, resume_from, step) == (run, ck, 2)
+    ck3 = save_checkpoint(run / "step_0000003", _modules(), config={"run": {"name": "r"}}, step=3)
+    update_latest(tmp_path / "pretrain_sync", ck3)
+    assert os.readlink(tmp_path / "pretrain_sync" / "latest") == "r/step_0000003"
+    kept = tmp_path / "pretrain_sync" / "latest.copy-2"
+    assert load_checkpoint(kept).meta["step"] == 2  # the copy is not lost
+    shutil.rmtree(run)
+    (tmp_path / "pretrain_sync" / "latest").unlink()
+    shutil.copytree(kept, tmp_path / "pretrain_sync" / "latest")
+    with pytest.raises(AvsslError, match="is a folder, not a link .* --run.name"):
+        run_location(str(tmp_path), "pretrain_sync", None, True)
+
+
 def test_a_run_folder_resolves_to_its_newest_complete_step(tmp_path):
     """runs/<recipe>/<run> holds step folders but no `latest` (that link is one level up): it
     used to be refused as 'not an avssl checkpoint'."""
