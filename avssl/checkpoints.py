@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from avssl.encoders.layers import non_float_for_float
-from avssl.errors import AvsslError, DataError
+from avssl.errors import AvsslError, ConfigError, DataError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,12 @@ def _json_object(path: Path) -> dict:
 def load_encoder(path: str | os.PathLike, component: str = "video") -> nn.Module:
     """Rebuild a registered encoder saved as ``component`` and load its weights (strict)."""
     ckpt = load_checkpoint(path)
-    spec = ckpt.meta.get("components", {}).get(component)
-    if not spec or "encoder" not in spec:
+    components = ckpt.meta.get("components", {})
+    if not isinstance(components, dict):
+        raise DataError(f"{ckpt.path / 'meta.json'}: components must be a JSON object, got "
+                        f"{type(components).__name__}; copy the checkpoint folder again")
+    spec = components.get(component)
+    if not spec or not isinstance(spec, dict) or "encoder" not in spec:
         raise AvsslError(f"checkpoint {ckpt.path} does not describe a {component!r} encoder "
                          f"(meta.json components: {sorted(ckpt.meta.get('components', {}))})")
     return build_component(ckpt, component)
@@ -234,10 +238,17 @@ def build_component(ckpt: Checkpoint, component: str) -> nn.Module:
 
     spec = ckpt.meta["components"][component]
     kwargs = spec.get("kwargs", {})
+    if not isinstance(spec["encoder"], str):
+        raise DataError(f"{ckpt.path / 'meta.json'}: components.{component}.encoder must be an "
+                        f"encoder name, got {json.dumps(spec['encoder'])[:80]}")
     if not isinstance(kwargs, dict):
         raise DataError(f"{ckpt.path / 'meta.json'}: components.{component}.kwargs must be a JSON "
                         f"object, got {type(kwargs).__name__}")
-    model = build_encoder(spec["encoder"], **kwargs)
+    try:
+        model = build_encoder(spec["encoder"], **kwargs)
+    except (ConfigError, UnknownNameError) as e:  # the checkpoint's fault, not a flag's: name it
+        raise DataError(f"{ckpt.path / 'meta.json'}: components.{component}: "
+                        f"{str(e).strip(chr(34) + chr(39))}") from None
     load_state_strict(model, ckpt.component_state(component), f"{ckpt.path} [{component}]")
     return model
 

@@ -298,6 +298,7 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(to_dict(cfg), f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 hid the run's config from the rest of the group
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)  # a config that cannot be written leaves nothing behind
@@ -310,8 +311,11 @@ def load_config(cls: type[C], path: str | os.PathLike) -> C:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    except OSError as e:  # a folder (--config=runs/x), no permission, ...
+        raise ConfigError(f"--config {path or repr(path)}: expected a JSON file such as a run's "
+                          f"config.json ({e.strerror or e})") from None
     return from_dict(cls, data)
 
 

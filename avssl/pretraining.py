@@ -438,6 +438,35 @@ class BufferGuard:
             b.copy_(old)
 
 
+class StepGuard(BufferGuard):
+    """A recipe step's non-finite check over its ``grad_accum`` micro-batches: :meth:`start` at
+    a step's first micro-batch, :meth:`allows_update` after each backward (call it on every
+    micro-batch and process: the check is collective). The first non-finite loss or gradient
+    norm of a step holds back the update at its last micro-batch, where the buffers are put back
+    and ``policy`` (``skip`` / ``stop``) is applied once: acting on each bad micro-batch printed
+    the skip once per micro-batch, the later ones quoting a finite loss."""
+
+    def __init__(self, accelerator: Accelerator, policy: str, *modules: torch.nn.Module):
+        super().__init__(*modules)
+        self.accelerator, self.policy, self.bad = accelerator, policy, None
+
+    def start(self) -> None:
+        self.save()
+        self.bad = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.bad is not None
+
+    def allows_update(self, loss: torch.Tensor, grad_norm, step: int) -> bool:
+        if not all_finite(self.accelerator, loss, grad_norm) and self.bad is None:
+            self.bad = loss.detach()
+        if self.bad is not None and self.accelerator.sync_gradients:
+            self.restore()
+            nonfinite_action(self.policy, step, self.bad, self.accelerator)
+        return self.bad is None  # (optimizer.step() is a no-op before the last micro-batch)
+
+
 def nonfinite_action(policy: str, step: int, loss: torch.Tensor, accelerator: Accelerator) -> None:
     """Raise (``stop``) or say that the update is skipped (``skip``)."""
     msg = f"non-finite loss or gradient at step {step} (loss={loss.item():.4g})"

@@ -53,10 +53,10 @@ from avssl.fusion import build_fusion
 from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
-from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
+from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, StepGuard,
                                build_pair_datasets, check_same_processes, cosine_lr,
                                draw_generator, flat_hparams, held_out_batches, loader_config,
-                               mask_seed, mel, nonfinite_action, nothing_left, pair_loader,
+                               mask_seed, mel, nothing_left, pair_loader,
                                previous_rows, run_location, speed_settings, with_previous_clip)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     history: list[dict] = []
     tic, clips = time.perf_counter(), 0
     k, micro = cfg.optim.grad_accum, []
-    guard = BufferGuard(model, objective)  # running statistics, put back on a skipped step
+    guard = StepGuard(accelerator, cfg.run.on_nonfinite, model, objective)  # skips bad steps
     model.train()
     while step < last:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
             if i >= steps_per_epoch * k:  # the last < k micro-batches make no full step: a
                 break  # forced short step would shift every later epoch and break resume
             if i % k == 0:
-                guard.save()
+                guard.start()
             with accelerator.accumulate(model):
                 out = forward_loss(model, objective, batch, cfg, step, micro=i % k,
                                    rank=accelerator.process_index,
@@ -341,12 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.backward(out["loss"])
                 norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
                         if accelerator.sync_gradients else None)
-                finite = all_finite(accelerator, out["loss"], norm)
-                if finite:
+                if guard.allows_update(out["loss"], norm, step):  # never a non-finite update
                     optimizer.step()
-                else:
-                    guard.restore()
-                    nonfinite_action(cfg.run.on_nonfinite, step, out["loss"], accelerator)
                 optimizer.zero_grad(set_to_none=True)
             micro.append(torch.stack([out[name].detach().float() for name in LOGGED]))
             clips += len(batch["video"]) * accelerator.num_processes
@@ -364,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
                 means = accelerator.gather(means[None]).nanmean(dim=0)
             logs = dict(zip(LOGGED, means.tolist()))
             micro = []
-            logs.update(lr=lr, skipped=float(not finite),
+            logs.update(lr=lr, skipped=float(guard.skipped),
                         clips_per_s=clips / (time.perf_counter() - tic))
             history.append(logs)
             bar.update(1)

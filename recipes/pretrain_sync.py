@@ -43,16 +43,16 @@ from tqdm.auto import tqdm
 
 from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
-from avssl.encoders import build_encoder
+from avssl.encoders import build_encoder, require_modality
 from avssl.errors import AvsslError, ConfigError
 from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
-from avssl.pretraining import (BufferGuard, OptimConfig, PairDataConfig, RunConfig, all_finite,
+from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, StepGuard,
                                build_pair_datasets, check_same_processes, cosine_lr, flat_hparams,
-                               held_out_batches, loader_config, mel, nonfinite_action,
-                               nothing_left, pair_loader, run_location, speed_settings)
+                               held_out_batches, loader_config, mel, nothing_left, pair_loader,
+                               run_location, speed_settings)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -78,6 +78,8 @@ class ModelConfig:
         if self.proj_dim < 1 or self.temporal_bins < 0:
             raise ConfigError(f"--model.proj_dim must be >= 1 and --model.temporal_bins >= 0, "
                               f"got {self.proj_dim} and {self.temporal_bins}")
+        require_modality(self.video, "video", "--model.video")
+        require_modality(self.audio, "audio", "--model.audio")
 
 
 @dataclass
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     history: list[dict] = []
     tic, clips = time.perf_counter(), 0
     k, micro = cfg.optim.grad_accum, []
-    guard = BufferGuard(model, objective)  # running statistics, put back on a skipped step
+    guard = StepGuard(accelerator, cfg.run.on_nonfinite, model, objective)  # skips bad steps
     model.train()
     while step < last:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -238,18 +240,14 @@ def main(argv: list[str] | None = None) -> dict:
             if i >= steps_per_epoch * k:  # the last < k micro-batches make no full step: a
                 break  # forced short step would shift every later epoch and break resume
             if i % k == 0:
-                guard.save()
+                guard.start()
             with accelerator.accumulate(model, objective):
                 out = forward_loss(model, objective, batch, cfg, step)
                 accelerator.backward(out["loss"])
                 norm = (accelerator.clip_grad_norm_(params, cfg.optim.clip_grad)
                         if accelerator.sync_gradients else None)
-                finite = all_finite(accelerator, out["loss"], norm)
-                if finite:
+                if guard.allows_update(out["loss"], norm, step):  # never a non-finite update
                     optimizer.step()
-                else:  # the update never sees a non-finite gradient
-                    guard.restore()
-                    nonfinite_action(cfg.run.on_nonfinite, step, out["loss"], accelerator)
                 optimizer.zero_grad(set_to_none=True)
             micro.append(torch.stack([out[name].detach().float() for name in LOGGED]))
             clips += len(batch["video"]) * accelerator.num_processes
@@ -262,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
             # negative in a micro-batch, left out)
             logs = dict(zip(LOGGED, torch.stack(micro).nanmean(dim=0).tolist()))
             micro = []
-            logs.update(lr=lr, skipped=float(not finite),
+            logs.update(lr=lr, skipped=float(guard.skipped),
                         clips_per_s=clips / (time.perf_counter() - tic))
             history.append(logs)
             bar.update(1)

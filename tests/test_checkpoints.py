@@ -248,6 +248,8 @@ def _first_float(state):
     (lambda s: s.update({_first_float(s): s[_first_float(s)].to(torch.int8)}), None,
      "are torch.int8, expected floating point"),
     (None, [1, 2], "kwargs must be a JSON object, got list"),
+    # the encoder's own complaint about a value, with the file to blame
+    (None, {"pretrained_path": 5}, "meta.json: components.audio: pretrained_path 5 is not a"),
 ])
 def test_a_checkpoint_that_does_not_fit_its_encoder_is_a_one_line_error(tmp_path, damage,
                                                                          kwargs, expected):

@@ -80,6 +80,7 @@ def test_json_round_trip_and_config_file(tmp_path):
     cfg = parse_args(Train, ["--optim.lr=0.5", "--data.size=8,8,8", "--name=abc"])
     p = save_config(cfg, tmp_path / "sub" / "config.json")
     assert json.loads(p.read_text())["optim"]["lr"] == 0.5
+    assert p.stat().st_mode & 0o777 == 0o644  # readable like the run's other files (not 0600)
     back = load_config(Train, p)
     assert back == cfg
     assert config_hash(back) == config_hash(cfg) != config_hash(Train())
@@ -94,6 +95,11 @@ def test_bad_config_file(tmp_path):
         load_config(Train, tmp_path / "c.json")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Train, tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="expected a JSON file such as a run's config.json"):
+        load_config(Train, tmp_path)  # --config=runs/x: a folder was an IsADirectoryError
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(Train, tmp_path / "bin.json")
 
 
 def test_help_lists_every_key_with_default(capsys):

@@ -132,6 +132,29 @@ def test_unknown_name_lists_close_matches():
         build_encoder("r3d_18")
 
 
+def test_a_wrong_argument_value_is_a_one_line_error():
+    """--model.video_kwargs='{"time_strides": 5}' was a TypeError from inside the builder."""
+    with pytest.raises(ConfigError) as err:
+        build_encoder("i3d_r18_tiny", time_strides=5)
+    msg = str(err.value)
+    assert msg.startswith("encoder 'i3d_r18_tiny' cannot be built with {'time_strides': 5}: ")
+    assert "\n" not in msg
+
+
+def test_require_modality_names_the_flag_and_the_right_kind():
+    """A video encoder as the sync recipe's audio tower died at its first forward pass."""
+    from avssl.encoders import require_modality
+
+    require_modality("audio_resnet18_tiny", "audio", "--model.audio")
+    with pytest.raises(ConfigError) as err:
+        require_modality("i3d_r18_tiny", "audio", "--model.audio")
+    msg = str(err.value)
+    assert msg.startswith("--model.audio=i3d_r18_tiny is a video encoder; --model.audio takes ")
+    assert set(msg.split("takes one of: ")[1].split(", ")) == set(list_encoders("audio"))
+    with pytest.raises(ConfigError, match="is an audio encoder"):
+        require_modality("audio_resnet18_tiny", "video", "--model.video")
+
+
 VIT_BUILDERS = [n for n in NAMES if n.startswith(("vit_video_", "vivit_fe_", "vivit_fsa_"))]
 
 

@@ -159,6 +159,7 @@ def test_a_run_named_by_the_clock_resumes_from_its_config_json(tmp_path, cache):
     ("--model.proj_dim=0", "--model.proj_dim must be >= 1"),
     ("--loss.margin=0", "--loss.temperature and --loss.margin must be > 0"),
     ("--data.synthetic_seed=-5", "--data.synthetic_seed must be >= 0"),
+    ("--model.audio=i3d_r18_tiny", "--model.audio=i3d_r18_tiny is a video encoder"),
 ])
 def test_out_of_range_settings_are_one_line_errors_before_anything_runs(tmp_path, flag, message):
     """In process (the recipe's main); the command line's rendering of these errors is the next
@@ -393,18 +394,25 @@ def test_machines_without_a_shared_run_folder_stop_before_training(tmp_path, cac
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("policy", ["skip", "stop"])
-def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch, capsys, policy):
+@pytest.mark.parametrize("policy,accum", [("skip", 1), ("stop", 1), ("skip", 2)])
+def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch, capsys, policy,
+                                                    accum):
+    """With --optim.grad_accum=2 only the step's first micro-batch is poisoned: the step is
+    still skipped, and said once (it was said per bad micro-batch, the later ones quoting the
+    finite loss of a clean micro-batch)."""
     from accelerate.state import AcceleratorState
 
     sys.path.insert(0, str(ROOT / "recipes"))
     import pretrain_sync
 
     real = pretrain_sync.forward_loss
+    calls = []
 
     def poisoned(model, objective, batch, cfg, step):
-        if step == 1:  # the second step: a NaN in one clip's audio makes its loss (and so its
-            # gradient) NaN, after the forward pass wrote NaN into BatchNorm running statistics
+        calls.append(step)
+        if calls.count(1) == 1 and step == 1:  # the second step's first micro-batch: a NaN in
+            # one clip's audio makes its loss (and so its gradient) NaN, after the forward pass
+            # wrote NaN into BatchNorm running statistics
             batch = {**batch, "audio": batch["audio"].clone()}
             batch["audio"][0, ..., :100] = float("nan")
         return real(model, objective, batch, cfg, step)
@@ -412,7 +420,7 @@ def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch
     monkeypatch.setattr(pretrain_sync, "forward_loss", poisoned)
     monkeypatch.setenv("AVSSL_CACHE", str(cache))
     args = [*TINY, f"--run.out={tmp_path}", "--optim.steps=3", "--run.save_every=1",
-            "--run.name=r", f"--run.on_nonfinite={policy}"]
+            "--run.name=r", f"--run.on_nonfinite={policy}", f"--optim.grad_accum={accum}"]
     try:
         if policy == "stop":
             with pytest.raises(Exception, match="non-finite loss or gradient at step 1.*stopped"):
@@ -423,7 +431,10 @@ def test_nonfinite_loss_never_reaches_the_optimizer(tmp_path, cache, monkeypatch
     finally:
         AcceleratorState._reset_state(True)
         sys.path.remove(str(ROOT / "recipes"))
-    assert "non-finite loss or gradient at step 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("non-finite loss or gradient at step") == 1
+    assert "non-finite loss or gradient at step 1 (loss=nan); skipped" in out
+    assert calls.count(1) == accum
     run_dir = tmp_path / "pretrain_sync" / "r"
     before, after = weights(run_dir / "step_0000001"), weights(run_dir / "step_0000002")
     # the step was skipped: every parameter and every running statistic is as it was (only the

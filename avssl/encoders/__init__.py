@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import nn
 
-from avssl.errors import ConfigError
+from avssl.errors import AvsslError, ConfigError
 from avssl.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
@@ -89,10 +89,31 @@ def build_encoder(name: str, num_classes: int | None = None, **kwargs) -> nn.Mod
         if unknown:
             raise ConfigError(f"encoder {name!r} takes no argument(s) {', '.join(unknown)}; it "
                               f"takes: {', '.join(params) or 'none'}")
-    model = builder(**kwargs)
+    try:
+        model = builder(**kwargs)
+    except AvsslError:  # the builder's own one-line message
+        raise
+    except (TypeError, ValueError) as e:
+        if not kwargs:  # no argument of the caller's to blame: a bug, keep its traceback
+            raise
+        # e.g. --model.video_kwargs='{"time_strides": 5}' or a stranger's meta.json kwargs
+        raise ConfigError(f"encoder {name!r} cannot be built with {kwargs}: "
+                          f"{' '.join(str(e).split())[:300]}") from None
     if num_classes is not None:
         model = WithHead(model, num_classes)
     return model
+
+
+def require_modality(name: str, modality: str, flag: str) -> None:
+    """ConfigError unless ``name`` is a registered ``"video"`` / ``"audio"`` encoder (``flag``
+    names the setting): a video encoder as an audio tower otherwise died at its first forward
+    with a channel-count error."""
+    _load_all()
+    got = getattr(ENCODERS.get(name), "modality", None)
+    if got != modality:
+        kind = {"audio": "an audio", "video": "a video"}.get(got, f"not a {modality}")
+        raise ConfigError(f"{flag}={name} is {kind} encoder; "
+                          f"{flag} takes one of: {', '.join(list_encoders(modality))}")
 
 
 def list_encoders(modality: str | None = None) -> list[str]:
