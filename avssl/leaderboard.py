@@ -204,10 +204,36 @@ def _split_key(split: str) -> tuple:
     return (0, int(split), split) if split.isascii() and split.isdigit() else (1, 0, split)
 
 
+def setting(r: ResultRow) -> str:
+    """The row's protocol settings, read from its secondary metrics: ``n=5`` (few-shot), ``k=20,
+    T=0.07`` (kNN), ``15 epochs, lr 0.001`` (finetune); empty for other protocols and for rows
+    that lack them. They define the benchmark: 1-shot and 5-shot, or kNN with k 20 and 200,
+    ranked as one protocol, and ``--latest`` kept only the newest of them."""
+    sec = r.secondary
+
+    def num(key: str) -> str:
+        v = sec[key]
+        return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    if r.protocol == "fewshot" and isinstance(sec.get("shots"), dict):
+        return "n=" + ",".join(sorted(sec["shots"], key=lambda n: (len(n), n)))
+    if r.protocol == "knn" and "k" in sec:
+        return f"k={num('k')}" + (f", T={num('temperature')}" if "temperature" in sec else "")
+    if r.protocol == "finetune" and "epochs" in sec:
+        return f"{num('epochs')} epochs" + (f", lr {num('lr')}" if "lr" in sec else "")
+    return ""
+
+
+def protocol_label(r: ResultRow) -> str:
+    """``knn (k=20, T=0.07)``: the protocol with the settings that make it a benchmark."""
+    return f"{r.protocol} ({s})" if (s := setting(r)) else r.protocol
+
+
 def _group(r: ResultRow) -> tuple:
     # a new task version changes the numbers (avssl.bench.tasks): its rows rank apart, newest
     # version first
-    return (r.task, _version_key(r.task_version), _split_key(r.split), r.protocol, r.metric)
+    return (r.task, _version_key(r.task_version), _split_key(r.split), r.protocol, setting(r),
+            r.metric)
 
 
 def _version_key(version: str) -> tuple:
@@ -224,15 +250,17 @@ def _order(r: ResultRow) -> tuple:
 
 
 def latest_only(rows: Iterable[ResultRow]) -> list[ResultRow]:
-    """The newest row per (task, encoder, checkpoint_sha256, recipe, config_hash, seed,
-    protocol, split, metric, views); on equal timestamps the row read last wins.
+    """The newest row per (task, task version, encoder, checkpoint_sha256, recipe, config_hash,
+    seed, protocol and its :func:`setting`, split, metric, views, data_manifest_hash); on equal
+    timestamps the row read last wins.
 
     ``config_hash`` and ``seed`` are part of the run: two random-init rows of one encoder name
-    built with other keyword arguments, or drawn with another seed, are different models."""
+    built with other keyword arguments, or drawn with another seed, are different models. So is
+    the data: a ``--skip-bad`` run on part of the videos does not replace the full run."""
     newest: dict[tuple, ResultRow] = {}
     for r in rows:
-        key = (r.task, r.encoder, r.checkpoint_sha256, r.recipe, r.config_hash, r.seed,
-               r.protocol, r.split, r.metric, r.views)
+        key = (r.task, r.task_version, r.encoder, r.checkpoint_sha256, r.recipe, r.config_hash,
+               r.seed, r.protocol, setting(r), r.split, r.metric, r.views, r.data_manifest_hash)
         if key not in newest or r.timestamp >= newest[key].timestamp:
             newest[key] = r
     return list(newest.values())
@@ -279,7 +307,7 @@ def checkpoint_label(r: ResultRow) -> str:
 
 
 def run_label(r: ResultRow) -> str:
-    return f"{r.encoder} / {r.recipe} / {r.protocol}"
+    return f"{r.encoder} / {r.recipe} / {protocol_label(r)}"
 
 
 def _flat(d: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
@@ -293,7 +321,9 @@ def _flat(d: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
 
 def format_number(v: float) -> str:
     """Two decimals, except for small non-zero values (a learning rate of 0.001 must not read
-    0.00): those keep three significant digits."""
+    0.00): those keep three significant digits; integers (counts, k, epochs) as integers."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
     v = float(v)
     return f"{v:.3g}" if v != 0 and abs(v) < 0.01 else f"{v:.2f}"
 
@@ -336,7 +366,7 @@ def format_table(rows: Iterable[ResultRow]) -> str:
              "|" + "|".join("---:" if c in ("rank", "value", "params (M)", "GMACs") else "---"
                             for c in TABLE_COLUMNS) + "|"]
     for rank, r in zip(ranks(rows), rows):
-        cells = [str(rank), r.encoder, r.recipe, checkpoint_label(r), r.protocol, r.split,
+        cells = [str(rank), r.encoder, r.recipe, checkpoint_label(r), protocol_label(r), r.split,
                  r.task_version, r.views, str(r.seed), r.metric, f"{r.value:.2f}",
                  _highlights(r.secondary),
                  f"{r.params_m:.2f}",
@@ -360,6 +390,8 @@ def _plot(task: str, rows: list[ResultRow], out: Path) -> None:
                                   _split_key(r.split), r.split, r.metric), [])
         if all(run_label(b) != run_label(r) for b in bars):
             bars.append(r)
+    for bars in panels.values():  # best on top across protocols too (ranked() orders by group)
+        bars.sort(key=_order)
     protocols = sorted({r.protocol for r in rows})
     colours = {p: f"C{i % 10}" for i, p in enumerate(protocols)}
     panels = dict(sorted(panels.items()))

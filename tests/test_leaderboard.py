@@ -231,6 +231,31 @@ def test_latest_keeps_distinct_configs_and_seeds():
     assert L.ranked([patch, conv, seed], latest=True) == [patch, seed, conv]
 
 
+def test_protocol_settings_are_separate_benchmarks():
+    """1-shot and 5-shot (kNN k=20 and k=200) ranked as one "fewshot" table with nothing to
+    tell them apart, and --latest kept only the newest of them; a --skip-bad run on part of the
+    data (another manifest) replaced the full run."""
+    def shots(n, value, ts):
+        return _row(protocol="fewshot", value=value, timestamp=ts,
+                    secondary={"shots": {str(n): {"mean": value, "std": 1.0}}})
+
+    five, one = shots(5, 11.8, "2026-01-01T00:00:00Z"), shots(1, 8.0, "2026-02-01T00:00:00Z")
+    knn = [_row(protocol="knn", value=v, secondary={"k": k, "temperature": 0.07})
+           for k, v in ((20, 17.3), (200, 15.0))]
+    part = _row(value=9.0, data_manifest_hash="11" * 32, videos_used=30,
+                timestamp="2026-03-01T00:00:00Z")
+    full = _row(value=5.0, data_manifest_hash="22" * 32)
+    rows = [five, one, *knn, part, full]
+    assert L.ranks(L.ranked(rows)) == [1, 1, 1, 1, 1, 2]  # four groups; linear ranks 2 rows
+    assert sorted(map(L.protocol_label, rows)) == [
+        "fewshot (n=1)", "fewshot (n=5)", "knn (k=20, T=0.07)", "knn (k=200, T=0.07)", "linear",
+        "linear"]
+    assert sorted(L.ranked(rows, latest=True), key=id) == sorted(rows, key=id)
+    assert "| fewshot (n=5) |" in L.format_table(rows)
+    assert L.setting(_row(protocol="finetune", secondary={"epochs": 15, "lr": 0.001})) == \
+        "15 epochs, lr 0.001"
+
+
 def test_random_init_config_hash_tells_encoder_kwargs_apart():
     from avssl.bench.model import random_model
 
@@ -238,6 +263,13 @@ def test_random_init_config_hash_tells_encoder_kwargs_apart():
     conv = random_model("vit_video_tiny", video_kwargs={"stem": "conv"}).config_hash
     assert plain and conv and plain != conv
     assert conv == random_model("vit_video_tiny", video_kwargs={"stem": "conv"}).config_hash
+    # input settings a bench command changes are another run (--fps 4 and the default fps 8
+    # were one row identity); asking for the model's own value changes nothing
+    from avssl.bench.model import InputSpec
+
+    fps4 = random_model("vit_video_tiny", spec=InputSpec(fps=4.0)).config_hash
+    assert fps4 != plain and random_model("vit_video_tiny", spec=InputSpec(fps=8.0)).config_hash \
+        == plain
     assert random_model().config_hash != random_model("i3d_r18_tiny").config_hash  # default strides
 
 
@@ -351,7 +383,8 @@ def test_small_secondary_numbers_keep_their_digits():
     from avssl.leaderboard import _highlights, format_number
     assert [format_number(v) for v in (27.380952, 0.0, 0.001, -0.0042, 0.016)] == \
         ["27.38", "0.00", "0.001", "-0.0042", "0.02"]
-    assert _highlights({"epochs": 15, "lr": 0.001}) == "epochs 15.00, lr 0.001"
+    assert _highlights({"epochs": 15, "lr": 0.001}) == "epochs 15, lr 0.001"  # (not 15.00)
+    assert format_number(168) == "168" and format_number(168.0) == "168.00"
 
 
 def test_cli_accepts_leaderboard_as_the_bench_name_for_dir(board):

@@ -146,7 +146,23 @@ def random_model(video: str | None = None, audio: str | None = None, *, video_kw
     blob = json.dumps({"video": video, "audio": audio, "kwargs": kwargs}, sort_keys=True,
                       default=str)
     return BenchModel(v, a, towers, spec, video, audio, "random-init", seed=seed, kwargs=kwargs,
-                      config_hash=hashlib.sha256(blob.encode()).hexdigest()[:16])
+                      config_hash=with_inputs(hashlib.sha256(blob.encode()).hexdigest()[:16],
+                                              InputSpec(), spec))
+
+
+INPUT_FLAGS = ("clip_s", "fps", "size", "crop")  # the bench's --clip-s/--fps/--size/--crop
+
+
+def with_inputs(config_hash: str, base: InputSpec, spec: InputSpec) -> str:
+    """The leaderboard row's ``config_hash``: the model's, extended by the input settings the
+    bench command changed from the model's own (``base``), so a run at another frame rate or
+    resolution is another run on the leaderboard (it was one: ``--latest`` kept only one of
+    them); runs at the model's own settings keep the model's hash."""
+    changed = {k: getattr(spec, k) for k in INPUT_FLAGS if getattr(spec, k) != getattr(base, k)}
+    if not changed:
+        return config_hash
+    blob = json.dumps({"model": config_hash, "inputs": changed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_model(path: str | Path, spec_overrides: dict | None = None) -> BenchModel:
@@ -171,12 +187,14 @@ def load_model(path: str | Path, spec_overrides: dict | None = None) -> BenchMod
         for head in ("video_proj", "audio_proj"):
             checkpoints.load_state_strict(getattr(towers, head), ckpt.component_state(head),
                                           f"{ckpt.path} [{head}]")
-    spec = InputSpec.from_config(ckpt.config).replace(**(spec_overrides or {}))
+    base = InputSpec.from_config(ckpt.config)
+    spec = base.replace(**(spec_overrides or {}))
     return BenchModel(built.get("video"), built.get("audio"), towers, spec, names["video"],
                       names["audio"], ckpt.meta.get("recipe", "unknown"),
                       checkpoint=_provenance_path(ckpt.path),
                       checkpoint_sha256=checkpoints.file_sha256(ckpt.path),
-                      config_hash=str(ckpt.meta.get("config_hash", "")),
+                      config_hash=with_inputs(str(ckpt.meta.get("config_hash", "")), base,
+                                              spec),
                       seed=int(ckpt.config.get("run", {}).get("seed", 0)))
 
 
