@@ -787,11 +787,29 @@ def test_cli_truncated_video_in_workers_is_one_line_naming_skip_bad(tmp_path, uc
     ({"epochs": 0}, "--epochs must be >= 1 (leave it out for the default), got 0"),
     ({"lr": float("nan")}, "--lr must be a finite number > 0, got nan"),
     ({"lr": -1.0}, "--lr must be a finite number > 0"),
+    # these two were refused only by the protocol, after minutes of feature extraction
+    ({"protocol": "knn", "k": 0}, "--k must be >= 1 neighbours, got 0"),
+    ({"protocol": "fewshot", "shots": (5, 0)}, "--shots must be example counts >= 1, got 5 0"),
 ])
 def test_bad_numbers_are_refused_before_any_work(tmp_path, monkeypatch, opts, message):
     monkeypatch.setattr(F, "clip_features", _no_compute)
     with pytest.raises(ConfigError, match=re.escape(message)):
         bench(tmp_path, task="synthetic", data_root=str(tmp_path), **opts)
+
+
+def test_an_unreadable_feature_cache_file_is_extracted_again(tmp_path, monkeypatch, capsys):
+    """A cache file cut short (disk full, a crash) failed every later run with BadZipFile."""
+    monkeypatch.setenv("AVSSL_CACHE", str(tmp_path))
+    cache = F.FeatureCache("synthetic")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.put("k1", x=x)
+    assert np.array_equal(cache.get("k1")["x"], x)
+    data = cache.path("k1").read_bytes()
+    cache.path("k1").write_bytes(data[: len(data) // 2])
+    assert cache.get("k1") is None  # a miss: the caller extracts and puts again
+    assert "is unreadable" in capsys.readouterr().err
+    cache.put("k1", x=x)
+    assert np.array_equal(cache.get("k1")["x"], x)
 
 
 def _no_compute(*a, **k):
@@ -813,6 +831,8 @@ def _no_compute(*a, **k):
     ("kinetics", {"protocol": "retrieval", "lr": 0.1}, "--lr applies to the finetune protocol"),
     ("ucf101", {"stride_s": 0.5}, "--stride-s applies to localization tasks only"),
     ("synthetic", {"separation": {"mask": "ratio"}}, "--separation applies to separation tasks"),
+    ("synthetic", {"protocol": "retrieval", "save_predictions": "p"},
+     "--save-predictions has no file format for class retrieval"),  # it wrote nothing, silently
 ])
 def test_flags_a_task_ignores_are_refused(tmp_path, task, opts, message):
     """Else the row would record views / modality that had no effect on the number."""

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -212,20 +213,29 @@ class FeatureCache:
 
     def get(self, key: str) -> dict[str, np.ndarray] | None:
         """The cached arrays, or None. Every process gets the same answer: a hit only when all
-        of them see the file, since a process that skipped extraction while the others run it
+        of them read the file, since a process that skipped extraction while the others run it
         would leave them waiting in map_items' gather (another run can write the file between
         two processes' checks; several machines may not share the cache folder)."""
-        found = self.enabled and self.path(key).exists()
+        arrays = self._read(key) if self.enabled and self.path(key).exists() else None
         if state().num_processes > 1:
             import torch.distributed as dist
 
             flags: list[Any] = [None] * state().num_processes
-            dist.all_gather_object(flags, found)
-            found = all(flags)
-        if not found:
+            dist.all_gather_object(flags, arrays is not None)
+            if not all(flags):
+                return None
+        return arrays
+
+    def _read(self, key: str) -> dict[str, np.ndarray] | None:
+        try:
+            with np.load(self.path(key), allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            # a file cut short (disk full, a crash before it reached the disk) is no hit: extract
+            # again and overwrite it, instead of failing every later run on it
+            print(f"feature cache: {self.path(key)} is unreadable ({type(e).__name__}: {e}); "
+                  f"extracting again", file=sys.stderr)
             return None
-        with np.load(self.path(key), allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
 
     def put(self, key: str, **arrays: np.ndarray) -> None:
         if not self.enabled or not PartialState().is_main_process:

@@ -120,6 +120,12 @@ def _check_numbers(args: BenchArgs) -> None:
                           f"{args.epochs}")
     if not (args.lr > 0 and np.isfinite(args.lr)):
         raise ConfigError(f"--lr must be a finite number > 0, got {args.lr}")
+    # checked by the protocols too, but only after minutes of feature extraction
+    if args.k < 1:
+        raise ConfigError(f"--k must be >= 1 neighbours, got {args.k}")
+    if not args.shots or any(n < 1 for n in args.shots):
+        raise ConfigError(f"--shots must be example counts >= 1, got "
+                          f"{' '.join(map(str, args.shots)) or 'none'}")
 
 
 def _check_crop(size: int, crop: int, args: BenchArgs) -> None:
@@ -148,6 +154,10 @@ def _check_task_flags(task: Task, args: BenchArgs, protocol: str) -> None:
     if task.kind in ("sync", "retrieval") and args.modality not in (None, "av"):
         raise ConfigError(f"--modality has no effect on task {task.name}: it compares video and "
                           f"audio embeddings (modality av); leave --modality out")
+    if args.save_predictions and protocol == "retrieval" and task.kind == "classification":
+        raise ConfigError(f"--save-predictions has no file format for class retrieval (task "
+                          f"{task.name}, protocol retrieval); use it with the linear, knn, "
+                          f"fewshot or finetune protocol, or leave it out")
     if args.index != "flat" and protocol != "retrieval":
         raise ConfigError(f"--index {args.index} applies to the retrieval protocol only; task "
                           f"{task.name} runs protocol {protocol}: leave --index out")
