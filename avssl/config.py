@@ -206,14 +206,19 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def apply_overrides(cfg: C, overrides: dict[str, str]) -> C:
+def apply_overrides(cfg: C, overrides: dict[str, str | bool]) -> C:
     """Return a copy of ``cfg`` with dotted ``{key: value}`` overrides applied and checked."""
     data = dataclasses.asdict(cfg)
-    keys = [k for k, *_ in flat_fields(type(cfg))]
+    kinds = {k: tp for k, tp, *_ in flat_fields(type(cfg))}
+    keys = list(kinds)
     for key, value in overrides.items():
         if key not in keys:
             raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys)}; "
                               f"see --help for the list")
+        if value is True:  # a bare --flag: only a switch may be given without a value
+            if bool not in (kinds[key], *typing.get_args(kinds[key])):
+                raise ConfigError(f"--{key} needs a value: --{key}=VALUE (see --help)")
+            value = "true"
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
@@ -222,9 +227,11 @@ def apply_overrides(cfg: C, overrides: dict[str, str]) -> C:
     return from_dict(type(cfg), data)
 
 
-def parse_overrides(argv: list[str]) -> dict[str, str]:
-    """``["--a.b=1", "--c", "x"]`` -> ``{"a.b": "1", "c": "x"}``; a bare ``--flag`` means true."""
-    out: dict[str, str] = {}
+def parse_overrides(argv: list[str]) -> dict[str, str | bool]:
+    """``["--a.b=1", "--c", "x", "--d"]`` -> ``{"a.b": "1", "c": "x", "d": True}``: a bare
+    ``--flag`` is ``True``, which :func:`apply_overrides` accepts for switches only (``--data.path``
+    without its value was the path "true")."""
+    out: dict[str, str | bool] = {}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -237,7 +244,7 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
             key, value = body, argv[i + 1]
             i += 1
         else:
-            key, value = body, "true"
+            key, value = body, True
         out[key.replace("-", "_")] = value
         i += 1
     return out
@@ -275,6 +282,8 @@ def parse_args(cls: type[C], argv: list[str] | None = None, *, prog: str = "",
         raise SystemExit(0)
     overrides = parse_overrides(argv)
     cfg_file = overrides.pop("config", None)
+    if cfg_file is True:
+        raise ConfigError("--config needs a value: --config=FILE.json (e.g. a run's config.json)")
     if cfg_file is not None:
         cfg = load_config(cls, cfg_file)
     else:

@@ -6,6 +6,7 @@ loop in one readable file; what would otherwise be copied between them lives her
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,10 @@ class OptimConfig:
         _positive("optim", self, lr=self.lr, clip_grad=self.clip_grad)
         if self.weight_decay < 0:
             raise ConfigError(f"--optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps >= self.steps:  # legal (a smoke test), but rarely what was meant
+            logging.getLogger(__name__).warning(
+                "--optim.warmup_steps=%d >= --optim.steps=%d: the learning rate never reaches "
+                "--optim.lr=%g and never decays", self.warmup_steps, self.steps, self.lr)
 
 
 @dataclass

@@ -47,6 +47,11 @@ def test_bare_flag_means_true_and_none_resets():
     cfg = parse_args(Train, ["--data.shuffle"], base=Train(data=Data(shuffle=False, path="x")))
     assert cfg.data.shuffle is True
     assert parse_args(Train, ["--data.path=none"], base=Train(data=Data(path="x"))).data.path is None
+    # only a switch may be bare: --data.path without its value was the path "true"
+    for args, flag in ((["--data.path"], "--data.path"), (["--steps", "--data.shuffle"], "--steps"),
+                       (["--config"], "--config")):
+        with pytest.raises(ConfigError, match=f"{flag} needs a value: {flag}="):
+            parse_args(Train, args)
 
 
 @pytest.mark.parametrize("arg,msg", [

@@ -172,6 +172,19 @@ def test_out_of_range_settings_are_one_line_errors_before_anything_runs(tmp_path
     assert not (tmp_path / "pretrain_sync").exists()
 
 
+def test_a_warmup_as_long_as_the_run_is_pointed_out(caplog):
+    """The learning rate then never reaches --optim.lr nor decays: legal, but said."""
+    import logging
+
+    from avssl.pretraining import OptimConfig
+
+    with caplog.at_level(logging.WARNING):
+        OptimConfig(steps=240, warmup_steps=30)
+        assert caplog.text == ""
+        OptimConfig(steps=20, warmup_steps=30)
+    assert "--optim.warmup_steps=30 >= --optim.steps=20: the learning rate never" in caplog.text
+
+
 def test_a_bad_setting_on_the_command_line_is_one_line_on_stderr(tmp_path, cache):
     proc = run("pretrain_sync.py", tmp_path, cache, "--data.crop=100", check=False)
     err = proc.stderr.strip()
