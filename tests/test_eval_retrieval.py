@@ -115,6 +115,17 @@ def test_class_retrieval_ivfpq_agrees_on_easy_data():
     assert got["R@1"] > 90.0 and got == approx(class_retrieval(qx, qy, gx, gy))
 
 
+def test_class_retrieval_ivfpq_counts_ties_beyond_its_search_depth():
+    # constant embeddings: the other-class items tied with the best same-class one lie partly
+    # beyond the depth IVF-PQ searches; unseen ties must count against the model too
+    x = np.ones((300, 8), dtype=np.float32)
+    y, few = np.arange(300) % 3, np.array([0] * 10 + [1] * 290)
+    with pytest.warns(UserWarning):  # nlist, nbits clamped for a small gallery
+        assert class_retrieval(x, y, x, y, kind="ivfpq")["R@10"] == 0.0
+    with pytest.warns(UserWarning):
+        assert class_retrieval(x[:20], few[:20], x, few, kind="ivfpq")["R@1"] == 0.0
+
+
 def test_ivfpq_depth_must_cover_k():
     x = np.random.default_rng(5).normal(size=(50, 8))
     with pytest.raises(ConfigError, match="depth 5.*10"):

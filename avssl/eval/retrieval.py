@@ -14,8 +14,9 @@
 
 Scores are cosine similarities (``normalize=True``), exact by default (``kind="flat"``);
 ``kind="ivfpq"`` uses an approximate FAISS IVF-PQ index for large galleries (paired ranks
-beyond the search depth are reported as depth + 1; class-match retrieval only looks at the
-max(ks) items the index returns).
+beyond the search depth are reported as depth + 1; class-match retrieval looks at the
+max(ks) + 1 items the index returns, and a query whose best same-class item ties with the last
+of them does not score, as the tied items beyond the depth are unseen).
 
 File CLI: ``python -m avssl.eval retrieval --queries Q.npy --gallery G.npy [--kind ivfpq]``
 (two float ``.npy`` arrays (N, D) and (G >= N, D), row i of each a true pair) prints
@@ -126,12 +127,18 @@ def class_retrieval(query_x: Any, query_y: Any, gallery_x: Any, gallery_y: Any,
             qx, gx = l2_normalize(qx), l2_normalize(gx)
         index = Index(qx.shape[1], kind="ivfpq", **index_kw)
         index.add(gx)
-        scores, ids = index.search(qx, max(ks))
+        # one item past the largest k, so a tie between the best same-class item and the items
+        # cut off by the search depth shows as a tie with the last returned item
+        scores, ids = index.search(qx, max(ks) + 1)
         valid = ids >= 0
         same = valid & (gc[np.where(valid, ids, 0)] == qc[:, None])
         best = np.where(same, scores, -np.inf).max(axis=1, initial=-np.inf)
         ahead = ((scores >= best[:, None]) & valid & ~same).sum(axis=1)
         found = same.any(axis=1)
+        # how many unseen items tie with it is then unknown: ties count against the model, so
+        # the query does not score (unless the search returned the whole gallery: none unseen)
+        unseen_ties = valid[:, -1] & (scores[:, -1] >= best) & (ids.shape[1] < index.ntotal)
+        found &= ~unseen_ties
     else:
         raise ConfigError(f"unknown index kind {kind!r}; expected 'flat' or 'ivfpq'")
     # a query with no same-class item (in the gallery, or in the IVF-PQ results) never scores,
