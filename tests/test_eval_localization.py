@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from avssl.errors import ConfigError, DataError
-from avssl.eval.localization import (average_precision_detection, evaluate_localization,
-                                     evaluate_localization_files, parse_tiou, temporal_iou)
+from avssl.eval.localization import (ACTIVITYNET_TIOU, average_precision_detection,
+                                     evaluate_localization, evaluate_localization_files,
+                                     parse_tiou, temporal_iou)
 
 
 def seg(video, start, end, label=None, score=None) -> dict:
@@ -156,14 +157,41 @@ def test_bad_inputs_raise_one_line_errors():
 
 
 def test_parse_tiou():
-    assert parse_tiou("0.3:0.7:0.1") == [0.3, 0.4, 0.5, 0.6, 0.7]
-    assert parse_tiou("0.5:0.95:0.05") == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9,
-                                           0.95]
+    # ranges give np.linspace's floats, the official tools' (0.39999999999999997, not 0.4)
+    assert parse_tiou("0.3:0.7:0.1") == list(np.linspace(0.3, 0.7, 5))
+    assert parse_tiou("0.5:0.95:0.05") == list(np.linspace(0.5, 0.95, 10))
+    assert parse_tiou("0.3:0.7:0.3") == [0.3, 0.6]  # the step does not reach stop
     assert parse_tiou("0.5,0.75,0.95") == [0.5, 0.75, 0.95]
     assert parse_tiou("0.5") == [0.5]
     for bad in ("0.7:0.3:0.1", "0.3:0.7:0", "a,b", "0.3:2:0.5"):
         with pytest.raises(ConfigError):
             parse_tiou(bad)
+
+
+def test_default_thresholds_are_the_official_floats(tmp_path):
+    # tIoU 2/5 on paper computes to 0.39999999999999997, np.linspace(0.3, 0.7, 5)[1], and 2/4 of
+    # [0, 5] to 0.4: both hit at "0.4" in the official Python tools; the MATLAB kit, given 0.4
+    # as typed, wants overlap > 0.4, so neither does there
+    d = tmp_path / "thumos"
+    d.mkdir()
+    (d / "BaseballPitch_test.txt").write_text("video_test_0000001  0.0 0.3\n")
+    (d / "Billiards_test.txt").write_text("video_test_0000002  0 5\n")
+    pred = tmp_path / "pred.json"
+    preds = [seg("video_test_0000001", 0.1, 0.5, "BaseballPitch", 1.0),
+             seg("video_test_0000002", 0, 2, "Billiards", 1.0)]
+    pred.write_text(json.dumps(official_json(preds)))
+    python = evaluate_localization_files(d, pred)
+    assert python["per_class"] == {"BaseballPitch": [1.0, 1.0, 0.0, 0.0, 0.0],
+                                   "Billiards": [1.0, 1.0, 0.0, 0.0, 0.0]}
+    assert python["tiou"] == [0.3, 0.4, 0.5, 0.6, 0.7]  # labels stay readable
+    matlab = evaluate_localization_files(d, pred, mode="thumos-matlab")
+    assert matlab["mAP"] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    # ActivityNet: tIoU 1.8 / 2.0 computes to np.linspace(0.5, 0.95, 10)[8] = 0.8999999999999999
+    assert ACTIVITYNET_TIOU == tuple(np.linspace(0.5, 0.95, 10))
+    out = evaluate_localization({"segments": [seg("v", 0.0, 1.9, "a")]},
+                                official_json([seg("v", 0.1, 2.0, "a", 1.0)]),
+                                tiou=ACTIVITYNET_TIOU)
+    assert out["mAP"] == [1.0] * 9 + [0.0] and out["tiou"][8] == 0.9
 
 
 # ------------------------------------------------------------------- brute-force reference

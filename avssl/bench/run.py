@@ -439,10 +439,11 @@ def _localization(task, model: BenchModel, args, root, modality) -> dict:
     from avssl.bench.localization.train import predict, train_localizer
     from avssl.bench.tasks.localization import SUBSETS
     from avssl.bench.untrimmed import window_features
-    from avssl.eval.localization import evaluate_localization
+    from avssl.eval.localization import ACTIVITYNET_TIOU, THUMOS_TIOU, evaluate_localization
 
     model.encoder_for("video" if modality == "av" else modality)
-    train_subset, test_subset, tiou = SUBSETS[task.name]
+    train_subset, test_subset = SUBSETS[task.name]
+    tiou = THUMOS_TIOU if task.name == "thumos14" else ACTIVITYNET_TIOU
     stride = args.stride_s or model.spec.clip_s / 2
     cache = F.FeatureCache(task.name, enabled=args.cache)
     data = {}

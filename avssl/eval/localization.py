@@ -39,6 +39,13 @@ eval_detection.py``, ``compute_average_precision_detection`` + ``interpolated_pr
   positives first (MATLAB's stable sort of ``[tp, fp]``); a class with no true positive scores
   0; mAP is the mean over classes with ground truth.
 
+Thresholds: the default sets, and ``start:stop:step`` ranges, are ``np.linspace``'s floats as
+the official Python tools use them (ActivityNet ``np.linspace(0.5, 0.95, 10)``, THUMOS14 as in
+ActionFormer ``np.linspace(0.3, 0.7, 5)``), so a tIoU of exactly 0.4 or 0.9 on paper, which
+computes to 0.39999999999999997 / 0.8999999999999999, is a hit as it is there. The MATLAB kit
+takes each threshold as typed, so ``thumos-matlab``'s defaults are the decimals; thresholds
+listed one by one stay as typed. ``tiou`` in the output is rounded (9 digits) for reading.
+
 Files (``python -m avssl.eval localization --ground-truth GT --predictions PRED.json``): GT is
 an ActivityNet-1.3 JSON or a THUMOS14 annotation folder (``<Class>_test.txt``, ...); PRED is the
 official ``{"version", "results": {video: [{"label", "score", "segment": [s, e]}]},
@@ -64,8 +71,10 @@ from avssl.eval import EVALUATORS
 
 Mode = Literal["activitynet", "thumos-matlab"]
 MODES = ("activitynet", "thumos-matlab")
-THUMOS_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)
-ACTIVITYNET_TIOU = tuple(round(0.5 + 0.05 * i, 9) for i in range(10))
+# np.linspace's floats, not the decimals: the official Python tools compare tIoU with these, so
+# a tIoU of exactly 0.4 on paper (0.39999999999999997 computed) is a hit at "0.4" there
+THUMOS_TIOU = tuple(float(t) for t in np.linspace(0.3, 0.7, 5))
+ACTIVITYNET_TIOU = tuple(float(t) for t in np.linspace(0.5, 0.95, 10))
 
 
 def temporal_iou(seg: Any, segs: Any) -> np.ndarray:
@@ -336,7 +345,7 @@ def evaluate_localization(ground_truth: dict, predictions: dict, *,
     subset_videos = set(ground_truth.get("videos") or {s["video"] for s in segments})
     used = [p for c in classes for p in preds_by_class[c]]
     return {
-        "tiou": thresholds,
+        "tiou": [round(t, 9) for t in thresholds],  # labels: 0.9, not 0.8999999999999999
         "mAP": [float(x) for x in m_ap],
         "average_mAP": float(np.mean(m_ap)),
         "per_class": {c: [float(x) for x in ap] for c, ap in per_class.items()},
@@ -350,8 +359,8 @@ def evaluate_localization(ground_truth: dict, predictions: dict, *,
 
 # ------------------------------------------------------------------------------------- files
 def parse_tiou(text: str) -> list[float]:
-    """``"0.3:0.7:0.1"`` (start:stop:step, stop included, rounded to 1e-9), ``"0.5,0.75"`` or
-    ``"0.5"`` -> list of thresholds."""
+    """``"0.3:0.7:0.1"`` (start:stop:step, stop included: ``np.linspace``'s values, as the
+    official tools' defaults), ``"0.5,0.75"`` or ``"0.5"`` (as typed) -> list of thresholds."""
     text = str(text).strip()
     try:
         if ":" in text:
@@ -359,7 +368,9 @@ def parse_tiou(text: str) -> list[float]:
             if step <= 0 or stop < start:
                 raise ValueError
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            values = [round(start + i * step, 9) for i in range(n)]
+            last = start + (n - 1) * step  # the last point: stop itself when the steps land on it
+            last = stop if abs(last - stop) < 1e-9 else round(last, 9)
+            values = [float(t) for t in np.linspace(start, last, n)]
         else:
             values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -404,6 +415,8 @@ def evaluate_localization_files(ground_truth_path: str | os.PathLike,
     gt, is_thumos = _read_ground_truth(ground_truth_path, subset)
     if tiou is None:
         tiou = THUMOS_TIOU if is_thumos else ACTIVITYNET_TIOU
+        if mode == "thumos-matlab":  # the kit is called with each threshold as typed
+            tiou = [round(t, 9) for t in tiou]
     elif isinstance(tiou, str):
         tiou = parse_tiou(tiou)
     return evaluate_localization(gt, _read_predictions(predictions_path), tiou=tiou, mode=mode)
