@@ -156,6 +156,22 @@ def test_bad_inputs_raise_one_line_errors():
         evaluate_localization(gt, {"results": {}}, tiou=[1.5])
 
 
+def test_a_segment_must_be_a_pair_of_finite_numbers(tmp_path):
+    # a string "12" iterated as "1", "2" and was scored as [1, 2]
+    gt = {"segments": [seg("a", 1, 2, "x")]}
+    for bad in ("12", [1], [1, 2, 3], [1, float("nan")], [0, float("inf")], [True, 2], None):
+        pred = {"results": {"a": [{"label": "x", "score": 1, "segment": bad}]}}
+        with pytest.raises(DataError, match=r"\[start, end\], two finite numbers") as err:
+            evaluate_localization(gt, pred)
+        assert "\n" not in str(err.value) and "results['a'][0]" in str(err.value)
+    database = {"a": {"subset": "validation", "duration": 9.0,
+                      "annotations": [{"segment": "12", "label": "x"}]}}
+    (tmp_path / "gt.json").write_text(json.dumps({"database": database}))
+    (tmp_path / "pred.json").write_text(json.dumps({"results": {}}))
+    with pytest.raises(DataError, match=r"'a'.*\[start, end\], two finite numbers"):
+        evaluate_localization_files(tmp_path / "gt.json", tmp_path / "pred.json")
+
+
 def test_parse_tiou():
     # ranges give np.linspace's floats, the official tools' (0.39999999999999997, not 0.4)
     assert parse_tiou("0.3:0.7:0.1") == list(np.linspace(0.3, 0.7, 5))

@@ -260,6 +260,8 @@ def _label_aliases(classes: set[str]) -> dict[str, str]:
 
 def _flatten_predictions(predictions: Any) -> list[dict]:
     """``[{"video", "start", "end", "score", "label"}]`` in file order from the official JSON."""
+    from avssl.data.datasets.activitynet import segment_bounds  # the ground truth's own check
+
     results = predictions.get("results") if isinstance(predictions, dict) else None
     if not isinstance(results, dict):
         raise DataError('predictions: expected the official JSON {"version", "results": {video: '
@@ -272,16 +274,15 @@ def _flatten_predictions(predictions: Any) -> list[dict]:
                             f'{{"label", "score", "segment"}}, got {type(items).__name__}')
         for k, it in enumerate(items):
             try:
-                start, end = (float(x) for x in it["segment"])
-                score = float(it["score"])
-                label = it["label"]
+                segment, score, label = it["segment"], float(it["score"]), it["label"]
             except (KeyError, TypeError, ValueError):
                 raise DataError(f'predictions: results[{video!r}][{k}]: expected {{"label", '
                                 f'"score": number, "segment": [start, end]}}, got '
                                 f"{it!r:.120}") from None
-            if not (math.isfinite(start) and math.isfinite(end) and math.isfinite(score)):
-                raise DataError(f"predictions: results[{video!r}][{k}]: segment and score must "
-                                f"be finite numbers, got segment {it['segment']} score {score}")
+            start, end = segment_bounds(segment, f"predictions: results[{video!r}][{k}]")
+            if not math.isfinite(score):
+                raise DataError(f"predictions: results[{video!r}][{k}]: score must be a finite "
+                                f"number, got {score}")
             if end < start:
                 raise DataError(f"predictions: results[{video!r}][{k}]: segment ends before it "
                                 f"starts ({start} > {end}); write [start, end] in seconds")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,21 @@ def _subset(subset: str) -> str:
         raise ConfigError(f"activitynet: subset must be 'training', 'validation' or 'testing', "
                           f"got {subset!r}")
     return name
+
+
+def segment_bounds(value: Any, where: str) -> tuple[float, float]:
+    """``(start, end)`` of an ActivityNet ``"segment"``: a list of two finite numbers, else a
+    DataError naming ``where`` (a string such as "12" would otherwise iterate as 1.0, 2.0)."""
+    if (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in value)):
+        try:
+            start, end = float(value[0]), float(value[1])
+        except OverflowError:  # an integer too large for a float
+            start = end = math.inf
+        if math.isfinite(start) and math.isfinite(end):  # json reads NaN / Infinity too
+            return start, end
+    raise DataError(f'{where}: expected "segment": [start, end], two finite numbers (seconds), '
+                    f"got {value!r:.80}")
 
 
 def read_activitynet(path: str | os.PathLike, subset: str = "validation") -> dict:
@@ -71,9 +87,8 @@ def read_activitynet(path: str | os.PathLike, subset: str = "validation") -> dic
             if entry.get("duration") is not None:
                 durations[vid] = float(entry["duration"])
             for a, label in zip(anns, labels):
-                start, end = (float(x) for x in a["segment"])
-                if not (math.isfinite(start) and math.isfinite(end)):
-                    raise ValueError  # json reads NaN / Infinity: never a real segment
+                where = f"{path}: malformed database entry {vid!r}"
+                start, end = segment_bounds(a["segment"], where)
                 segments.append({"video": vid, "start": start, "end": end, "label": label})
         except (AttributeError, KeyError, TypeError, ValueError):
             raise DataError(f"{path}: malformed database entry {vid!r}; expected {{\"subset\", "
