@@ -81,6 +81,19 @@ def test_classification_metrics_per_class_counts_top_ties_as_wrong():
     assert json.loads(json.dumps(m)) == m
 
 
+def test_repeated_class_names_keep_one_entry_per_class():
+    # keyed by name, the two "b" classes merged and mean_class_acc averaged 2 classes, not 3
+    scores = np.eye(3)[[0, 1, 0, 0]]
+    labels = np.array([0, 1, 2, 2])
+    m = classification_metrics(scores, labels, class_names=["a", "b", "b"])
+    assert m["per_class"] == {"a": 100.0, "b": 100.0, "b (2)": 0.0}  # as avssl.eval.ava names
+    assert m["mean_class_acc"] == pytest.approx(200 / 3)
+    assert m["mean_class_acc"] == classification_metrics(scores, labels)["mean_class_acc"]
+    assert len(mean_average_precision(scores, np.eye(3)[labels], ["a", "b", "b"])["per_class"]) == 3
+    with pytest.raises(ConfigError, match="distinct"):
+        classification_metrics(scores, labels, class_names=["b (2)", "b", "b"])
+
+
 def test_average_precision_matches_worst_tie_order():
     rng = np.random.default_rng(2)
     for _ in range(25):

@@ -17,7 +17,8 @@ Files (``python -m avssl.eval classification --predictions P.csv [--labels L.csv
 left out when ``predictions.csv`` has a ``label`` column. With score columns, labels are class
 names when every label is one of the column names, else integer indices into the columns.
 Output keys: ``top1``, ``top5`` (scores only), ``mean_class_acc``, ``per_class`` (class ->
-percent, classes that have samples), ``num_samples``.
+percent, classes that have samples), ``num_samples``. A class name given twice (array API)
+is keyed ``"name (index)"`` after its first use, so every class keeps its own entry.
 """
 from __future__ import annotations
 
@@ -70,7 +71,15 @@ def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
     if len(names) < num_classes:
         raise ConfigError(f"class_names: expected at least {num_classes} names, got "
                           f"{len(names)}")
-    return names
+    # a repeated name gets its index, as in avssl.eval.ava: keyed by name, two classes merged
+    # into one per_class entry and mean_class_acc averaged over fewer classes
+    unique: dict[str, None] = {}
+    for c, name in enumerate(names):
+        unique[name if name not in unique else f"{name} ({c})"] = None
+    if len(unique) != len(names):
+        raise ConfigError(f"class_names: expected distinct names; {len(names) - len(unique)} "
+                          f"still clash with the index appended to repeated ones")
+    return list(unique)
 
 
 def _ahead(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
