@@ -34,7 +34,7 @@ def brute_paired(q, g, ks=(1, 5, 10)) -> dict:
     n = len(ranks)
     median = (ranks[(n - 1) // 2] + ranks[n // 2]) / 2
     out = {f"R@{k}": 100.0 * sum(r <= k for r in ranks) / n for k in ks}
-    out.update(median_rank=median, mean_rank=sum(ranks) / n, num_queries=n)
+    out.update(median_rank=median, mean_rank=sum(ranks) / n, num_queries=n, gallery_size=len(g))
     return out
 
 
@@ -48,7 +48,8 @@ def brute_class(qx, qy, gx, gy, ks=(1, 5, 10)) -> dict:
         ahead = sum(1 for j in range(len(gx)) if gy[j] != qy[i] and s[j] >= max(same))
         for k in ks:
             hits[k] += ahead < k
-    return {**{f"R@{k}": 100.0 * hits[k] / len(qx) for k in ks}, "num_queries": len(qx)}
+    return {**{f"R@{k}": 100.0 * hits[k] / len(qx) for k in ks}, "num_queries": len(qx),
+            "gallery_size": len(gx)}
 
 
 def approx(d: dict) -> dict:
@@ -61,6 +62,17 @@ def test_paired_metrics_match_brute_force_with_ties():
         q = rng.integers(-1, 2, size=(n, 3)).astype(np.float32)
         g = rng.integers(-1, 2, size=(n, 3)).astype(np.float32)
         assert retrieval_metrics(q, g, normalize=False) == approx(brute_paired(q, g))
+
+
+def test_gallery_size_is_stated():
+    # recall falls as distractors join the gallery, so a number means little without its size
+    rng = np.random.default_rng(7)
+    q, g = rng.normal(size=(5, 4)), rng.normal(size=(12, 4))
+    m = retrieval_metrics(q, g)
+    assert m["num_queries"] == 5 and m["gallery_size"] == 12
+    qn, gn = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, g))
+    assert m == approx(brute_paired(qn, gn))
+    assert class_retrieval(q, np.arange(5) % 2, g, np.arange(12) % 2)["gallery_size"] == 12
 
 
 def test_constant_embeddings_score_nothing():

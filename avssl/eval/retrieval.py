@@ -20,7 +20,8 @@ of them does not score, as the tied items beyond the depth are unseen).
 
 File CLI: ``python -m avssl.eval retrieval --queries Q.npy --gallery G.npy [--kind ivfpq]``
 (two float ``.npy`` arrays (N, D) and (G >= N, D), row i of each a true pair) prints
-``R@1``, ``R@5``, ``R@10``, ``median_rank``, ``mean_rank``, ``num_queries``.
+``R@1``, ``R@5``, ``R@10``, ``median_rank``, ``mean_rank``, ``num_queries`` and
+``gallery_size`` (G: recall falls as distractors are added, so a number needs it).
 """
 from __future__ import annotations
 
@@ -59,16 +60,16 @@ def retrieval_metrics(queries: Any, gallery: Any, *, ks: Sequence[int] = (1, 5, 
                       **index_kw) -> dict:
     """Paired retrieval of ``gallery`` (G, D) row i by ``queries`` (N, D) row i (G >= N).
 
-    Returns ``R@k`` for each k (percent), ``median_rank``, ``mean_rank`` (1-based) and
-    ``num_queries``. ``index_kw`` go to :func:`avssl.retrieval.true_ranks` (``depth``, ``gpu``,
-    IVF-PQ settings).
+    Returns ``R@k`` for each k (percent), ``median_rank``, ``mean_rank`` (1-based),
+    ``num_queries`` and ``gallery_size`` (G). ``index_kw`` go to
+    :func:`avssl.retrieval.true_ranks` (``depth``, ``gpu``, IVF-PQ settings).
     """
     ks = _ks(ks)
     depth = index_kw.get("depth")
     if kind == "ivfpq" and depth is not None and int(depth) < max(ks):
         raise ConfigError(f"search depth {depth} is smaller than the largest k {max(ks)}")
     ranks = true_ranks(queries, gallery, normalize=normalize, kind=kind, **index_kw)
-    return rank_metrics(ranks, ks)
+    return {**rank_metrics(ranks, ks), "gallery_size": len(gallery)}
 
 
 def cross_modal_retrieval(video: Any, audio: Any, **kw) -> dict:
@@ -93,8 +94,8 @@ def class_retrieval(query_x: Any, query_y: Any, gallery_x: Any, gallery_y: Any,
                     normalize: bool = True, **index_kw) -> dict:
     """Class-match retrieval: ``R@k`` = percent of queries (M, D) with a same-class item among
     their k nearest gallery items (G, D), ties counted against (module docstring), plus
-    ``num_queries``. Labels (M,) / (G,) may be ints or strings; a query whose class is absent
-    from the gallery never scores."""
+    ``num_queries`` and ``gallery_size``. Labels (M,) / (G,) may be ints or strings; a query
+    whose class is absent from the gallery never scores."""
     ks = _ks(ks)
     qx, gx = as_matrix(query_x, "query_x"), as_matrix(gallery_x, "gallery_x")
     qy = _class_labels(query_y, len(qx), "query_y")
@@ -144,7 +145,7 @@ def class_retrieval(query_x: Any, query_y: Any, gallery_x: Any, gallery_y: Any,
     # a query with no same-class item (in the gallery, or in the IVF-PQ results) never scores,
     # however large k is
     out: dict = {f"R@{k}": float(100.0 * np.mean(found & (ahead < k))) for k in ks}
-    out["num_queries"] = int(len(qx))
+    out.update(num_queries=int(len(qx)), gallery_size=int(len(gx)))
     return out
 
 
