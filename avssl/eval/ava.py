@@ -16,12 +16,14 @@ Reproduces ``Evaluation/get_ava_performance.py`` of the ActivityNet repository (
   the score ``float(person_id)`` (1.0 for 7-column rows), which fixes the ground-truth order.
 - Keyframes: those listed anywhere in the ground-truth CSV (2-column rows and rows whose action
   is outside the label map included); detections on any other keyframe are ignored (not false
-  positives). A listed keyframe without a ground-truth box of a class makes every detection of
-  that class there a false positive.
-- Excluded timestamps are dropped from both the ground truth and the detections (DATASETS.md).
-  Official quirk: the current ``get_ava_performance.py`` takes no exclusions at all (it was
-  removed with the 2-column rows); the earlier one dropped excluded keyframes from both files,
-  which is what we do. (SlowFast's copy drops them only when ``verbose`` is true.)
+  positives), as DATASETS.md says and as the evaluator's version that reads 2-column rows does
+  (its ``included_keys``). Versions of the script without 2-column rows score such detections
+  against an empty ground truth, i.e. as false positives: a detection file covering only the
+  ground truth's keyframes gets the same mAP from both. A listed keyframe without a ground-truth
+  box of a class makes every detection of that class there a false positive.
+- Excluded timestamps are dropped from both the ground truth and the detections (DATASETS.md),
+  as the script's ``--exclusions`` option does; copies of it differ here (some take no
+  exclusions, SlowFast's drops them only when ``verbose`` is true).
 - Per keyframe and class, detections whose box has ``x2 <= x1`` or ``y2 <= y1`` are dropped
   (after the capacity cut); each remaining one, in the order above, looks at the ground truth box
   of its class with the highest IoU (the first one among equal IoUs) - whether or not already
