@@ -78,3 +78,17 @@ def test_safetensors_content_is_read_whatever_the_file_name(tmp_path):
     save_file(src.state_dict(), str(tmp_path / "weights.pt"))
     loaded = load_pretrained(_net(), str(tmp_path / "weights.pt"))
     assert torch.equal(loaded[0].weight, src[0].weight)
+
+
+def test_a_number_is_not_a_file_descriptor(tmp_path):
+    """`"pretrained_path": 5` in a stranger's meta.json: os.path.isfile / open took it as file
+    descriptor 5, read whatever file the process had open there and closed it (in the test
+    suite: pytest's own capture file, which ended the run without a word)."""
+    import os
+
+    with open(tmp_path / "open.bin", "wb") as f:
+        fd = f.fileno()
+        with pytest.raises(ConfigError, match=f"pretrained_path {fd} is not a file"):
+            load_pretrained(_net(), fd)
+        os.fstat(fd)  # still open
+        f.write(b"x")

@@ -392,7 +392,9 @@ def load_pretrained(model: nn.Module, path: str | None, *,
 def _read_state(path: str) -> object:
     """The object stored in ``path``: safetensors (by name or content) or a torch file read with
     ``weights_only=True``; a damaged, truncated or foreign file is a one-line ConfigError."""
-    if not os.path.isfile(path):
+    # a path, never a number: os.path.isfile(5) and open(5) take file descriptor 5, so a
+    # `"pretrained_path": 5` in a stranger's meta.json read (and closed) an open file
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise ConfigError(f"pretrained_path {path!r} is not a file; pass a local .safetensors "
                           "or .pt state dict (nothing is downloaded)")
     expected = "expected a .safetensors file or a torch state dict (.pt / .pth)"
