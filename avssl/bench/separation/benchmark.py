@@ -59,6 +59,10 @@ def separation_config(args) -> SeparationConfig:
 def _bank(task, model, args, records, starts, *, part: str, frozen: bool, cache) -> WindowBank:
     items = [(r, s) for r, ss in zip(records, starts) for s in ss]
     groups = [r.label for r, ss in zip(records, starts) for _ in ss]
+    # the YouTube video of each window: one the index JSON lists under two instruments is two
+    # records (whichever file holds it)
+    videos = {v: k for k, v in enumerate(dict.fromkeys(r.video_id for r in records))}
+    source = np.asarray([videos[r.video_id] for r, _ in items], np.int64)
     key = cache.key(model=model.identity() if frozen else "clips", task=task.name,
                     version=task.version, part=part, spec=vars(model.spec),
                     windows=[[r.video_id, s] for r, s in items], rate=SAMPLE_RATE,
@@ -66,22 +70,24 @@ def _bank(task, model, args, records, starts, *, part: str, frozen: bool, cache)
     hit = cache.get(key)
     if hit is not None:
         return WindowBank(torch.from_numpy(hit["audio"]), torch.from_numpy(hit["cond"]),
-                          np.asarray(groups, np.int64))
+                          np.asarray(groups, np.int64), source)
     bank = window_bank(items, model.spec, encoder=model.video if frozen else None, groups=groups,
                        batch_size=args.batch_size, num_workers=args.num_workers,
                        desc=f"{task.name} {part} windows")
     cache.put(key, audio=bank.audio.numpy(), cond=bank.cond.numpy())
+    bank.source = source
     return bank
 
 
-def test_pairs(labels: np.ndarray, num_mix: int, seed: int, per_video: int = 1) -> np.ndarray:
+def test_pairs(labels: np.ndarray, num_mix: int, seed: int, per_video: int = 1,
+               source: np.ndarray | None = None) -> np.ndarray:
     """(M, num_mix) test mixtures: ``per_video`` rounds of a fixed seeded draw, in each of which
     every test video i gets ``num_mix - 1`` partners of other instruments (each of a different
-    instrument from the rest). A mixture drawn twice (the same set of videos, in any order) is
-    kept once, at its first draw, so M <= n * per_video."""
+    instrument from the rest, and of another video per ``source``). A mixture drawn twice (the
+    same set of videos, in any order) is kept once, at its first draw, so M <= n * per_video."""
     labels = np.asarray(labels)
     rng = np.random.default_rng([seed, 31])
-    draws = np.concatenate([draw_partners(labels, np.arange(len(labels)), num_mix, rng)
+    draws = np.concatenate([draw_partners(labels, np.arange(len(labels)), num_mix, rng, source)
                             for _ in range(per_video)])
     _, first = np.unique(np.sort(draws, axis=1), axis=0, return_index=True)
     return draws[np.sort(first)]
@@ -143,7 +149,8 @@ def run_separation(task, model, args, root: str, modality: str) -> dict[str, Any
     losses = train_separator(net, train, cfg, spec=spec, progress=F.state().is_main_process,
                              desc=f"{task.name} {protocol} mix-and-separate")
     net = net.to(F.state().device).eval()
-    pairs = test_pairs(test.group, cfg.num_mix, args.seed, cfg.test_mixtures_per_video)
+    pairs = test_pairs(test.group, cfg.num_mix, args.seed, cfg.test_mixtures_per_video,
+                       test.source)
     device = F.state().device
 
     def fn(batch):

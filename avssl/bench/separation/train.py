@@ -89,19 +89,23 @@ class SeparationConfig:
 @dataclass
 class WindowBank:
     """``audio`` (N, S) float32 at the spectrogram's rate; ``cond`` (N, D) embeddings or
-    (N, C, T, H, W) clips; ``group`` (N,) int instrument of each window."""
+    (N, C, T, H, W) clips; ``group`` (N,) int instrument of each window; ``source`` (N,) int
+    video of each window (None: every window its own video)."""
 
     audio: torch.Tensor
     cond: torch.Tensor
     group: np.ndarray
+    source: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.audio)
 
 
 def draw_partners(group: np.ndarray, first: np.ndarray, num_mix: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """(B,) first windows -> (B, num_mix) window indices whose instruments all differ."""
+                  rng: np.random.Generator, source: np.ndarray | None = None) -> np.ndarray:
+    """(B,) first windows -> (B, num_mix) window indices whose instruments all differ and, given
+    ``source`` (N,) video ids, whose videos differ too: a video listed under two instruments in
+    the index JSON was otherwise mixed with itself (the same audio twice)."""
     groups = np.unique(group)
     if len(groups) < num_mix:
         raise DataError(f"mix-and-separate needs windows of at least {num_mix} different "
@@ -112,7 +116,25 @@ def draw_partners(group: np.ndarray, first: np.ndarray, num_mix: int,
         others = rng.choice(groups[groups != group[i]], size=num_mix - 1, replace=False)
         out[b, 0] = i
         out[b, 1:] = [rng.choice(by_group[g]) for g in others]
+        if source is not None and len(set(source[out[b]])) < num_mix:
+            out[b] = _other_videos(group, by_group, source, i, num_mix, rng)
     return out
+
+
+def _other_videos(group: np.ndarray, by_group: dict, source: np.ndarray, i: int, num_mix: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Partners of window ``i`` from other instruments AND other videos (the rare redraw of
+    :func:`draw_partners`; the common draw is left as it was, so its numbers do not move)."""
+    picked, used = [i], {source[i]}
+    for g in rng.permutation([g for g in by_group if g != group[i]]):
+        cand = by_group[g][~np.isin(source[by_group[g]], list(used))]
+        if len(cand):
+            picked.append(int(rng.choice(cand)))
+            used.add(source[picked[-1]])
+            if len(picked) == num_mix:
+                return np.asarray(picked, np.int64)
+    raise DataError(f"mix-and-separate needs {num_mix} different videos of different "
+                    f"instruments for each mixture; video {source[i]} has too few partners")
 
 
 def mix(sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +216,8 @@ def train_separator(net: Separator, bank: WindowBank, cfg: SeparationConfig, *,
     for _ in range(cfg.epochs):
         order = rng.permutation(n)
         for b in range(per_epoch):
-            idx = draw_partners(bank.group, order[b * bs:(b + 1) * bs], cfg.num_mix, rng)
+            idx = draw_partners(bank.group, order[b * bs:(b + 1) * bs], cfg.num_mix, rng,
+                                bank.source)
             sources = bank.audio[torch.from_numpy(idx)].to(device)
             conds = [bank.cond[torch.from_numpy(idx[:, k])].to(device)
                      for k in range(cfg.num_mix)]
