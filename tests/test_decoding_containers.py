@@ -163,7 +163,13 @@ def test_clips_start_at_the_videos_first_timestamp(tmp_path):
     manifest = tmp_path / "m.csv"
     write_manifest(scan(root, progress=False), manifest, root=root)
     assert read_manifest(manifest)["start_s"].tolist() == pytest.approx([10.0], abs=1e-3)
-    for src in (root, manifest):
+    # a manifest written before the start_s / audio_end_s columns: the file is probed for them
+    # (read as 0, every clip was the first frame, silent)
+    old = tmp_path / "old.csv"
+    lines = manifest.read_text().splitlines()
+    old.write_text("\n".join(",".join(line.split(",")[:-2]) for line in lines) + "\n")
+    assert lines[0].endswith(",start_s,audio_end_s") and "start_s" not in old.read_text()
+    for src in (root, manifest, old):
         ds = folder_dataset(src, mode="eval", num_clips=3, clip_s=1.0, fps=10, size=None,
                             progress=False)
         starts = []
@@ -239,3 +245,37 @@ def test_sync_pairs_stay_where_the_audio_is(tmp_path):
                     valid += 1
                     assert float(s["audio_shift"].abs().amax()) > 0.1
         assert valid > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_window_just_before_a_keyframe_starts_on_the_frame_on_screen(tmp_path, backend):
+    """An mp4 with B-frames and no edit list decodes each keyframe ~2 frames before it is
+    shown; PyAV's seek goes by decode order, so a window starting in that gap began with the
+    keyframe instead of the frame on screen (up to 2 frames out of step with its audio)."""
+    import av
+
+    path = tmp_path / "bframes.mp4"
+    rate = Fraction(25)
+    with av.open(str(path), "w", options={"use_editlist": "0"}) as c:
+        vs = c.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        vs.codec_context.gop_size = 16
+        vs.options = {"bframes": "2", "x264-params": "scenecut=0"}
+        for k in range(75):
+            # brightness 3k (not 2k: a flat grey comes back within +-1, so 2k + 1 was ambiguous)
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 3 * k, np.uint8), format="rgb24")
+            f.pts, f.time_base = k, 1 / rate
+            for p in vs.encode(f):
+                c.mux(p)
+        for p in vs.encode(None):
+            c.mux(p)
+    with av.open(str(path)) as c:
+        frames = [(float(f.pts * f.time_base), f.key_frame) for f in c.decode(c.streams.video[0])]
+    pts = np.array(sorted(t for t, _ in frames))
+    keys = sorted(t for t, key in frames if key and t > pts[0])  # (the first one is at 0.08 s)
+    assert len(keys) >= 3
+    for key in keys:
+        for start in key - np.arange(0.005, 0.12, 0.01):
+            got = decode_video(str(path), float(start), float(start) + 0.05, backend=backend)
+            expected = int(np.searchsorted(pts, start + 1e-3, side="right") - 1)
+            assert round(got[0].float().mean().item() / 3) == expected, (key, start)

@@ -19,6 +19,7 @@ object that could be pickled into a DataLoader worker.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import signal
@@ -423,11 +424,9 @@ def _decode_video_pyav(path: str, start_s: float, end_s: float,
         out = np.zeros((len(times), h, w, 3), np.uint8)
         if len(times) == 0:
             return out
-        if start_s > 0:
-            container.seek(int(start_s / vs.time_base), stream=vs, backward=True,
-                           any_frame=False)
+        frames = _seek_frames(container, vs, start_s, times[0])
         k, prev, prev_rgb = 0, None, None
-        for n, frame in enumerate(container.decode(vs)):
+        for n, frame in enumerate(frames):
             t = _frame_time(frame)
             t = n / float(rate) if t is None else t
             while k < len(times) and times[k] + _PTS_TOL_S < t:
@@ -447,6 +446,29 @@ def _decode_video_pyav(path: str, start_s: float, end_s: float,
         if k < len(times):  # past the last frame: hold it
             out[k:] = prev_rgb if prev_rgb is not None else prev.to_ndarray(format="rgb24")
     return out
+
+
+def _seek_frames(container, vs, start_s: float, first_t: float):
+    """Decoded frames of ``vs`` from the keyframe on screen at or before ``first_t``.
+
+    Seeking goes by decode order: in an mp4 with B-frames and no edit list a keyframe is
+    decoded ~2 frames before it is shown, so a window starting in that gap landed on it and its
+    first frames were the keyframe instead of the frames on screen (decord was right). When the
+    first frame after a seek is shown later than ``first_t``, seek earlier (0.5, 1, 2 ... s)
+    and decode forward from there."""
+    back = 0.0
+    while True:
+        target = start_s - back
+        if target > 0:
+            container.seek(int(target / vs.time_base), stream=vs, backward=True, any_frame=False)
+        elif back > 0:  # back to the file's first frame
+            container.seek(vs.start_time or 0, stream=vs, backward=True, any_frame=False)
+        frames = container.decode(vs)
+        first = next(frames, None)
+        t = None if first is None else _frame_time(first)
+        if target <= 0 or t is None or t <= first_t + _PTS_TOL_S:
+            return frames if first is None else itertools.chain([first], frames)
+        back = 0.5 if back == 0 else 2 * back
 
 
 def _resize(video: torch.Tensor, size: int | tuple[int, int] | None) -> torch.Tensor:

@@ -47,8 +47,8 @@ COLUMNS: tuple[str, ...] = (
     "path", "duration_s", "fps", "num_frames", "width", "height",
     "has_audio", "sample_rate", "decodable", "error", "start_s", "audio_end_s",
 )
-# Manifests written before the last two existed; read with them empty (as before: clips count
-# from 0 and may run past the end of the audio).
+# Manifests written before the last two existed; read with them empty (a dataset then probes
+# each file once for them: taken as 0, clips of a file starting at 10 s were its first frame).
 _COLUMNS_V1 = COLUMNS[:-2]
 # In order of preference where one clip exists in several containers.
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")

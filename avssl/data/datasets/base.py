@@ -403,7 +403,9 @@ class ClipDataset(Dataset):
     def _media(self, rec: VideoRecord) -> tuple[float, float, bool | None]:
         """(duration_s, native fps, has_audio or None); one probe per file and process."""
         ex = rec.extra
-        if "duration_s" in ex and "fps" in ex:
+        # without start_s (a manifest written before that column) the file is probed once: read
+        # as 0, every clip of a file whose first timestamp is 10 s was its first frame, silent
+        if "duration_s" in ex and "fps" in ex and "start_s" in ex:
             return float(ex["duration_s"]), float(ex["fps"]), ex.get("has_audio")
         if rec.path not in self._media_cache:
             info = decoding.probe(rec.path, timeout_s=self.timeout_s)
