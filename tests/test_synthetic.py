@@ -193,7 +193,21 @@ def test_durations_under_one_frame_are_refused(tmp_path, capsys):
     # an explicit --duration 0 is refused, not silently replaced by the 2 s default
     assert cli_main(["--layout", "folder", "--out", str(tmp_path / "f"), "--clips-per-class",
                      "1", "--size", "32", "--duration", "0"]) == 2
-    assert "must be > 0" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    assert "must be finite and > 0" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    # nan / inf durations and an --out that cannot be created were tracebacks
+    for opts in (["--duration", "nan"], ["--duration", "inf"]):
+        assert cli_main(["--layout", "folder", "--out", str(tmp_path / "f"), "--size", "32",
+                         *opts]) == 2
+        assert "must be finite and > 0" in capsys.readouterr().err
+    assert cli_main(["--layout", "thumos14", "--out", str(tmp_path / "t"), "--size", "32",
+                     "--max-duration", "inf"]) == 2
+    assert "max_duration_s < inf" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert cli_main(["--layout", "folder", "--out", str(tmp_path / "afile" / "sub"), "--size",
+                     "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot create --out") and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "afile").read_text() == ""
 
 
 def test_windows_of_the_same_clip_line_up():

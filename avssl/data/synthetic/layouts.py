@@ -14,6 +14,7 @@ import csv
 import inspect
 import io
 import json
+import math
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from avssl.errors import ConfigError
+from avssl.errors import ConfigError, DataError
 from avssl.registry import Registry
 from avssl.data.synthetic.motion import ACTIONS
 from avssl.data.synthetic.world import WORLD_VERSION, WorldConfig, render_clip
@@ -443,7 +444,11 @@ def _write_layout(layout: str, out: str | os.PathLike, *, clips_per_class: int =
     if not _prepare_out(root, settings, overwrite):
         return root, False
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only or missing mount
+        raise DataError(f"cannot create --out {root} ({e.strerror or e}); pass a folder that "
+                        f"can be created") from None
     _write_marker(root, {"settings": settings, "complete": False})
     try:
         writer(root, clips_per_class=clips_per_class, seed=seed, cfg=cfg,
@@ -629,8 +634,8 @@ def _run_long(jobs: list[LongJob], root: Path, cfg: WorldConfig, workers: int,
 def _long_durations(seed: int, first: int, n: int, lo: float, hi: float) -> list[float]:
     """Durations (s, 0.1 s steps) of videos ``first .. first + n - 1``: a function of (seed,
     index), so the THUMOS14 and ActivityNet writers render the same videos for one seed."""
-    if not 4.0 <= lo <= hi:
-        raise ConfigError(f"need 4 <= min_duration_s <= max_duration_s, got {lo}, {hi}")
+    if not 4.0 <= lo <= hi < math.inf:
+        raise ConfigError(f"need 4 <= min_duration_s <= max_duration_s < inf, got {lo}, {hi}")
     return [round(float(np.random.default_rng([seed, i, 8]).uniform(lo, hi)), 1)
             for i in range(first, first + n)]
 

@@ -47,9 +47,10 @@ class WorldConfig:
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 2:
             raise ConfigError(f"WorldConfig.size must be an even number >= 16, got {self.size}")
-        if self.fps <= 0 or self.duration_s <= 0 or self.sample_rate <= 0:
-            raise ConfigError("WorldConfig fps, duration_s and sample_rate must be > 0, got "
-                              f"{self.fps}, {self.duration_s}, {self.sample_rate}")
+        if not (0 < self.fps < math.inf and 0 < self.duration_s < math.inf
+                and self.sample_rate > 0):  # (`not <` also refuses nan)
+            raise ConfigError("WorldConfig fps, duration_s and sample_rate must be finite and "
+                              f"> 0, got {self.fps}, {self.duration_s}, {self.sample_rate}")
         if round(self.duration_s * self.fps) < 1:
             raise ConfigError(f"WorldConfig.duration_s {self.duration_s} is under one frame at "
                               f"{self.fps} fps")
