@@ -244,6 +244,21 @@ def previous_rows(audio: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return gather_rows(audio).roll(1, dims=0)[rank * B:(rank + 1) * B]
 
 
+def own_audio_as_mismatched(label: torch.Tensor, batch: dict, rank: int,
+                            world: int) -> torch.Tensor:
+    """``label`` (B,) with the mismatched rows (2) whose :func:`previous_rows` audio is of the
+    same video made shifted (1; in sync, 0, without a valid shift window). A folder's silent
+    videos are replaced by substitutes drawn from the dataset, so one video can fill two rows
+    of a batch, and its "mismatched" audio was its own, shifted by any amount. Decided on the
+    global batch (``video_index`` gathered), so N processes decide what one does."""
+    index = batch.get("video_index")
+    if index is None:
+        return label
+    index = index.to(label.device).reshape(-1)
+    own = (previous_rows(index, rank, world) == index) & (label == 2)
+    return torch.where(own, torch.where(batch["hard_valid"].bool().reshape(-1), 1, 0), label)
+
+
 def with_previous_clip(batches: Iterable[dict]) -> Iterator[dict]:
     """Held-out ``batches`` (in loader order) with each clip's mismatched audio ``audio_other``
     (B, 1, S), the previous clip's ``audio``, and ``pair_rows`` (B, 3) bool: the pair types (in

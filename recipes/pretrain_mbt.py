@@ -56,8 +56,9 @@ from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, StepGuard,
                                build_pair_datasets, check_same_processes, cosine_lr,
                                draw_generator, flat_hparams, held_out_batches, loader_config,
-                               mask_seed, mel, nothing_left, pair_loader,
-                               previous_rows, run_location, speed_settings, with_previous_clip)
+                               mask_seed, mel, nothing_left, own_audio_as_mismatched,
+                               pair_loader, previous_rows, run_location, speed_settings,
+                               with_previous_clip)
 from avssl.speed import prepare_module
 from avssl.tracking import default_trackers
 
@@ -135,8 +136,8 @@ def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None =
     micro-batch draws anew, and N processes draw what one process with the same global batch
     draws. Rows without a valid shifted window become mismatched. Mismatched audio is
     ``batch["audio_other"]`` where given (held-out clips: :func:`with_previous_clip`), else the
-    previous row's of the global batch (another video in a shuffled batch; :func:`previous_rows`).
-    """
+    previous row's of the global batch (:func:`previous_rows`; of another video, or the row is
+    not mismatched: :func:`own_audio_as_mismatched`)."""
     audio, shifted, valid = batch["audio"], batch["audio_shift"], batch["hard_valid"]
     if label is None:
         label = draw_pair_types(len(audio), cfg, step, micro=micro, rank=rank,
@@ -148,6 +149,7 @@ def make_pairs(batch: dict, cfg: Config, step: int, label: torch.Tensor | None =
             raise ConfigError("mismatched pairs need a global batch of at least 2 clips (another "
                               "clip's audio); got 1")
         other = previous_rows(audio, rank, world)
+        label = own_audio_as_mismatched(label, batch, rank, world)
     choice = {0: audio, 1: shifted, 2: other}
     pair = torch.zeros_like(audio)
     for k, src in choice.items():

@@ -471,6 +471,20 @@ def default_run_metrics(recipe: str, out: Path) -> dict:
     return json.loads((out / recipe / "default" / "final_metrics.json").read_text())
 
 
+def test_a_video_in_two_rows_is_never_its_own_mismatched_pair():
+    """A folder's silent videos are replaced by substitutes, so one video can fill two adjacent
+    rows; the later row's "mismatched" audio was its own (shifted by any amount)."""
+    from avssl.pretraining import own_audio_as_mismatched
+
+    label = torch.tensor([2, 2, 2, 0, 2])
+    batch = {"video_index": torch.tensor([3, 3, 5, 5, 5]),
+             "hard_valid": torch.tensor([True, True, False, True, False])}
+    # row 1 follows row 0 (video 3): shifted; row 4 follows row 3 (video 5) and has no shift
+    # window: in sync; row 0 follows row 4 (the roll wraps) and row 2 follows video 3: kept
+    assert own_audio_as_mismatched(label, batch, 0, 1).tolist() == [2, 1, 2, 0, 0]
+    assert own_audio_as_mismatched(label, {"hard_valid": batch["hard_valid"]}, 0, 1) is label
+
+
 def test_mbt_evaluation_scores_every_clip_with_all_three_pairs():
     """Held-out MBT accuracy counts each clip's in-sync, shifted (where the clip has room for a
     shift) and mismatched pair once, instead of one drawn pair type per clip."""
