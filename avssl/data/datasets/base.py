@@ -42,7 +42,8 @@ the item's rng, at most ``max_retries`` times. In eval mode it raises :class:`Da
 file, unless ``skip_bad=True``: then every file is probed up front (or its manifest row is used)
 and bad ones are dropped; ``num_listed``, ``num_used``, ``missing``, ``bad`` and
 ``invalid_rows`` (rows of the source list a loader could not turn into a record: a damaged id or
-time, an unknown label; listed videos too) report what was used. Decoders are opened only inside ``__getitem__`` (i.e. in DataLoader workers).
+time, an unknown label; listed videos too) report what was used. Decoders are opened only inside
+``__getitem__`` (i.e. in DataLoader workers).
 """
 from __future__ import annotations
 

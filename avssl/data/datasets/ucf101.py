@@ -18,8 +18,8 @@ files are probed once (:func:`avssl.data.manifest.scan`, cached on disk under
 ``$AVSSL_CACHE/manifests/`` or ``~/.cache/avssl/manifests/``; a file whose size or mtime changed
 is probed again). A class is kept when at least half of its decodable videos have an audio stream
 (51 classes on the real data), labels are remapped to ``0..K-1`` in classInd order, and videos
-without audio are dropped. The AV literature (AV-SUPERB)
-uses split 1 of this subset; the video SSL literature uses all 101 classes, 3 splits averaged.
+without audio are dropped. The AV literature (AV-SUPERB) uses split 1 of this subset; the video
+SSL literature uses all 101 classes, 3 splits averaged.
 """
 from __future__ import annotations
 
@@ -111,43 +111,44 @@ def _probe_all(videos: Path, listed: set[str], workers: int, progress: bool) -> 
     A sidecar ``.stat.json`` keeps each file's (size, mtime) at probe time, so a file added,
     replaced or repaired since (a half-copied video probes as undecodable) is probed again and a
     deleted one leaves the table; the first use probes the whole tree (every split at once)."""
-    from avssl.data.manifest import _frame, read_manifest, scan, write_manifest
+    import pandas as pd
+
+    from avssl.data.manifest import read_manifest, scan, write_manifest
 
     cache = _manifest_cache(videos)
     stats_file = cache.with_suffix(".stat.json")
-    rows: dict[str, dict] = {}
+    cached = read_manifest(cache) if cache.is_file() else None
     stats: dict[str, list[int]] = {}
-    if cache.is_file():
-        rows = {row["path"]: row for row in read_manifest(cache).to_dict("records")}
+    if cached is not None:
         try:
             stats = json.loads(stats_file.read_text())
         except (OSError, ValueError):  # a cache written before the sidecar: probe again
             stats = {}
-    now = {rel: _stat(videos / rel) for rel in set(rows) | listed}
+    have = set() if cached is None else set(cached["path"])
+    now = {rel: _stat(videos / rel) for rel in have | listed}
     stale = sorted(rel for rel, st in now.items()
-                   if st is not None and (rel not in rows or stats.get(rel) != st))
-    gone = [rel for rel in rows if now[rel] is None]
-    if rows and not stale and not gone:
-        return rows
-    if not rows:
+                   if st is not None and (rel not in have or stats.get(rel) != st))
+    gone = {rel for rel in have if now[rel] is None}
+    if cached is None:
         log.info("ucf101-av: probing %s for audio streams (cached in %s)", videos, cache)
         df = scan(videos, workers=workers, progress=progress)
         now = {rel: _stat(videos / rel) for rel in df["path"]}
-    else:
+    elif stale or gone:
         log.info("ucf101-av: probing %d new or changed files of %s (cache %s)", len(stale),
                  videos, cache)
-        for rel in gone:
-            del rows[rel]
+        parts = [cached[~cached["path"].isin(gone | set(stale))]]
         if stale:
-            rows.update((r["path"], r) for r in scan(
-                videos, paths=stale, workers=workers, progress=progress).to_dict("records"))
-        df = _frame(list(rows.values()))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    write_manifest(df, cache)
-    tmp = stats_file.with_name(stats_file.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({rel: st for rel, st in now.items() if st is not None}))
-    os.replace(tmp, stats_file)
-    return {row["path"]: row for row in read_manifest(cache).to_dict("records")}
+            parts.append(scan(videos, paths=stale, workers=workers, progress=progress))
+        df = pd.concat(parts, ignore_index=True).sort_values("path", kind="stable")
+    else:
+        df = cached
+    if df is not cached:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(df.reset_index(drop=True), cache)
+        tmp = stats_file.with_name(stats_file.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({rel: st for rel, st in now.items() if st is not None}))
+        os.replace(tmp, stats_file)
+    return {row["path"]: row for row in df.to_dict("records")}
 
 
 def ucf101(
@@ -214,12 +215,9 @@ def _audio_subset(classes: list[str], rows: dict[str, Any], records: list[VideoR
     listed = {rec.label for rec in records}
     unknown = [i for i in sorted(listed) if not decodable[i]]
     if unknown:
-        log.warning("ucf101-av: no video of class%s %s decodes, so whether %s sound is unknown; "
-                    "kept, so that %s videos are reported", "es" if len(unknown) > 1 else "",
-                    ", ".join(classes[i] for i in unknown[:5]) + (", ..." if len(unknown) > 5
-                                                                   else ""),
-                    "they have" if len(unknown) > 1 else "it has",
-                    "their" if len(unknown) > 1 else "its")
+        log.warning("ucf101-av: no video of class(es) %s decodes, so whether they have sound is "
+                    "unknown; kept, so that their videos are reported",
+                    ", ".join(classes[i] for i in unknown))
     keep = [i for i in range(len(classes))
             if (decodable[i] and with_audio[i] * 2 >= decodable[i]) or i in unknown]
     remap = {old: new for new, old in enumerate(keep)}
