@@ -251,8 +251,9 @@ def true_ranks(queries: Any, gallery: Any, *, normalize: bool = True,
       at one block of about 128 MiB plus the gallery in float64; ``index_kw`` may hold ``gpu``.
     - ``kind="ivfpq"``: approximate, from a FAISS IVF-PQ search of depth ``depth`` (default
       ``min(G, 1000)``) with approximate (PQ) scores; a true item not retrieved within the
-      depth is reported as ``depth + 1``. R@k (k <= depth) is then an estimate, and a median
-      rank above the depth reads ``depth + 1``.
+      depth, or tied with the last item retrieved (more ties may lie beyond), is reported as
+      ``depth + 1``. R@k (k <= depth) is then an estimate, and a median rank above the depth
+      reads ``depth + 1``.
     """
     q, g = _pair(queries, gallery, normalize)
     n, n_gallery = len(q), len(g)
@@ -284,4 +285,8 @@ def true_ranks(queries: Any, gallery: Any, *, normalize: bool = True,
     true = np.where(found, scores[np.arange(n), hit.argmax(axis=1)], np.inf)
     ahead = ((scores >= true[:, None]) & (ids >= 0) & ~hit).sum(axis=1)
     ranks[found] = 1 + ahead[found]
+    # a true item tied with the last item returned may have more ties beyond the depth, unseen:
+    # ties count against the model, so it is ranked beyond the depth (unless nothing is unseen)
+    unseen_ties = (ids[:, -1] >= 0) & (scores[:, -1] >= true) & (depth < index.ntotal)
+    ranks[found & unseen_ties] = depth + 1
     return ranks

@@ -161,3 +161,17 @@ def test_ivfpq_true_ranks_are_capped_approximations():
     # where the exact rank is beyond the depth the approximation reports depth + 1 (or a rank
     # inside the depth only through PQ error, which is rare)
     assert np.mean(approx[:100][exact[:100] > 21] == 21) > 0.8
+
+
+def test_ivfpq_true_item_tied_with_the_last_result_ranks_beyond_the_depth():
+    # more items tied with the last one returned lie beyond the search depth, unseen: ties count
+    # against the model, so the true item cannot be ranked within the depth
+    x = np.ones((3000, 16), dtype=np.float32)  # constant: every exact rank is 3000
+    assert (true_ranks(x, x, kind="ivfpq", depth=10, nlist=8, m=4, nbits=4) == 11).all()
+    g = np.random.default_rng(7).normal(size=(3000, 16)).astype(np.float32)
+    g[:20] = g[0]  # the true item of query 0 and 19 exact copies: exact rank 20
+    rank = true_ranks(g[:1], g, kind="ivfpq", depth=10, nlist=8, m=4, nbits=4)
+    assert true_ranks(g[:1], g)[0] == 20 and rank[0] == 11
+    # nothing unseen when the depth covers the whole gallery: ties within it are all counted
+    with pytest.warns(UserWarning, match="nlist=1024->2"):
+        assert (true_ranks(x[:100], x[:100], kind="ivfpq", m=4, nbits=1) == 100).all()
