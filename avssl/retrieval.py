@@ -28,6 +28,9 @@ from avssl.errors import ConfigError
 _CHUNK_ELEMS = 1 << 24
 # IVF coarse k-means and PQ codebooks want >= 39 training points per centroid (faiss's own rule).
 _POINTS_PER_CENTROID = 39
+# faiss GPU indexes select at most this many results (k) and IVF cells (nprobe) per query
+# (GPU_MAX_SELECTION_K); deeper searches run on a CPU copy of the index.
+_GPU_MAX_K = 2048
 
 
 def faiss_gpu_available() -> bool:
@@ -86,8 +89,12 @@ class Index:
     ``nbits`` (and an ``m`` that divides ``dim``) so that training is possible; every such
     change is announced with ``warnings.warn``.
 
-    ``gpu=None`` puts the index on GPU 0 when faiss sees a GPU; ``gpu=True`` requires one. An
-    IVF-PQ configuration the GPU cannot hold falls back to the CPU with a warning.
+    ``gpu=None`` puts the index on a GPU when faiss sees one (torch's current CUDA device, so
+    each process of a multi-GPU launch uses its own); ``gpu=True`` requires one. IVF-PQ lookup
+    tables too large for the GPU's shared memory in float32 (``m * 2**nbits * 4`` bytes above
+    48 KiB, e.g. the default ``m=64``) use float16 there; a configuration the GPU cannot hold at
+    all (``nbits != 8``, an unsupported ``m``) falls back to the CPU with a warning, and so does
+    a search deeper than faiss's GPU limit of 2048 results or cells per query.
     """
 
     def __init__(self, dim: int, *, kind: Literal["flat", "ivfpq"] = "flat", nlist: int = 1024,
@@ -122,10 +129,19 @@ class Index:
             return index
         import faiss
 
+        # the process's own GPU: faiss and torch number the visible devices alike
+        device = torch.cuda.current_device() if torch.cuda.is_available() else 0
         try:
             if self._res is None:
                 self._res = faiss.StandardGpuResources()
-            return faiss.index_cpu_to_gpu(self._res, 0, index)
+            try:
+                return faiss.index_cpu_to_gpu(self._res, device, index)
+            except Exception:
+                if self.kind != "ivfpq":
+                    raise
+                half = faiss.GpuClonerOptions()
+                half.useFloat16 = True  # float16 lookup tables: half the shared memory
+                return faiss.index_cpu_to_gpu(self._res, device, index, half)
         except Exception as e:  # e.g. a PQ code size the GPU kernels do not support
             warnings.warn(f"faiss GPU index unavailable for this configuration "
                           f"({' '.join(str(e).split())[:200]}); using the CPU", stacklevel=3)
@@ -187,8 +203,16 @@ class Index:
         if int(k) < 1:
             raise ConfigError(f"expected k >= 1, got {k}")
         k = min(int(k), self.ntotal)
+        nprobe = min(self.nprobe, self.nlist) if self.kind == "ivfpq" else 1
+        if self.gpu and max(k, nprobe) > _GPU_MAX_K:
+            import faiss
+
+            asked = f"k={k}" + (f", nprobe={nprobe}" if self.kind == "ivfpq" else "")
+            warnings.warn(f"{asked}: faiss GPU indexes select at most {_GPU_MAX_K} per query; "
+                          f"moving the index to the CPU", stacklevel=2)
+            self._index, self.gpu = faiss.index_gpu_to_cpu(self._index), False
         if self.kind == "ivfpq":
-            self._index.nprobe = min(self.nprobe, self.nlist)
+            self._index.nprobe = nprobe
         scores, ids = self._index.search(q, k)
         return np.asarray(scores, dtype=np.float32), np.asarray(ids, dtype=np.int64)
 
