@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from avssl.data import decoding
 from avssl.data.clips import random_window
-from avssl.data.datasets.base import ClipDataset, VideoRecord
+from avssl.data.datasets.base import ClipDataset, VideoRecord, clip_span
 from avssl.data.manifest import find_videos
 from avssl.data.transforms import VideoPipeline
 from common import cli, positive_int  # benchmarks/common.py
@@ -83,8 +83,20 @@ class RawClips(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         rec = self.records[index]
         rng = np.random.default_rng([SEED, 0, index, 0])
-        start, end = random_window(rec.extra["duration_s"], self.clip_s, rng)
-        return decoding.decode_video(rec.path, start, end, fps=self.fps, backend=self.backend)
+        span, origin = clip_span(rec.extra["duration_s"], rec.extra, needs_sound=False)
+        start, end = random_window(span, self.clip_s, rng)
+        return decoding.decode_video(rec.path, origin + start, origin + end, fps=self.fps,
+                                     backend=self.backend)
+
+
+def records_of(paths: list[Path], infos: list) -> list[VideoRecord]:
+    """One record per video with everything ``ClipDataset`` would otherwise probe the file for
+    (in every worker, inside the timed batches once a folder has more videos than the warm-up
+    reads), as a manifest gives it in training."""
+    return [VideoRecord(str(p), p.stem, extra={"duration_s": i.duration_s, "fps": i.fps,
+                                                "has_audio": i.has_audio, "start_s": i.start_s,
+                                                "audio_end_s": i.audio_end_s})
+            for p, i in zip(paths, infos)]
 
 
 def _as_list(batch: list) -> list:
@@ -181,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     # 25 and 29.97 fps) is resampled to it, as the recipes and the bench do, so clips batch
     fps = statistics.mode(i.fps for i in infos)
     clip_s = CLIP_FRAMES / fps
-    base = [VideoRecord(str(p), p.stem, extra={"duration_s": i.duration_s, "fps": i.fps, "has_audio": i.has_audio})
-            for p, i in zip(paths, infos)]
+    base = records_of(paths, infos)
 
     results = []
     for backend in args.backends:

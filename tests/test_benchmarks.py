@@ -210,3 +210,26 @@ def test_training_table_rows_have_the_header_cells(cuda):
             {"name": "m", "variant": "bf16", "error": "OutOfMemoryError"}]
     lines = bench_training.format_table(rows, cuda=cuda).splitlines()
     assert len({line.count("|") for line in lines}) == 1, lines
+
+
+def test_decoding_full_mode_does_not_probe_the_files_again(tmp_path, monkeypatch):
+    """The records lacked start_s, so ClipDataset probed every file once per worker (25-50 ms,
+    a third to half of a 320x240 clip's decode): inside the timed batches for a --data folder of
+    more videos than the warm-up reads, charged to "full" and not to "raw"."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_decoding
+    finally:
+        sys.path.remove(str(BENCH))
+    from avssl.data import decoding
+
+    paths = bench_decoding.make_videos(tmp_path, n=1, seconds=1.0, h=48, w=64)
+    records = bench_decoding.records_of(paths, [decoding.probe(p) for p in paths])
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed inside the measured loop")
+
+    monkeypatch.setattr(decoding, "probe", no_probe)
+    for mode in ("raw", "full"):
+        ds = bench_decoding.build(mode, "pyav", 1, records, 16 / 25, 25.0, size=32).dataset
+        assert ds[0] is not None
