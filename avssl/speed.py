@@ -7,7 +7,7 @@ and loader settings, and why. Each rule below cites a measurement in ``benchmark
 - **mixed precision**: bf16 autocast on a CUDA GPU that supports it (H100, r3d18 3x16x112^2
   forward+backward: 492 clips/s bf16 vs 338 fp32, 1.45x); fp32 on CPU (2-core Xeon, batch 2:
   bf16 autocast gives 0.95-1.03x CPU time for the 3D CNNs and 2x *slower* for the transformers; 2-core AMD
-  EPYC with AVX2 only: 4-28x slower, emulated).
+  EPYC with AVX2 only: 4-28x slower, emulated); fp32, unmeasured, on any other device (MPS).
   ``accelerate launch --mixed_precision bf16|fp16`` (``ACCELERATE_MIXED_PRECISION``) wins over
   the rule; its ``no`` does not, because ``accelerate launch`` writes ``no`` also when nothing was
   asked for: force fp32 with the recipes' ``--run.mixed_precision=no``.
@@ -134,19 +134,25 @@ def pick(device=None, *, mixed_precision: str = "auto", channels_last: Choice = 
     elif kind == "cuda":  # (the default including_emulation=True says yes on V100 / T4 too,
         # where bf16 is emulated: emulated bf16 measured 4-28x slower than fp32 on a CPU)
         precision, why["precision"] = "no", "this GPU has no native bf16"
-    else:
-        precision, why["precision"] = "no", f"bf16 autocast measured no faster on {kind}"
+    elif kind == "cpu":
+        precision, why["precision"] = "no", "bf16 autocast measured no faster on cpu"
+    else:  # mps, xpu, ...: fp32, the safe default; nothing was measured there
+        precision, why["precision"] = "no", f"unmeasured on {kind}"
     if precision == "fp16" and kind == "cpu":
         raise ConfigError("mixed_precision fp16 needs a GPU; use bf16 or no on a CPU")
+    # the log states the evidence for this device: the CPU measurements say nothing of a GPU
+    cpu = kind == "cpu"
     last = _choice("channels_last", channels_last, False,
-                   "measured slower on CPU, unmeasured on GPU", why)
+                   "measured slower on CPU" if cpu else f"unmeasured on {kind}", why)
     comp = _choice("compile", compile, False,
-                   "88-124 s of compiling for no measured gain", why)
+                   "88-124 s of compiling for no measured gain" if cpu else
+                   f"unmeasured on {kind}; on CPU 88-124 s of compiling for no gain", why)
     dynamo = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "NO").upper()
     if dynamo not in ("", "NO"):  # Accelerator.prepare compiles the model itself
         comp, why["compile"] = True, f"accelerate launch --dynamo_backend {dynamo.lower()}"
     pin = kind == "cuda"
-    why["pin_memory"] = "batches go to a GPU" if pin else "no GPU"
+    why["pin_memory"] = ("batches go to a GPU" if pin else "no GPU" if cpu else
+                         f"pinning speeds up copies to CUDA only, not to {kind}")
     persistent = num_workers > 0
     why["persistent_workers"] = (f"{num_workers} worker(s)" if persistent else "no workers")
     n_threads = _threads(threads, why)

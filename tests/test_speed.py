@@ -139,3 +139,18 @@ def test_channels_last_and_compile_keep_outputs_and_checkpoint_keys():
     torch.testing.assert_close(net(x), ref, atol=1e-5, rtol=1e-5)
     prepare_module(net, pick("cpu", compile="on"))  # lazy: nothing compiles until a forward
     assert list(net.state_dict()) == keys
+
+
+def test_the_log_cites_no_cpu_measurement_as_evidence_for_another_device(monkeypatch):
+    """On MPS the line said "bf16 autocast measured no faster on mps" and "pinned memory off (no
+    GPU)", and on CUDA it gave the CPU compile timing as the reason: none of it was measured
+    there."""
+    mps = pick("mps").describe()
+    assert "measured no faster" not in mps and "(no GPU)" not in mps
+    assert "precision fp32 (unmeasured on mps)" in mps
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = pick("cuda").describe()
+    assert "channels-last off (unmeasured on cuda)" in cuda
+    assert "torch.compile off (unmeasured on cuda;" in cuda
+    cpu = pick("cpu").describe()
+    assert "channels-last off (measured slower on CPU)" in cpu and "pinned memory off (no GPU)" in cpu
