@@ -4,9 +4,10 @@
     python benchmarks/bench_bench.py             # the task's default data and settings
 
 Runs :func:`avssl.bench.run.run_bench` twice in this process with the same arguments
-(``leaderboard=None``: no row is written) under a fresh temporary ``$AVSSL_CACHE``: the first run
-extracts features (and, without ``--data-root``/``--quick``, writes the synthetic world's tree
-into the cache), the second loads the cached ``.npz`` features and only fits the protocol.
+(``leaderboard=None``: no row is written) under a fresh temporary ``$AVSSL_CACHE``, after one
+untimed run without the feature cache (it pays the imports and, without ``--data-root`` /
+``--quick``, writes the synthetic world's tree into the cache): the first timed run extracts
+features, the second loads the cached ``.npz`` features and only fits the protocol.
 Reports both wall times, their CPU times and the speed-up; both runs must give the same metric.
 Prints a markdown table, then one JSON line.
 """
