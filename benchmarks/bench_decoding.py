@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{craw:>10.1f} {cfull:>11.1f} {craw / cfull:>12.2f}")
     target = [v >= 0.8 for k, v in ratios.items() if k.startswith("decord/")]
     summary = {
-        "bench": "decoding", "clip": f"{CLIP_FRAMES}x{size}x{size}", "batch": BATCH,
+        "bench": "decoding", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]) if argv is None else f"main({argv!r})",
+        "clip": f"{CLIP_FRAMES}x{size}x{size}", "batch": BATCH,
         "videos": len(paths), "source": args.data or
         f"generated {n_videos} x {seconds:g} s {width}x{height} 25 fps h264+aac",
         "batches": batches, "repeats": repeats, "cpu": cpu_model(), "cores": os.cpu_count(),

@@ -178,6 +178,7 @@ def test_decoding_a_folder_of_mixed_frame_rates(tmp_path, capsys):
     out = _main("bench_decoding", ["--data", str(tmp_path), "--quick", "--backends", "pyav",
                                    "--workers", "1", "--batches", "1", "--size", "32"], capsys)
     assert out["videos"] == 4 and out["clip"] == "16x32x32"
+    assert out["date"].startswith("20") and out["command"].startswith("main(['--data'")
     assert all(r["clips_per_s"] > 0 for r in out["results"])
     assert out["full_over_raw_decord"] == {"pyav/1": None} and out["target_met"] is None
 
