@@ -7,7 +7,9 @@ accelerate ``GeneralTracker``, so recipes log through ``accelerator.log`` only.
 ``metrics.csv`` columns are ``step`` then every metric name seen so far; a new name rewrites the
 header (rare: names are fixed after the first log). Resumed runs append, dropping rows after the
 resumed checkpoint's step so a crash-and-resume leaves one row per step; a new run
-(``resume_step`` None) starts the file afresh.
+(``resume_step`` None) starts the file afresh. TensorBoard's event files cannot be cut, so its
+tracker marks where this invocation starts (``purge_step``) and TensorBoard drops older events
+from that step on.
 """
 from __future__ import annotations
 
@@ -79,9 +81,16 @@ class CSVTracker(GeneralTracker):
         os.replace(tmp, self.path)
 
 
-def default_trackers(run_name: str, run_dir: str | os.PathLike, resume_step: int | None = None):
-    """``[CSVTracker, "tensorboard"?]`` for ``Accelerator(log_with=...)``."""
-    trackers: list = [CSVTracker(run_name, run_dir, resume_step)]
+def default_trackers(project: str, run_dir: str | os.PathLike, resume_step: int | None = None):
+    """``[CSVTracker, TensorBoardTracker?]`` for ``Accelerator(log_with=...)``; TensorBoard (when
+    installed) writes to ``<run_dir>/<project>/``, where ``accelerator.init_trackers(project)``
+    puts it."""
+    trackers: list = [CSVTracker(project, run_dir, resume_step)]
     if importlib.util.find_spec("tensorboard") is not None:
-        trackers.append("tensorboard")
+        from accelerate.tracking import TensorBoardTracker
+
+        # as metrics.csv does: the events a killed run wrote after its checkpoint (or a new run's
+        # earlier attempt wrote) are dropped, else TensorBoard showed those steps twice
+        trackers.append(TensorBoardTracker(project, run_dir,
+                                           purge_step=(resume_step or 0) + 1))
     return trackers

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         gradient_accumulation_steps=cfg.optim.grad_accum,
         dataloader_config=loader_config(cfg.run.seed),
         step_scheduler_with_optimizer=False,
-        log_with=default_trackers(run_dir.name, run_dir, step if resume_from else None),
+        log_with=default_trackers(RECIPE, run_dir, step if resume_from else None),
         project_dir=str(run_dir),
     )
     if cfg.data.batch_size * accelerator.num_processes < 2:  # mismatched: another clip's audio

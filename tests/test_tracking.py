@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
+
+import pytest
 
 from avssl.tracking import CSVTracker
 
@@ -29,3 +32,43 @@ def test_a_resumed_run_keeps_the_rows_up_to_its_checkpoint(tmp_path):
     _log(CSVTracker("r", tmp_path), [1, 2, 3, 4], scale=10.0)  # checkpoint at 2, killed at 4
     _log(CSVTracker("r", tmp_path, resume_step=2), [3, 4], scale=1.0)
     assert _rows(tmp_path) == [(1, 10.0), (2, 20.0), (3, 3.0), (4, 4.0)]
+
+
+def _tensorboard_trackers(tmp_path, resume_step):
+    from avssl.tracking import default_trackers
+
+    tb = [t for t in default_trackers("recipe", tmp_path, resume_step) if t.name == "tensorboard"]
+    assert len(tb) == 1 and not isinstance(tb[0], str), "tensorboard is installed: one tracker"
+    return tb[0]
+
+
+def test_tensorboard_tracker_is_told_where_this_invocation_starts(tmp_path, monkeypatch):
+    """Event files cannot be cut as metrics.csv is: a resumed run (or a new run in the folder of
+    an attempt without checkpoints) must purge the earlier events from its first step on, or
+    TensorBoard shows the steps between the checkpoint and the kill twice."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorboard" else real(name, *a))
+    for resume_step, purge in ((None, 1), (4, 5)):
+        tb = _tensorboard_trackers(tmp_path, resume_step)
+        assert tb.init_kwargs == {"purge_step": purge}
+        assert (tb.run_name, Path(tb.logging_dir_param)) == ("recipe", tmp_path)
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for resume_step, steps, scale in ((None, [1, 2, 3], 10.0), (None, [1, 2, 3, 4], 100.0),
+                                      (2, [3, 4], 1.0)):  # an attempt, a new run, its resume
+        tb = _tensorboard_trackers(tmp_path, resume_step)
+        tb.start()
+        for s in steps:
+            tb.log({"loss": scale * s}, step=s)
+        tb.finish()
+    acc = EventAccumulator(str(tmp_path / "recipe"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [
+        (1, 100.0), (2, 200.0), (3, 3.0), (4, 4.0)]
