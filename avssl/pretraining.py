@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -342,6 +343,7 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
         if held:
             raise AvsslError(f"{run_dir} already holds a run ({', '.join(held[-2:])}); pass "
                              f"--run.resume to continue it, or another --run.name for a new run")
+        _check_writable(run_dir)
         return run_dir, None, 0
     if name:
         ckpt = checkpoints.newest_step(recipe_dir / name)
@@ -360,7 +362,28 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
     if config is not None and (ckpt.parent / "config.json").is_file():
         _check_same_run(ckpt.parent, config)
     step = json.loads((ckpt / "meta.json").read_text())["step"]
+    _check_writable(ckpt.parent)
     return ckpt.parent, ckpt, step
+
+
+def _check_writable(run_dir: Path) -> None:
+    """AvsslError unless ``run_dir`` can be created and written (a probe file, removed again,
+    with the folders made for it), before the run starts: the recipe's first mkdir, or in a
+    read-only run folder metrics.csv and the checkpoints, failed with a traceback."""
+    made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
+    probe = run_dir / f".write-check-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as e:
+        raise AvsslError(f"cannot write the run folder {run_dir} ({e.strerror or e}); pass a "
+                         f"writable --run.out") from None
+    finally:  # a new run writes nothing before check_shared_run_dir has run
+        for leftover in (probe, *made):
+            try:
+                leftover.rmdir() if leftover.is_dir() else leftover.unlink()
+            except OSError:  # not there, or another run made something in it meanwhile
+                pass
 
 
 def _copied_latest(recipe_dir: Path, copy: Path) -> Path:

@@ -193,6 +193,27 @@ def test_a_bad_setting_on_the_command_line_is_one_line_on_stderr(tmp_path, cache
     assert "Traceback" not in proc.stderr and not (tmp_path / "pretrain_sync").exists()
 
 
+
+@pytest.mark.parametrize("recipe", ["pretrain_sync.py", "pretrain_mbt.py"])
+def test_a_run_folder_that_cannot_be_written_is_one_line_on_stderr(tmp_path, cache, recipe):
+    """--run.out under a file (or read-only): the recipe's mkdir raised a traceback."""
+    (tmp_path / "file").write_text("")
+    proc = run(recipe, tmp_path / "file" / "runs", cache, "--run.name=r", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write the run folder {tmp_path}/file/runs/{recipe[:-3]}/r (Not a "
+        f"directory); pass a writable --run.out")
+
+
+def test_the_write_check_leaves_no_folders_behind(tmp_path):
+    """run_location probes a new run folder and removes what it made: a run refused later
+    (e.g. processes that do not share the folder) leaves nothing."""
+    from avssl.pretraining import run_location
+
+    run_dir, _, _ = run_location(str(tmp_path / "a" / "b"), "pretrain_sync", "r", False)
+    assert run_dir == tmp_path / "a" / "b" / "pretrain_sync" / "r"
+    assert list(tmp_path.iterdir()) == []
+
 @pytest.mark.parametrize("name", ["latest", "a/b", "..", ".hidden", "x\\y", ""])
 def test_run_names_that_would_leave_their_folder_are_refused(name):
     """'latest' wrote into the checkpoint the link points at; 'a/b' got its own 'latest' one
