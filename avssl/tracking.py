@@ -49,9 +49,25 @@ class CSVTracker(GeneralTracker):
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
                 self.fields = list(reader.fieldnames or ["step"])
-                # rows past the checkpoint we resume from are redone by the resumed run
-                self.rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+                self.rows = self._kept(reader, resume_step)
             self._rewrite()
+
+    @staticmethod
+    def _kept(rows, resume_step: int) -> list[dict]:
+        """The rows up to the checkpoint we resume from (later ones are redone by the resumed
+        run), in step order. A crash can leave a torn last line or a zero-filled tail, which
+        stopped the resume with a ValueError or kept a fragment ("1" of "12,...") as a second
+        row for step 1: rows whose step is not a number or not after the previous row's are
+        dropped."""
+        kept: list[dict] = []
+        for row in rows:
+            try:
+                step = int(float(row["step"]))
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if step <= resume_step and (not kept or step > int(float(kept[-1]["step"]))):
+                kept.append(row)
+        return kept
 
     @property
     def tracker(self):

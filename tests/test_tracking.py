@@ -72,3 +72,14 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [
         (1, 100.0), (2, 200.0), (3, 3.0), (4, 4.0)]
+
+
+@pytest.mark.parametrize("tail", ["\x00\x00\x00\x00\n", "\n,,\n", "1"])
+def test_a_resume_survives_a_tail_damaged_by_a_crash(tmp_path, tail):
+    """A power loss can leave a zero-filled tail or a torn last line: the resume stopped with a
+    ValueError over the log file, or kept the fragment "1" as a second row for step 1."""
+    _log(CSVTracker("r", tmp_path), [1, 2, 3, 4, 5, 6], scale=10.0)
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write(tail)
+    _log(CSVTracker("r", tmp_path, resume_step=4), [5], scale=1.0)
+    assert _rows(tmp_path) == [(1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0), (5, 5.0)]
