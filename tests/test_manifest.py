@@ -337,3 +337,21 @@ def test_old_manifest_relative_to_scanned_folder_gets_a_clear_error(synth_tree, 
 def test_manifest_out_must_be_a_file(scanned, tmp_path):
     with pytest.raises(DataError, match="is a folder"):
         M.write_manifest(scanned, tmp_path)
+
+
+def test_scan_cli_refuses_an_unwritable_out_before_scanning(tmp_path, monkeypatch, capsys):
+    """--out under a file (or any folder that cannot be written) was a traceback, and only after
+    the whole scan; now a one-line error before any file is probed."""
+    (tmp_path / "videos").mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    def no_scan(*a, **k):
+        raise AssertionError("scanned before checking --out")
+
+    monkeypatch.setattr(M, "scan", no_scan)
+    rc = M.main(["scan", str(tmp_path / "videos"), "--out", str(blocker / "manifest.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0
+    assert err.startswith("error: cannot write the manifest") and "writable folder" in err
+    assert blocker.read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["a-file", "videos"]

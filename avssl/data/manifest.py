@@ -250,6 +250,27 @@ def resolve_paths(paths: Iterable[str], manifest_path: str | os.PathLike,
     return out
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temp file in ``path``'s folder (created), as ``mkstemp`` returns it; DataError
+    naming ``path`` when that folder cannot be made or written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise DataError(f"cannot write the manifest {str(path)!r} ({e.strerror or e}); give a "
+                        f"path in a writable folder") from None
+
+
+def check_manifest_path(path: str | os.PathLike) -> None:
+    """DataError now, not after a long scan, unless a manifest can be written at ``path``."""
+    if Path(path).is_dir():
+        raise DataError(f"manifest path {str(path)!r} is a folder; give a file name such as "
+                        f"{Path(path) / 'manifest.csv'}")
+    fd, tmp = _temp_beside(Path(path))
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *,
                    root: str | os.PathLike | None = None) -> None:
     """Write ``df`` (columns exactly COLUMNS) as CSV atomically: temp file + ``os.replace``.
@@ -262,9 +283,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *,
     if tuple(df.columns) != COLUMNS:
         raise DataError(f"a manifest needs exactly the columns {','.join(COLUMNS)}; "
                         f"got {','.join(map(str, df.columns))}")
-    if Path(path).is_dir():
-        raise DataError(f"manifest path {str(path)!r} is a folder; give a file name such as "
-                        f"{Path(path) / 'manifest.csv'}")
+    check_manifest_path(path)
     out = df.copy()
     if root is not None:
         out["path"] = relative_to_manifest(out["path"], root, path)
@@ -272,8 +291,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike, *,
     for c in _BOOL_COLS:
         out[c] = out[c].map(lambda v: "true" if bool(v) else "false")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w", newline="") as f:
             out.to_csv(f, index=False, lineterminator="\n")
@@ -438,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise DataError(f"--workers must be >= 1, got {args.workers}")
+        check_manifest_path(args.out)  # before the scan, which can take hours
         df = scan(args.dir, workers=args.workers, progress=not args.no_progress, timeout_s=args.timeout)
         # paths relative to the CSV's own folder: readers resolve them from there
         write_manifest(df, args.out, root=args.dir)
