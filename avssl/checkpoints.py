@@ -279,6 +279,27 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def share_buffers(modules) -> None:
+    """Give every process the main process's buffers (BatchNorm running statistics) of
+    ``modules``: a collective, so every process calls it with the same modules.
+
+    DDP broadcasts them at every forward; FSDP does not, so each process's statistics follow its
+    own batches. A sharded save (accelerate's SHARDED_STATE_DICT) writes each buffer once, from
+    whichever process torch.distributed.checkpoint picks (measured: all from process 1 of 2),
+    while the safetensors weights come from the main process: a resumed run then continued
+    from another process's statistics and ended with other weights than a run straight through.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    seen: set[int] = set()
+    with torch.no_grad():
+        for m in modules:
+            for b in m.buffers():
+                if id(b) not in seen:
+                    seen.add(id(b))
+                    torch.distributed.broadcast(b, src=0)
+
+
 def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict, *,
                         config: dict, specs: dict[str, dict], latest_root: Path | None = None,
                         extra_meta: dict | None = None) -> Path:
@@ -302,6 +323,9 @@ def save_run_checkpoint(accelerator, run_dir: Path, step: int, components: dict,
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "state").mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
+    if getattr(accelerator.distributed_type, "value", None) == "FSDP":
+        share_buffers([c[0] if isinstance(c, tuple) else c for c in components.values()
+                       if not isinstance(c, Mapping)])
     accelerator.save_state(str(tmp / "state"))
     full: dict[int, Mapping] = {}  # one gather per prepared model, on every process
     for c in components.values():

@@ -455,6 +455,8 @@ def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
     """Whether the loss and gradient norm are finite on EVERY process (one shared decision, or
     DDP would deadlock when one rank skips the step)."""
     ok = torch.isfinite(loss.detach().float())
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2's clip_grad_norm_ returns a replicated DTensor,
+        grad_norm = grad_norm.full_tensor()  # which the all-reduce below refuses
     if grad_norm is not None:
         ok = ok & torch.isfinite(torch.as_tensor(grad_norm, device=loss.device).float())
     # "max" of the failures: accelerate's reduce knows sum, mean and max only, and treated the
