@@ -38,7 +38,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from avssl import checkpoints
@@ -166,6 +166,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if (warning := launch_warning(accelerator.num_processes)) is not None:
         accelerator.print(warning)
+    if cfg.loss.kind == "binary" and accelerator.distributed_type == DistributedType.FSDP:
+        # its head is a second model: FSDP2 prepares one model with its optimizer (accelerate
+        # raised a KeyError), and FSDP1 would clip each process's shards by their own norm
+        raise ConfigError("--loss.kind=binary trains a head outside the towers, which "
+                          "accelerate's FSDP cannot prepare or clip with them; use "
+                          "--loss.kind=infonce or margin under FSDP, or launch without FSDP")
     set_seed(cfg.run.seed)
     check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
     if resume_from is not None:  # --data.batch_size is per process: same count, same run
@@ -192,6 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
     # DDP refuses modules without trainable parameters (infonce/margin have none; binary has a head)
     objective = (accelerator.prepare(objective) if any(p.requires_grad for p in objective.parameters())
                  else objective.to(accelerator.device))
+    # the prepared modules' parameters: FSDP2 replaces them with sharded ones (the optimizer is
+    # switched to those), so the list taken above would clip stale tensors without gradients
+    params = [p for m in (model, objective) for p in m.parameters() if p.requires_grad]
     val_loader = None
     if val_ds is not None:
         # not prepared: every process scores all held-out clips (evaluate), in batches of the

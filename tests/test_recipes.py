@@ -305,6 +305,33 @@ def test_two_processes_match_one(tmp_path, cache, one_process_losses):
         assert two[step] == pytest.approx(one[step], abs=1e-5)
 
 
+def test_fsdp2_on_two_processes_matches_one_and_resumes(tmp_path, cache, one_process_losses):
+    """accelerate's FSDP2 (sharded state, forced on for CPU processes by tests/fsdp_on_cpu.py):
+    the losses of one process with the same global batch, across a stop and --run.resume, and
+    checkpoints of whole towers. The step clipped the parameter list taken before prepare,
+    which FSDP2 replaces (accelerate refused to compare it with the sharded ones)."""
+    fsdp = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
+            "2", "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading",
+            "false", "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--num_processes", "2"]
+    env, runner = {"ACCELERATE_USE_CPU": "true"}, str(ROOT / "tests" / "fsdp_on_cpu.py")
+    for extra in (["--run.stop_after=2"], ["--run.resume"]):
+        launch = [*fsdp, "--main_process_port", str(_free_port()), runner]
+        run("pretrain_sync.py", tmp_path, cache, *GLOO_COMMON, "--data.batch_size=2", *extra,
+            launch=launch, env=env)
+    two = losses(tmp_path / "pretrain_sync" / "r")
+    assert sorted(two) == [1, 2, 3]
+    for step in one_process_losses:
+        assert two[step] == pytest.approx(one_process_losses[step], abs=1e-5)
+    for part in ("video", "audio"):  # strict loading: every tensor whole
+        load_encoder(tmp_path / "pretrain_sync" / "latest", part)
+    # the binary head is a second model, which FSDP2 cannot prepare with the towers
+    launch = [*fsdp, "--main_process_port", str(_free_port()), runner]
+    proc = run("pretrain_sync.py", tmp_path, cache, *GLOO_COMMON, "--run.name=b",
+               "--loss.kind=binary", launch=launch, env=env, check=False)
+    assert proc.returncode != 0 and "--loss.kind=binary trains a head outside the towers" in (
+        proc.stderr), proc.stderr[-2000:]
+
+
 def test_mbt_two_processes_match_one(tmp_path, cache):
     """gloo, 2 x batch 2 == 1 x batch 4 for the MBT recipe too: pair types and masks are drawn
     for the global batch, a mismatched pair takes the previous clip of the global batch, and the
