@@ -6,7 +6,7 @@ default ``--fsdp_sync_module_states true`` stops with "no available devices"). F
 
 As a runner: ``accelerate launch --use_fsdp --fsdp_version 2 --fsdp_sync_module_states false
 --fsdp_cpu_ram_efficient_loading false --num_processes 2 tests/fsdp_on_cpu.py SCRIPT ARGS...``
-(with ``ACCELERATE_USE_CPU=1``) runs SCRIPT with FSDP forced on.
+(with ``ACCELERATE_USE_CPU=1``) runs SCRIPT (or ``-m MODULE``) with FSDP forced on.
 """
 from __future__ import annotations
 
@@ -41,6 +41,10 @@ def force_fsdp() -> None:
 
 if __name__ == "__main__":
     force_fsdp()
-    script, sys.argv = sys.argv[1], sys.argv[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+    if sys.argv[1] == "-m":  # a module: -m avssl.bench ...
+        module, sys.argv = sys.argv[2], sys.argv[2:]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        script, sys.argv = sys.argv[1], sys.argv[1:]
+        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+        runpy.run_path(script, run_name="__main__")

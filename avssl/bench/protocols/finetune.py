@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, broadcast_object_list
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -41,6 +42,15 @@ class Classifier(nn.Module):
         device = self.head.weight.device
         feats = [F.encode(t, batch[m], device) for m, t in self.towers.items()]
         return self.head(torch.cat(feats, dim=1))
+
+
+def _unsharded(accelerator: Accelerator, net: nn.Module, fresh: nn.Module) -> nn.Module:
+    """``fresh`` (``net``'s architecture) holding the FSDP-sharded ``net``'s full weights and
+    buffers, on every process: gathered to the main process, then broadcast (collectives)."""
+    state = [accelerator.get_state_dict(net)]
+    broadcast_object_list(state)
+    fresh.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state[0].items()})
+    return fresh.to(accelerator.device)
 
 
 def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
@@ -110,6 +120,12 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
         raise
     bar.close()
 
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # sharded weights make every forward a collective, and map_items gives the processes
+        # different numbers of test batches (7 blocks on 2: rank 0 waited in a forward while
+        # rank 1 gathered the scores, and the run died): test an unsharded copy instead
+        net = _unsharded(accelerator, net, Classifier(
+            {m: copy.deepcopy(model.encoder_for(m)) for m in mods}, num_classes))
     net = accelerator.unwrap_model(net).eval()
 
     def fn(batch):
