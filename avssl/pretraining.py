@@ -464,6 +464,18 @@ def all_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm) -> bool:
     return not bool(accelerator.reduce((~ok).float(), "max") > 0)
 
 
+def fsdp_forward_methods(model: torch.nn.Module) -> None:
+    """Under FSDP2, make ``forward_features`` of the model's FSDP units gather their weights as
+    ``forward`` does (the towers' time bins call it, not ``forward``): with an encoder as its
+    own unit (a size-based or per-class wrap policy) its own weights stayed shards and the
+    first convolution raised "got mixed torch.Tensor and DTensor". A no-op otherwise."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule) and hasattr(module, "forward_features"):
+            register_fsdp_forward_method(module, "forward_features")
+
+
 class BufferGuard:
     """The floating-point buffers of ``modules`` (BatchNorm running statistics) as a step found
     them. A forward pass updates them before the loss is known, so a step skipped for a

@@ -51,8 +51,8 @@ from avssl.speed import prepare_module
 from avssl.towers import AVTowers
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, StepGuard,
                                build_pair_datasets, check_same_processes, cosine_lr, flat_hparams,
-                               held_out_batches, loader_config, mel, nothing_left, pair_loader,
-                               run_location, speed_settings)
+                               fsdp_forward_methods, held_out_batches, loader_config, mel,
+                               nothing_left, pair_loader, run_location, speed_settings)
 from avssl.tracking import default_trackers
 
 RECIPE = "pretrain_sync"
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     # DDP refuses modules without trainable parameters (infonce/margin have none; binary has a head)
     objective = (accelerator.prepare(objective) if any(p.requires_grad for p in objective.parameters())
                  else objective.to(accelerator.device))
+    fsdp_forward_methods(model)
     # the prepared modules' parameters: FSDP2 replaces them with sharded ones (the optimizer is
     # switched to those), so the list taken above would clip stale tensors without gradients
     params = [p for m in (model, objective) for p in m.parameters() if p.requires_grad]

@@ -83,3 +83,61 @@ def test_fsdp2_step_check_and_sharded_resume_keep_the_saved_statistics(tmp_path)
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["distributed"].endswith("FSDP") and got["finite"] and got["same_buffers"], got
         assert got["shapes"]["video.0.weight"] == [6, 4]  # full tensors, not the shards
+
+
+class _Tower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(16, 4))  # its own, in no smaller unit
+
+    def forward_features(self, x):  # what AVTowers' time bins call instead of forward
+        return x @ self.weight.T
+
+    def forward(self, x):
+        return self.forward_features(x).mean(1)
+
+
+class _Towers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.video, self.proj = _Tower(), nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.proj(self.video.forward_features(x))
+
+
+def _forward_features_worker(rank: int, port: int, out: Path) -> None:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from torch.distributed.fsdp import FSDPModule
+
+    from avssl.pretraining import fsdp_forward_methods
+    from fsdp_on_cpu import force_fsdp
+
+    AcceleratorState._reset_state(True)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      ACCELERATE_USE_CPU="1", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
+                      FSDP_AUTO_WRAP_POLICY="SIZE_BASED_WRAP", FSDP_MIN_NUM_PARAMS="50",
+                      FSDP_CPU_RAM_EFFICIENT_LOADING="false")
+    force_fsdp()
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = _Towers()
+    model, _ = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    fsdp_forward_methods(model)
+    y = model(torch.randn(3, 4))
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "tower_is_unit": isinstance(model.video, FSDPModule), "shape": list(y.shape)}))
+
+
+def test_fsdp2_encoder_units_gather_their_weights_for_forward_features(tmp_path):
+    """A wrap policy that makes an encoder its own FSDP2 unit hooks its forward only; AVTowers'
+    time bins call forward_features, which ran on the weight shards ("got mixed torch.Tensor
+    and DTensor"). fsdp_forward_methods registers it with FSDP."""
+    torch.multiprocessing.start_processes(_forward_features_worker,
+                                          args=(_free_port(), tmp_path), nprocs=2,
+                                          start_method="fork")
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got == {"tower_is_unit": True, "shape": [3, 2]}, got
