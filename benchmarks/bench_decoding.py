@@ -4,21 +4,26 @@
     python benchmarks/bench_decoding.py --quick    # a short smoke run
     python benchmarks/bench_decoding.py --data DIR # your own videos instead of generated ones
     python benchmarks/bench_decoding.py --source 1080p --workers 1 2  # 16x224^2 from 1080p
+    python benchmarks/bench_decoding.py --decoder-threads 1 0 --workers 0 1 2 --modes raw
 
 Without ``--data`` it writes 8 videos of 10 s, 320x240, 25 fps (H.264 + AAC, ``write_av``'s
 defaults) into a temporary folder and crops 112^2; ``--source 1080p`` writes 4 videos of 4 s at
 1920x1080 instead and crops 224^2 (``--size`` overrides the crop). For every backend (decord, PyAV) and DataLoader worker count
-(1, 2) it measures, on the same random 16-frame windows at native fps:
+(1, 2; 0 decodes in this process) and ``--decoder-threads`` value it measures, on the same random
+16-frame windows at native fps:
 
 * ``raw``:  ``decode_video`` only (uint8 ``(16, 3, 240, 320)``), batches of 8 left as lists;
 * ``full``: the training path users run: ``ClipDataset`` (train mode, no audio) + ``VideoPipeline``
   (random resized crop 112, flip, normalise) + default collate -> float ``(8, 16, 3, 112, 112)``.
 
+``--decoder-threads N ...`` sets ``decoding.set_decoder_threads`` in the decoding processes (0:
+FFmpeg's automatic count; not given: the library default); ``--modes raw`` skips the pipeline.
 It prints a table and one JSON line. Target: ``full`` keeps >= 80% of raw decord throughput.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -41,7 +46,7 @@ from avssl.data.clips import random_window
 from avssl.data.datasets.base import ClipDataset, VideoRecord, clip_span
 from avssl.data.manifest import find_videos
 from avssl.data.transforms import VideoPipeline
-from common import cli, positive_int  # benchmarks/common.py
+from common import cli, nonnegative_int, positive_int  # benchmarks/common.py
 
 CLIP_FRAMES = 16
 BATCH = 8
@@ -135,16 +140,25 @@ def _cpu_s() -> float:
 SOURCES = {"320x240": (8, 10.0, 240, 320, 112), "1080p": (4, 4.0, 1080, 1920, 224)}
 
 
+def _worker_threads(threads: int | None, worker_id: int) -> None:
+    decoding.set_decoder_threads(threads)
+
+
 def build(mode: str, backend: str, workers: int, records: list[VideoRecord], clip_s: float,
-          fps: float, size: int = 112) -> DataLoader:
+          fps: float, size: int = 112, threads: int | None = None) -> DataLoader:
+    """The loader of one measurement; ``threads``: decoder threads in the decoding processes
+    (None: the library default), set in this process too (it decodes when ``workers`` is 0)."""
+    decoding.set_decoder_threads(threads)
+    init = functools.partial(_worker_threads, threads)  # a worker is its own process
     if mode == "raw":
         ds = RawClips(records, clip_s, fps, backend)
-        return DataLoader(ds, batch_size=BATCH, num_workers=workers, collate_fn=_as_list)
+        return DataLoader(ds, batch_size=BATCH, num_workers=workers, collate_fn=_as_list,
+                          worker_init_fn=init)
     ds = ClipDataset(
         records, mode="train", clip_s=clip_s, fps=fps, audio=False, backend=backend, seed=SEED,
         video_transform=VideoPipeline(mode="train", size=size), progress=False, name="bench",
     )
-    return DataLoader(ds, batch_size=BATCH, num_workers=workers)
+    return DataLoader(ds, batch_size=BATCH, num_workers=workers, worker_init_fn=init)
 
 
 def cpu_model() -> str:
@@ -165,14 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=positive_int, help="timed batches per measurement (default 20, quick 3)")
     ap.add_argument("--repeats", type=positive_int, help="repeats per setting, median reported (default 3, quick 1)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                    help="DataLoader worker counts to measure, e.g. --workers 1 2 4")
+                    help="DataLoader worker counts to measure, e.g. --workers 0 1 2 4 (0: decode "
+                         "in this process)")
+    ap.add_argument("--decoder-threads", type=nonnegative_int, nargs="+", default=[None],
+                    help="threads per decoder to measure, e.g. 1 2 0 (0: FFmpeg's automatic "
+                         "count; default: the library default)")
+    ap.add_argument("--modes", nargs="+", default=["raw", "full"], choices=["raw", "full"],
+                    help="raw decode_video and/or the full pipeline (default both)")
     ap.add_argument("--source", choices=sorted(SOURCES), default="320x240",
                     help="generated videos: 8 x 10 s 320x240 (crop 112) or 4 x 4 s 1080p (crop 224)")
     ap.add_argument("--size", type=positive_int, default=None, help="crop size (default: the source's)")
     ap.add_argument("--backends", nargs="+", default=["decord", "pyav"], choices=["decord", "pyav"])
     args = ap.parse_args(argv)
-    if min(args.workers) < 1:
-        ap.error("--workers must all be >= 1")
+    if min(args.workers) < 0:
+        ap.error("--workers must all be >= 0")
     n_videos, seconds, height, width, default_size = SOURCES[args.source]
     size = args.size or default_size
     batches = args.batches or (3 if args.quick else 20)
@@ -205,38 +225,52 @@ def main(argv: list[str] | None = None) -> int:
             warmup, tail = 2 * workers, 2 * workers + 1
             items = (warmup + batches + 1 + tail) * BATCH
             records = [base[k % len(base)] for k in range(items)]
-            runs: dict[str, list[tuple[float, float]]] = {"raw": [], "full": []}
-            for _ in range(repeats):  # alternate raw/full so machine-load drift hits both
-                for mode in ("raw", "full"):
-                    loader = build(mode, backend, workers, records, clip_s, fps, size)
-                    runs[mode].append(measure(loader, warmup, batches))
-            for mode, values in runs.items():
+            runs: dict[tuple, list[tuple[float, float]]] = {
+                (t, m): [] for t in args.decoder_threads for m in args.modes}
+            for _ in range(repeats):  # alternate the settings so machine-load drift hits all
+                for threads, mode in runs:
+                    loader = build(mode, backend, workers, records, clip_s, fps, size, threads)
+                    runs[threads, mode].append(measure(loader, warmup, batches))
+            for (threads, mode), values in runs.items():
                 results.append({
-                    "backend": backend, "workers": workers, "mode": mode,
+                    "backend": backend, "workers": workers, "decoder_threads": threads,
+                    "mode": mode,
                     "clips_per_s": round(statistics.median(v[0] for v in values), 2),
                     "cpu_ms_per_clip": round(statistics.median(v[1] for v in values), 2),
                     "runs_clips_per_s": [round(v[0], 2) for v in values],
                 })
+    decoding.set_decoder_threads(None)
 
-    def get(backend: str, workers: int, mode: str, key: str) -> float:
-        return next(r[key] for r in results if (r["backend"], r["workers"], r["mode"]) == (backend, workers, mode))
+    def get(backend: str, workers: int, threads: int | None, mode: str, key: str) -> float | None:
+        return next((r[key] for r in results if (r["backend"], r["workers"], r["decoder_threads"],
+                                                  r["mode"]) == (backend, workers, threads, mode)),
+                    None)
 
-    print(f"{'backend':8} {'workers':>7} {'raw clips/s':>11} {'full clips/s':>12} {'full/raw':>8} "
-          f"{'full/raw decord':>15} {'raw CPU ms':>10} {'full CPU ms':>11} {'CPU raw/full':>12}")
+    def cell(x: float | None, width: int, fmt: str = ".1f") -> str:
+        return f"{'-' if x is None else format(x, fmt):>{width}}"
+
+    print(f"{'backend':8} {'workers':>7} {'threads':>7} {'raw clips/s':>11} {'full clips/s':>12} "
+          f"{'full/raw':>8} {'full/raw decord':>15} {'raw CPU ms':>10} {'full CPU ms':>11} "
+          f"{'CPU raw/full':>12}")
     ratios, cpu_ratios = {}, {}
     for backend in args.backends:
         for workers in args.workers:
-            raw, full = get(backend, workers, "raw", "clips_per_s"), get(backend, workers, "full", "clips_per_s")
-            craw, cfull = get(backend, workers, "raw", "cpu_ms_per_clip"), get(backend, workers, "full", "cpu_ms_per_clip")
-            # against raw decord decoding; without a decord run there is no reference (null in
-            # the JSON line: NaN is not JSON)
-            ref = get("decord", workers, "raw", "clips_per_s") if "decord" in args.backends else None
-            ratios[f"{backend}/{workers}"] = None if ref is None else round(full / ref, 3)
-            cpu_ratios[f"{backend}/{workers}"] = round(craw / cfull, 3)
-            vs_decord = "-" if ref is None else f"{full / ref:.2f}"
-            print(f"{backend:8} {workers:>7} {raw:>11.1f} {full:>12.1f} {full / raw:>8.2f} {vs_decord:>15} "
-                  f"{craw:>10.1f} {cfull:>11.1f} {craw / cfull:>12.2f}")
-    target = [v >= 0.8 for k, v in ratios.items() if k.startswith("decord/")]
+            for threads in args.decoder_threads:
+                raw, full = (get(backend, workers, threads, m, "clips_per_s") for m in ("raw", "full"))
+                craw, cfull = (get(backend, workers, threads, m, "cpu_ms_per_clip")
+                               for m in ("raw", "full"))
+                # against raw decord decoding; without a decord run there is no reference (null
+                # in the JSON line: NaN is not JSON)
+                ref = get("decord", workers, threads, "raw", "clips_per_s")
+                key = f"{backend}/{workers}" + ("" if threads is None else f"/t{threads}")
+                both = raw is not None and full is not None
+                ratios[key] = None if ref is None or full is None else round(full / ref, 3)
+                cpu_ratios[key] = round(craw / cfull, 3) if both else None
+                label = "default" if threads is None else "auto" if threads == 0 else threads
+                print(f"{backend:8} {workers:>7} {label:>7} {cell(raw, 11)} {cell(full, 12)} "
+                      f"{cell(full / raw if both else None, 8, '.2f')} {cell(ratios[key], 15, '.2f')} "
+                      f"{cell(craw, 10)} {cell(cfull, 11)} {cell(cpu_ratios[key], 12, '.2f')}")
+    target = [v >= 0.8 for k, v in ratios.items() if k.startswith("decord/") and v is not None]
     summary = {
         "bench": "decoding", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]) if argv is None else f"main({argv!r})",

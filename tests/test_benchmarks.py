@@ -126,11 +126,11 @@ def test_decoding_rejects_bad_workers(capsys):
         import bench_decoding
 
         with pytest.raises(SystemExit) as e:
-            bench_decoding.main(["--workers", "0"])
+            bench_decoding.main(["--workers", "-1"])
         assert e.value.code == 2
     finally:
         sys.path.remove(str(BENCH))
-    assert "--workers must all be >= 1" in capsys.readouterr().err
+    assert "--workers must all be >= 0" in capsys.readouterr().err
 
 
 def test_a_child_killed_by_a_signal_becomes_an_error_row():
@@ -234,3 +234,30 @@ def test_decoding_full_mode_does_not_probe_the_files_again(tmp_path, monkeypatch
     for mode in ("raw", "full"):
         ds = bench_decoding.build(mode, "pyav", 1, records, 16 / 25, 25.0, size=32).dataset
         assert ds[0] is not None
+
+
+def test_decoding_measures_decoder_threads_in_the_decoding_process(tmp_path, capsys):
+    """--decoder-threads sets the thread count in the process that decodes: this one with 0
+    workers, each worker with 1 (by its worker_init_fn), and is back to the default after."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_decoding
+
+        bench_decoding.make_videos(tmp_path, n=1, seconds=1.0, h=48, w=64)
+    finally:
+        sys.path.remove(str(BENCH))
+    from avssl.data import decoding
+
+    out = _main("bench_decoding", ["--data", str(tmp_path), "--quick", "--backends", "pyav",
+                                   "--workers", "0", "1", "--batches", "1", "--size", "32",
+                                   "--decoder-threads", "1", "0", "--modes", "raw"], capsys)
+    rows = {(r["workers"], r["decoder_threads"], r["mode"]) for r in out["results"]}
+    assert rows == {(w, t, "raw") for w in (0, 1) for t in (1, 0)}
+    assert set(out["full_over_raw_decord"]) == {"pyav/0/t1", "pyav/0/t0", "pyav/1/t1", "pyav/1/t0"}
+    assert decoding.decoder_threads() is None
+    loader = bench_decoding.build("raw", "pyav", 1, [], 1.0, 25.0, threads=2)
+    assert decoding.decoder_threads() == 2  # set here for workers=0 ...
+    decoding.set_decoder_threads(None)
+    loader.worker_init_fn(0)  # ... and in each worker
+    assert decoding.decoder_threads() == 2
+    decoding.set_decoder_threads(None)

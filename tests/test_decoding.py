@@ -378,3 +378,41 @@ def test_audio_frames_whose_layout_changes_mid_stream_fill_every_channel():
     np.testing.assert_allclose(buf[:, :10], six)  # the declared layout: channel by channel
     np.testing.assert_allclose(buf[:, 10:20], 0.4)  # stereo: its mix in all six
     np.testing.assert_allclose(buf[:, 20:], 0.3)
+
+
+@pytest.fixture
+def reset_threads():
+    yield
+    decoding.set_decoder_threads(None)
+
+
+def test_decoder_threads_reach_pyav_and_keep_the_frames(media, monkeypatch, reset_threads):
+    """set_decoder_threads sets the thread count of every PyAV stream opened afterwards (video
+    and audio); the decoded frames and samples do not depend on it. None keeps FFmpeg's own
+    automatic count, as before the setting existed."""
+    seen = []
+    real = decoding._threaded
+
+    def spy(stream):
+        real(stream)
+        seen.append((stream.type, stream.codec_context.thread_count))
+
+    monkeypatch.setattr(decoding, "_threaded", spy)
+    results = {}
+    for n in (None, 1, 2):
+        decoding.set_decoder_threads(n)
+        seen.clear()
+        results[n] = (decode_video(media[".mp4@25"], 0.3, 1.1, fps=10, backend="pyav"),
+                      decode_audio(media[".mp4@25"], 0.3, 1.1, sample_rate=16000))
+        assert [kind for kind, _ in seen] == ["video", "audio"]
+        assert all(count == (n or 0) for _, count in seen), (n, seen)  # 0: FFmpeg decides
+    for n in (1, 2):
+        assert torch.equal(results[n][0], results[None][0])
+        assert torch.equal(results[n][1], results[None][1])
+    assert decoding.decoder_threads() == 2
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_decoder_threads_refuse_bad_values(bad):
+    with pytest.raises(ValueError, match="set_decoder_threads: need an int >= 0 or None"):
+        decoding.set_decoder_threads(bad)

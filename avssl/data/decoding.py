@@ -14,7 +14,9 @@ becomes :class:`~avssl.errors.DecodeError` naming the file, and every public rea
 per-file time limit (:class:`~avssl.errors.DecodeTimeout`).
 
 Decoders are opened lazily in the calling process; nothing here holds an open reader inside an
-object that could be pickled into a DataLoader worker.
+object that could be pickled into a DataLoader worker. How many threads each decoder may use is a
+per-process setting (:func:`set_decoder_threads`): DataLoader workers get theirs from
+``avssl.speed.worker_init``, under fork and spawn alike.
 """
 from __future__ import annotations
 
@@ -48,6 +50,31 @@ R = TypeVar("R")
 
 _PTS_TOL_S = 1e-3  # a frame whose pts is within 1 ms after t still counts as shown at t
 _BACKENDS = ("auto", "decord", "pyav")
+_threads: int | None = None  # set_decoder_threads; None: each codec's default
+
+
+def set_decoder_threads(n: int | None) -> None:
+    """Threads per PyAV decoder opened from now on in THIS process (video and audio streams):
+    ``n >= 1`` exactly n, ``0`` FFmpeg's automatic count (cores + 1 on 2 cores), ``None`` the
+    default (the automatic count). decord readers always use 1 (see
+    :func:`_decode_video_decord`). A DataLoader worker is its own process: see
+    ``avssl.speed.worker_init``; ``avssl.speed.pick`` says what to use and why."""
+    global _threads
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"set_decoder_threads: need an int >= 0 or None, got {n!r}")
+    _threads = n
+
+
+def decoder_threads() -> int | None:
+    """This process's :func:`set_decoder_threads` value (None: never set)."""
+    return _threads
+
+
+def _threaded(stream: av.VideoStream | av.AudioStream) -> None:
+    """Let ``stream``'s decoder use this process's thread setting (before its first decode)."""
+    stream.thread_type = "AUTO"
+    if _threads:  # 0 / None: FFmpeg's automatic count
+        stream.codec_context.thread_count = _threads
 
 
 @dataclass(frozen=True)
@@ -390,7 +417,9 @@ def _decode_video_decord(path: str, start_s: float, end_s: float,
     Readers are deliberately not cached: an open reader keeps decoding ahead in background
     threads (caching 4 cost 70-90 ms of CPU per random clip against ~24 ms for open + read +
     close, benchmarks/README.md), and a reader inherited by a forked DataLoader worker deadlocks
-    in its destructor there.
+    in its destructor there. One thread whatever :func:`set_decoder_threads` says: decord's
+    automatic count measured no faster without workers (33 vs 31 clips/s at 320x240 on 2 cores)
+    and 21% slower with 2 workers (43 vs 54 clips/s, benchmarks/README.md section 1).
     """
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     if len(reader) == 0:
@@ -417,7 +446,7 @@ def _decode_video_pyav(path: str, start_s: float, end_s: float,
         if not container.streams.video:
             raise DecodeError(path, "no video stream")
         vs = container.streams.video[0]
-        vs.thread_type = "AUTO"
+        _threaded(vs)
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         times = _sample_times(start_s, end_s, fps or float(rate))
         h, w = vs.codec_context.height, vs.codec_context.width
@@ -525,7 +554,7 @@ def _decode_audio(path: str, start_s: float, end_s: float, sr: int, mono: bool,
                 return torch.zeros(1, n_out)
             raise NoAudioError(path, "no audio stream; pass if_missing='silence' to get zeros")
         ast = container.streams.audio[0]
-        ast.thread_type = "AUTO"
+        _threaded(ast)
         native = int(ast.codec_context.sample_rate)
         channels = max(1, int(ast.codec_context.layout.nb_channels))  # 0: layout undeclared
         pad = _RESAMPLE_PAD_S if native != sr else 0.0
