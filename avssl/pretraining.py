@@ -27,7 +27,7 @@ from avssl.data.transforms import VideoPipeline, log_mel
 from avssl.errors import AvsslError, ConfigError
 from avssl.launch import process_state
 from avssl.objectives.gather import gather_rows
-from avssl.speed import SpeedSettings, apply_threads, pick
+from avssl.speed import SpeedSettings, apply_threads, pick, worker_init
 
 
 @dataclass
@@ -114,9 +114,13 @@ class RunConfig:
     threads: int = field(default=0, metadata={
         "help": "torch CPU threads (0: auto, which replaces accelerate launch's default of 1 by "
                 "this process's share of the cores)"})
+    decoder_threads: int = field(default=0, metadata={
+        "help": "threads per video/audio decoder (0: auto, measured: 1 in each DataLoader "
+                "worker, this process's share of the cores without workers; avssl/speed.py)"})
 
     def __post_init__(self) -> None:
-        _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0, seed=0)
+        _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0, decoder_threads=0,
+                  seed=0)
         if self.seed >= 2**32:  # numpy's legacy seeding (accelerate's set_seed) takes 32 bits
             raise ConfigError(f"--run.seed must be < 2**32, got {self.seed}")
         # one folder directly under runs/<recipe>/, beside the `latest` link: a nested name put
@@ -148,7 +152,8 @@ def speed_settings(run: RunConfig, num_workers: int) -> SpeedSettings:
     device is the one accelerate will pick (``accelerate launch --cpu`` included)."""
     device = process_state().device
     settings = pick(device, mixed_precision=run.mixed_precision, channels_last=run.channels_last,
-                    compile=run.compile, num_workers=num_workers, threads=run.threads)
+                    compile=run.compile, num_workers=num_workers, threads=run.threads,
+                    decoder_threads=run.decoder_threads)
     apply_threads(settings)
     return settings
 
@@ -182,13 +187,15 @@ def build_pair_datasets(d: PairDataConfig, accelerator: Accelerator, run_dir: Pa
 def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True,
                 speed: SpeedSettings | None = None, batch_size: int | None = None):
     """Shuffled training (or ordered validation) batches of ``batch_size`` (default
-    ``d.batch_size``); ``speed`` sets pinned memory and persistent workers (default: pin only
-    with a GPU; persistent workers when training)."""
+    ``d.batch_size``); ``speed`` sets pinned memory, persistent workers and the workers'
+    decoder threads (default: pin only with a GPU; persistent workers when training; the
+    decoders' own thread counts)."""
     pin = speed.pin_memory if speed is not None else torch.cuda.is_available()
     persistent = speed.persistent_workers if speed is not None else d.num_workers > 0
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size or d.batch_size, shuffle=train, drop_last=train,
         num_workers=d.num_workers, persistent_workers=train and persistent, pin_memory=pin,
+        worker_init_fn=worker_init(speed) if speed is not None and d.num_workers else None,
         generator=torch.Generator().manual_seed(seed))
 
 
@@ -320,7 +327,7 @@ def flat_hparams(cfg) -> dict:
 RESUME_MAY_CHANGE = frozenset({
     "run.out", "run.name", "run.resume", "run.stop_after", "run.save_every", "run.log_every",
     "run.on_nonfinite", "run.mixed_precision", "run.channels_last", "run.compile", "run.threads",
-    "data.num_workers", "data.backend"})
+    "run.decoder_threads", "data.num_workers", "data.backend"})
 
 
 def run_location(out: str, recipe: str, name: Optional[str], resume: bool,

@@ -59,6 +59,7 @@ def test_recipe_runs_and_leaves_a_loadable_checkpoint(tmp_path, cache, recipe, e
                *extra)
     # the log says which speed settings the run picked for this CPU, and why
     assert "speed settings on cpu: precision fp32 (bf16 autocast measured no faster" in proc.stdout
+    assert "CPU thread(s) (" in proc.stdout and "decoder thread(s) (" in proc.stdout
     name = recipe.removesuffix(".py")
     run_dir = tmp_path / name / "r"
     assert sorted(p.name for p in run_dir.glob("step_*")) == ["step_0000002", "step_0000003"]

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from avssl import errors
 from avssl.cache import cache_dir
 from avssl.data.workers import stop_workers
-from avssl.speed import SpeedSettings, apply_threads, pick
+from avssl.speed import SpeedSettings, apply_threads, pick, worker_init
 
 
 def state() -> PartialState:
@@ -78,7 +78,8 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
     if mine:
         fast = speed(num_workers)
         loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, pin_memory=fast.pin_memory)
+                            num_workers=num_workers, pin_memory=fast.pin_memory,
+                            worker_init_fn=worker_init(fast) if num_workers else None)
         # accelerate launch --mixed_precision fp16 asks for fp16 (the cache key says so too)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fast.mixed_precision)
         batches = iter(loader)
