@@ -374,23 +374,16 @@ def run_location(out: str, recipe: str, name: Optional[str], resume: bool,
 
 
 def _check_writable(run_dir: Path) -> None:
-    """AvsslError unless ``run_dir`` can be created and written (a probe file, removed again,
-    with the folders made for it), before the run starts: the recipe's first mkdir, or in a
-    read-only run folder metrics.csv and the checkpoints, failed with a traceback."""
-    made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # deepest first
-    probe = run_dir / f".write-check-{os.getpid()}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-    except OSError as e:
-        raise AvsslError(f"cannot write the run folder {run_dir} ({e.strerror or e}); pass a "
-                         f"writable --run.out") from None
-    finally:  # a new run writes nothing before check_shared_run_dir has run
-        for leftover in (probe, *made):
-            try:
-                leftover.rmdir() if leftover.is_dir() else leftover.unlink()
-            except OSError:  # not there, or another run made something in it meanwhile
-                pass
+    """AvsslError unless ``run_dir`` can be created and written, before the run starts: the
+    recipe's first mkdir, or in a read-only run folder metrics.csv and the checkpoints, failed
+    with a traceback. Creates nothing: processes that did not join one group each run this at
+    once, and a probe made and removed by one raced with the other's (a folder was left)."""
+    existing = next(d for d in (run_dir, *run_dir.parents) if d.exists())
+    why = ("Not a directory" if not existing.is_dir() else
+           None if os.access(existing, os.W_OK | os.X_OK) else "not writable")
+    if why:
+        raise AvsslError(f"cannot write the run folder {run_dir} ({why}: {existing}); pass a "
+                         f"writable --run.out")
 
 
 def _copied_latest(recipe_dir: Path, copy: Path) -> Path:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from avssl.checkpoints import load_checkpoint, load_encoder
-from avssl.errors import ConfigError
+from avssl.errors import AvsslError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data.synthetic_videos=14", "--data.synthetic_duration_s=2.5", "--data.val_videos=0",
@@ -203,17 +203,24 @@ def test_a_run_folder_that_cannot_be_written_is_one_line_on_stderr(tmp_path, cac
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: cannot write the run folder {tmp_path}/file/runs/{recipe[:-3]}/r (Not a "
-        f"directory); pass a writable --run.out")
+        f"directory: {tmp_path}/file); pass a writable --run.out")
 
 
-def test_the_write_check_leaves_no_folders_behind(tmp_path):
-    """run_location probes a new run folder and removes what it made: a run refused later
-    (e.g. processes that do not share the folder) leaves nothing."""
+def test_the_write_check_leaves_no_folders_behind(tmp_path, monkeypatch):
+    """run_location checks a new run folder without making it: a run refused later (e.g.
+    processes that do not share the folder, or did not join one group and each checked at
+    once) leaves nothing; a folder without write permission is refused by name."""
+    from avssl import pretraining
     from avssl.pretraining import run_location
 
     run_dir, _, _ = run_location(str(tmp_path / "a" / "b"), "pretrain_sync", "r", False)
     assert run_dir == tmp_path / "a" / "b" / "pretrain_sync" / "r"
     assert list(tmp_path.iterdir()) == []
+    # root ignores permission bits, so the read-only case is os.access saying no
+    monkeypatch.setattr(pretraining.os, "access", lambda path, mode: False)
+    with pytest.raises(AvsslError, match=rf"\(not writable: {tmp_path}\); pass a writable"):
+        run_location(str(tmp_path / "a"), "pretrain_sync", "r", False)
+
 
 @pytest.mark.parametrize("name", ["latest", "a/b", "..", ".hidden", "x\\y", ""])
 def test_run_names_that_would_leave_their_folder_are_refused(name):
