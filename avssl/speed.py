@@ -100,6 +100,11 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _local_processes(env) -> int:
+    """Processes on this machine (accelerate launch's LOCAL_WORLD_SIZE; 1 without it)."""
+    return max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1))
+
+
 def _threads(threads: int, why: dict, env=None) -> int:
     """Torch intra-op threads: ``threads`` if > 0, else the rule in the module docstring."""
     env = os.environ if env is None else env
@@ -108,7 +113,7 @@ def _threads(threads: int, why: dict, env=None) -> int:
     if threads > 0:
         why["threads"] = "asked for"
         return threads
-    share = max(1, _cores() // max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    share = max(1, _cores() // _local_processes(env))
     # accelerate launch always exports its dynamo settings; OMP_NUM_THREADS=1 is its default
     if env.get("OMP_NUM_THREADS") == "1" and "ACCELERATE_DYNAMO_BACKEND" in env and share > 1:
         why["threads"] = ("cores / local processes, not accelerate launch's default of 1: "
@@ -130,8 +135,7 @@ def _decoder_threads(decoder_threads: int, num_workers: int, why: dict, env=None
         why["decoder_threads"] = ("per worker: more measured within 3% of its clips/s for 2-14% "
                                   "more CPU a clip on 2 cores")
         return 1
-    local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1))
-    cores = _cores()
+    local, cores = _local_processes(env), _cores()
     why["decoder_threads"] = (f"{cores} core(s) / {local} process(es), no workers: 2 measured up "
                               f"to 6% more clips/s than 1 on 2 cores")
     return max(1, cores // local)

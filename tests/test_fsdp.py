@@ -30,23 +30,30 @@ class _Net(nn.Module):
         return self.head(self.video(x))
 
 
-def _worker(rank: int, port: int, out: Path) -> None:
+def _fsdp_accelerator(rank: int, port: int, **fsdp_env: str):
+    """Process ``rank`` of 2 on CPU with accelerate's FSDP2 forced on; ``fsdp_env``: more FSDP_*
+    settings."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from safetensors.torch import load_file
 
-    from avssl.checkpoints import save_run_checkpoint
-    from avssl.pretraining import all_finite
     from fsdp_on_cpu import force_fsdp
 
     AcceleratorState._reset_state(True)  # a state forked from the parent would be one process
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       ACCELERATE_USE_CPU="1", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
-                      FSDP_STATE_DICT_TYPE="SHARDED_STATE_DICT",
-                      FSDP_CPU_RAM_EFFICIENT_LOADING="false")
+                      FSDP_CPU_RAM_EFFICIENT_LOADING="false", **fsdp_env)
     force_fsdp()
-    acc = Accelerator(cpu=True)
+    return Accelerator(cpu=True)
+
+
+def _worker(rank: int, port: int, out: Path) -> None:
+    from safetensors.torch import load_file
+
+    from avssl.checkpoints import save_run_checkpoint
+    from avssl.pretraining import all_finite
+
+    acc = _fsdp_accelerator(rank, port, FSDP_STATE_DICT_TYPE="SHARDED_STATE_DICT")
     torch.manual_seed(0)
     model = _Net()
     model, opt = acc.prepare(model, torch.optim.AdamW(model.parameters(), lr=0.1))
@@ -107,21 +114,12 @@ class _Towers(nn.Module):
 
 
 def _forward_features_worker(rank: int, port: int, out: Path) -> None:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from torch.distributed.fsdp import FSDPModule
 
     from avssl.pretraining import fsdp_forward_methods
-    from fsdp_on_cpu import force_fsdp
 
-    AcceleratorState._reset_state(True)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      ACCELERATE_USE_CPU="1", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
-                      FSDP_AUTO_WRAP_POLICY="SIZE_BASED_WRAP", FSDP_MIN_NUM_PARAMS="50",
-                      FSDP_CPU_RAM_EFFICIENT_LOADING="false")
-    force_fsdp()
-    acc = Accelerator(cpu=True)
+    acc = _fsdp_accelerator(rank, port, FSDP_AUTO_WRAP_POLICY="SIZE_BASED_WRAP",
+                            FSDP_MIN_NUM_PARAMS="50")
     torch.manual_seed(0)
     model = _Towers()
     model, _ = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
