@@ -38,7 +38,7 @@ def _fsdp_accelerator(rank: int, port: int, **fsdp_env: str):
 
     from fsdp_on_cpu import force_fsdp
 
-    AcceleratorState._reset_state(True)  # a state forked from the parent would be one process
+    AcceleratorState._reset_state(True)  # a state left from an earlier Accelerator is one process
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       ACCELERATE_USE_CPU="1", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
@@ -85,7 +85,7 @@ def test_fsdp2_step_check_and_sharded_resume_keep_the_saved_statistics(tmp_path)
     into the state while the weights file held process 0's: a resumed run went on from other
     statistics than the checkpoint's."""
     torch.multiprocessing.start_processes(_worker, args=(_free_port(), tmp_path), nprocs=2,
-                                          start_method="fork")
+                                          start_method="spawn")
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got["distributed"].endswith("FSDP") and got["finite"] and got["same_buffers"], got
@@ -135,7 +135,7 @@ def test_fsdp2_encoder_units_gather_their_weights_for_forward_features(tmp_path)
     and DTensor"). fsdp_forward_methods registers it with FSDP."""
     torch.multiprocessing.start_processes(_forward_features_worker,
                                           args=(_free_port(), tmp_path), nprocs=2,
-                                          start_method="fork")
+                                          start_method="spawn")
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert got == {"tower_is_unit": True, "shape": [3, 2]}, got
