@@ -119,8 +119,8 @@ class RunConfig:
                 "worker, this process's share of the cores without workers; avssl/speed.py)"})
 
     def __post_init__(self) -> None:
-        _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0, decoder_threads=0,
-                  seed=0)
+        _at_least("run", self, save_every=1, log_every=1, stop_after=0, threads=0,
+                  decoder_threads=0, seed=0)
         if self.seed >= 2**32:  # numpy's legacy seeding (accelerate's set_seed) takes 32 bits
             raise ConfigError(f"--run.seed must be < 2**32, got {self.seed}")
         # one folder directly under runs/<recipe>/, beside the `latest` link: a nested name put
@@ -195,7 +195,7 @@ def pair_loader(ds, d: PairDataConfig, seed: int, train: bool = True,
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size or d.batch_size, shuffle=train, drop_last=train,
         num_workers=d.num_workers, persistent_workers=train and persistent, pin_memory=pin,
-        worker_init_fn=worker_init(speed) if speed is not None and d.num_workers else None,
+        worker_init_fn=worker_init(speed) if speed is not None else None,
         generator=torch.Generator().manual_seed(seed))
 
 

@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend in args.backends:
         for workers in args.workers:
             for threads in args.decoder_threads:
-                raw, full = (get(backend, workers, threads, m, "clips_per_s") for m in ("raw", "full"))
+                raw, full = (get(backend, workers, threads, m, "clips_per_s")
+                             for m in ("raw", "full"))
                 craw, cfull = (get(backend, workers, threads, m, "cpu_ms_per_clip")
                                for m in ("raw", "full"))
                 # against raw decord decoding; without a decord run there is no reference (null
@@ -268,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_ratios[key] = round(craw / cfull, 3) if both else None
                 label = "default" if threads is None else "auto" if threads == 0 else threads
                 print(f"{backend:8} {workers:>7} {label:>7} {cell(raw, 11)} {cell(full, 12)} "
-                      f"{cell(full / raw if both else None, 8, '.2f')} {cell(ratios[key], 15, '.2f')} "
-                      f"{cell(craw, 10)} {cell(cfull, 11)} {cell(cpu_ratios[key], 12, '.2f')}")
+                      f"{cell(full / raw if both else None, 8, '.2f')} "
+                      f"{cell(ratios[key], 15, '.2f')} {cell(craw, 10)} {cell(cfull, 11)} "
+                      f"{cell(cpu_ratios[key], 12, '.2f')}")
     target = [v >= 0.8 for k, v in ratios.items() if k.startswith("decord/") and v is not None]
     summary = {
         "bench": "decoding", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

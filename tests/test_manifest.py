@@ -354,4 +354,5 @@ def test_scan_cli_refuses_an_unwritable_out_before_scanning(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0
     assert err.startswith("error: cannot write the manifest") and "writable folder" in err
-    assert blocker.read_text() == "not a folder" and sorted(os.listdir(tmp_path)) == ["a-file", "videos"]
+    assert blocker.read_text() == "not a folder"
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "videos"]

@@ -79,7 +79,7 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
         fast = speed(num_workers)
         loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, pin_memory=fast.pin_memory,
-                            worker_init_fn=worker_init(fast) if num_workers else None)
+                            worker_init_fn=worker_init(fast))
         # accelerate launch --mixed_precision fp16 asks for fp16 (the cache key says so too)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fast.mixed_precision)
         batches = iter(loader)

@@ -81,7 +81,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
     loader = torch.utils.data.DataLoader(
         train_ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.num_workers,
         pin_memory=fast.pin_memory, persistent_workers=fast.persistent_workers,
-        worker_init_fn=worker_init(fast) if args.num_workers else None, generator=torch.Generator().manual_seed(args.seed))
+        worker_init_fn=worker_init(fast), generator=torch.Generator().manual_seed(args.seed))
     raw_opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
     net, opt, loader = accelerator.prepare(net, raw_opt, loader)
     steps = max(1, epochs * len(loader))  # optimizer steps: this process's share of batches
