@@ -121,3 +121,25 @@ def decided_by_main(fn):
     if kind == "error":
         raise AvsslError(value)
     return value
+
+
+def fsdp_keep_built_weights(accelerator) -> None:
+    """Under FSDP, prepare the model each process built instead of reloading rank 0's weights.
+
+    ``accelerate launch --use_fsdp`` turns ``cpu_ram_efficient_loading`` on by default: FSDP2's
+    prepare then moves the model to the meta device and loads rank 0's state dict into the
+    shards, code written for 🤗 Transformers models that fails on ours (a parameter at the model's
+    root, such as MBT's bottleneck tokens: "not enough values to unpack"; BatchNorm's running
+    statistics: "'Tensor' object has no attribute 'device_mesh'"). It saves memory only when a
+    big pretrained checkpoint is loaded on one process; every process here builds the same model
+    from the run's seed, so it is switched off, and the log says so."""
+    from accelerate.utils import DistributedType
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if (accelerator.distributed_type != DistributedType.FSDP or plugin is None
+            or not plugin.cpu_ram_efficient_loading):
+        return
+    plugin.cpu_ram_efficient_loading = False
+    accelerator.print("FSDP: cpu_ram_efficient_loading off (each process built the same model "
+                      "from the seed; accelerate's reload of rank 0's weights is for 🤗 "
+                      "Transformers checkpoints)")

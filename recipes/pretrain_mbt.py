@@ -50,7 +50,8 @@ from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.errors import AvsslError, ConfigError
 from avssl.fusion import build_fusion
-from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
+from avssl.launch import (check_shared_run_dir, decided_by_main, fsdp_keep_built_weights,
+                          launch_warning)
 from avssl.objectives.fusion import FusionObjective
 from avssl.objectives.masked import random_token_mask
 from avssl.pretraining import (OptimConfig, PairDataConfig, RunConfig, StepGuard,
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, cfg.optim.warmup_steps, cfg.optim.steps))
+    fsdp_keep_built_weights(accelerator)
     model, optimizer, scheduler, loader = accelerator.prepare(
         model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed, speed=speed))
     val_loader = None

@@ -45,7 +45,8 @@ from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder, require_modality
 from avssl.errors import AvsslError, ConfigError
-from avssl.launch import check_shared_run_dir, decided_by_main, launch_warning
+from avssl.launch import (check_shared_run_dir, decided_by_main, fsdp_keep_built_weights,
+                          launch_warning)
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, cfg.optim.warmup_steps, cfg.optim.steps))
+    fsdp_keep_built_weights(accelerator)
     model, optimizer, scheduler, loader = accelerator.prepare(
         model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed, speed=speed))
     # DDP refuses modules without trainable parameters (infonce/margin have none; binary has a head)

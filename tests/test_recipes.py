@@ -318,9 +318,9 @@ def test_fsdp2_on_two_processes_matches_one_and_resumes(tmp_path, cache, one_pro
     the losses of one process with the same global batch, across a stop and --run.resume, and
     checkpoints of whole towers. The step clipped the parameter list taken before prepare,
     which FSDP2 replaces (accelerate refused to compare it with the sharded ones)."""
+    # the README's flags: accelerate's defaults otherwise (cpu_ram_efficient_loading on)
     fsdp = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
-            "2", "--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading",
-            "false", "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--num_processes", "2"]
+            "2", "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--num_processes", "2"]
     env, runner = {"ACCELERATE_USE_CPU": "true"}, str(ROOT / "tests" / "fsdp_on_cpu.py")
     for extra in (["--run.stop_after=2"], ["--run.resume"]):
         launch = [*fsdp, "--main_process_port", str(_free_port()), runner]
@@ -338,6 +338,26 @@ def test_fsdp2_on_two_processes_matches_one_and_resumes(tmp_path, cache, one_pro
                "--loss.kind=binary", launch=launch, env=env, check=False)
     assert proc.returncode != 0 and "--loss.kind=binary trains a head outside the towers" in (
         proc.stderr), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("recipe,unit", [
+    ("pretrain_mbt.py", "Block"),  # bottleneck tokens: a parameter at the model's root
+    ("pretrain_sync.py", "BasicBlock"),  # BatchNorm's running statistics
+])
+def test_fsdp2_with_accelerates_default_loading_trains_the_default_models(tmp_path, cache,
+                                                                         recipe, unit):
+    """`accelerate launch --use_fsdp` turns cpu_ram_efficient_loading on, and FSDP2's prepare
+    then reloaded rank 0's weights through code for 🤗 Transformers models, which failed on both
+    recipes' default models; the recipes switch it off and say so."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
+              "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+              "--fsdp_transformer_layer_cls_to_wrap", unit, "--num_processes", "2",
+              "--main_process_port", str(_free_port()), str(ROOT / "tests" / "fsdp_on_cpu.py")]
+    proc = run(recipe, tmp_path, cache, "--optim.steps=2", "--run.save_every=100",
+               "--run.name=r", launch=launch, env={"ACCELERATE_USE_CPU": "true"})
+    assert "FSDP: cpu_ram_efficient_loading off" in proc.stdout
+    steps = losses(tmp_path / recipe.removesuffix(".py") / "r")
+    assert sorted(steps) == [1, 2] and all(math.isfinite(v) for v in steps.values())
 
 
 def test_mbt_two_processes_match_one(tmp_path, cache):
@@ -994,3 +1014,4 @@ def test_different_run_seeds_never_share_an_epoch_order():
     assert ours[0] == plain[0]
     assert not any(a == b for a in ours[0] for b in ours[1])
     assert all(sorted(o) == list(range(32)) for o in ours[0] + ours[1])
+

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from avssl.bench import features as F
 from avssl.data.transforms import VideoPipeline
 from avssl.data.workers import stop_workers
+from avssl.launch import fsdp_keep_built_weights
 from avssl.pretraining import BufferGuard, all_finite, nonfinite_action
 from avssl.speed import worker_init
 
@@ -83,6 +84,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
         pin_memory=fast.pin_memory, persistent_workers=fast.persistent_workers,
         worker_init_fn=worker_init(fast), generator=torch.Generator().manual_seed(args.seed))
     raw_opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
+    fsdp_keep_built_weights(accelerator)  # every process built net from args.seed
     net, opt, loader = accelerator.prepare(net, raw_opt, loader)
     steps = max(1, epochs * len(loader))  # optimizer steps: this process's share of batches
     warmup = max(1, steps // 10)
