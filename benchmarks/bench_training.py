@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from common import (  # benchmarks/common.py
-    cli, cpu_name, in_child, in_process, nonnegative_int, positive_int)
+    cli, cpu_name, in_child, in_process, nonnegative_int, positive_int, tf32_state)
 
 VARIANTS = ("fp32", "bf16", "channels_last", "compile")
 TV_R3D, TV_RESNET = "torchvision.r3d_18", "torchvision.resnet18"
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": batch, "warmup": warmup, "steps": steps,
             "command": " ".join(["python", *sys.argv]) if argv is None else "main(" + repr(argv) + ")"}
     if args.device == "cuda":
+        meta["tf32"] = tf32_state()
         peak = matmul_peak_tflops()
         meta["bf16_matmul_peak_tflops"] = round(peak, 1)
         for r in rows:

@@ -68,6 +68,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def tf32_state() -> dict:
+    """Whether "fp32" work on a CUDA GPU ran in TF32 (10-bit mantissa inputs): torch's defaults
+    let cuDNN's convolutions use it and keep matmuls in full fp32, so a GPU "fp32" row of a 3D CNN
+    is TF32 for its convolutions. Recorded beside such rows rather than changed."""
+    import torch
+
+    return {"cudnn_conv_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
 def _error_row(label: dict, e: Exception) -> dict:
     return {**label, "error": " ".join(f"{type(e).__name__}: {e}".split())[:200]}
 

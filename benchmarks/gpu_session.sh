@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
-# Issue 11's GPU measurements in two device calls of under 10 minutes each, most wanted first.
+# Issues 6 and 11's GPU checks, sized to the device budget: 15 minutes a task, the machine's
+# start (1-2 minutes) and every idle second included. Most wanted first, inside a deadline:
 #
-#   bash benchmarks/gpu_session.sh A    # MFU of vivit_fe_base, then section 2 (every model:
-#                                       # fp32 / bf16 / channels-last) - about 6 minutes
-#   bash benchmarks/gpu_session.sh B    # section 3 (SDPA vs naive attention), section 4
-#                                       # (retrieval), then torch.compile rows - about 8 minutes
+#   bash benchmarks/gpu_session.sh              # every step in order while BUDGET_S (390) lasts
+#   bash benchmarks/gpu_session.sh STEP ...     # only these steps (the ones a first call left)
 #
-# Each step has its own time limit, so a slow step costs its limit and not the call; logs and
-# the JSON lines go to $OUT (the device tool's result folder) or ./gpu_results. Section 4 needs
-# FAISS there: carry a faiss-cpu wheel (python 3.12) in .whl/ as the device README describes;
-# faiss-gpu-cu12 needs the CUDA 12 runtime wheels (cuBLAS alone is ~500 MB), more than a call can
-# carry, so on the device FAISS runs on its CPU cores against the torch matmul top-k on the GPU.
+# A step starts only if its whole limit fits in what is left of BUDGET_S, so a call ends inside
+# it. The last line names the steps left and the command that runs them. The plan for one drawn
+# task: `run` this with timeout_s 450 (wheel install, transfers); at once, while the machine is
+# still warm (30 s), `run` the printed command with BUDGET_S set to status's budget_left_s minus
+# 90; then `give_back`.
 #
-# Dry run on a CPU machine (the same steps, tiny sizes):  DEVICE=cpu QUICK=1 bash ... A
+# Steps (limit in seconds) and what each settles:
+#   mfu             90  issue 11: MFU of vivit_fe_base training (fp32, bf16 autocast)
+#   gpu_tests      180  issue 6: `pytest -m gpu`: both recipes in bf16 on one GPU with a resume,
+#                       FSDP2 + bf16 on one GPU (BatchNorm towers too), bench features on GPU vs
+#                       CPU, GPU transforms, torch top-k retrieval
+#   training       150  section 2: every model and its torchvision reference, fp32/bf16/channels-last
+#   attention       45  section 3: SDPA vs naive attention (bf16)
+#   retrieval_100k  60  section 4 at 100k x 512
+#   retrieval_1m   120  section 4 at 1M x 512
+#   compile        150  section 2's torch.compile rows (r3d18, vivit_fe_base)
+#
+# Logs (with each script's JSON line) go to $OUT (the device tool's result folder, at most 8
+# files come back: session.txt and one log per step) or ./gpu_results. Carry in .whl/ (ignored by
+# git) the python 3.12 wheels the image lacks: av (the recipes and the bench decode video) and
+# faiss-cpu (section 4); the device README gives the pip download line. faiss-gpu-cu12 cannot
+# travel (it needs the CUDA 12 runtime, several hundred MB; the image is CUDA 13), so there FAISS
+# runs on the CPU cores against torch's matmul top-k on the GPU.
+#
+# Dry run on a CPU machine (the same steps, tiny sizes; gpu_tests then skip):
+#   DEVICE=cpu QUICK=1 bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: gpu_session.sh A|B}
+ORDER=(mfu gpu_tests training attention retrieval_100k retrieval_1m compile)
+declare -A LIMIT=([mfu]=90 [gpu_tests]=180 [training]=150 [attention]=45 [retrieval_100k]=60
+                  [retrieval_1m]=120 [compile]=150)
+steps=("$@")
+[[ ${#steps[@]} -eq 0 ]] && steps=("${ORDER[@]}")
+for s in "${steps[@]}"; do
+    [[ -n ${LIMIT[$s]:-} ]] || { echo "unknown step '$s'; steps: ${ORDER[*]}" >&2; exit 2; }
+done
+budget=${BUDGET_S:-390}
+[[ $budget =~ ^[0-9]+$ ]] || { echo "BUDGET_S must be whole seconds, got '$budget'" >&2; exit 2; }
+deadline=$((SECONDS + budget))
 out=${OUT:-gpu_results}
 mkdir -p "$out"
 device=${DEVICE:-cuda}
@@ -27,46 +55,54 @@ if [[ -d .whl ]] && ls .whl/*.whl >/dev/null 2>&1; then
         --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
-step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its output, say how it ended
-    local name=$1 limit=$2
-    shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$@" >"$out/$name.log" 2>&1
-    local rc=$?
-    echo "$name: rc $rc in $((SECONDS - t0)) s (limit $limit s)"
-    tail -n 25 "$out/$name.log"
+{ date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  # "fp32" rows of convolutions run in TF32 where cuDNN allows it (torch's default): say so
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+'cudnn tf32', torch.backends.cudnn.allow_tf32, 'matmul tf32', torch.backends.cuda.matmul.allow_tf32)"
+} | tee -a "$out/session.txt"
+
+tiny() { [[ -n ${QUICK:-} ]] && echo "$1" || echo "$2"; }  # tiny TINY FULL: the size to use
+
+run_step() {  # the command of step $1
+    case $1 in
+    mfu) python3 benchmarks/bench_training.py --device "$device" "${quick[@]}" \
+            --names "$(tiny vivit_fe_tiny vivit_fe_base)" --variants fp32,bf16 ;;
+    gpu_tests) python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_recipes.py \
+            tests/test_bench.py tests/test_transforms.py tests/test_benchmarks.py ;;
+    training) python3 benchmarks/bench_training.py --device "$device" "${quick[@]}" \
+            --variants fp32,bf16,channels_last ;;
+    attention) python3 benchmarks/bench_attention.py --device "$device" "${quick[@]}" \
+            --dtype "$([[ $device == cuda ]] && echo bf16 || echo fp32)" ;;
+    retrieval_100k) python3 benchmarks/bench_retrieval.py --device "$device" \
+            --gallery "$(tiny 20000 100000)" "${quick[@]}" ;;
+    retrieval_1m) python3 benchmarks/bench_retrieval.py --device "$device" \
+            --gallery "$(tiny 20000 1000000)" "${quick[@]}" ;;
+    compile) python3 benchmarks/bench_training.py --device "$device" "${quick[@]}" \
+            --variants compile --names "$(tiny vivit_fe_tiny r3d18,vivit_fe_base)" ;;
+    esac
 }
 
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-} | tee "$out/machine.txt"
-
-case $part in
-A)
-    # the issue's explicit ask: MFU of vivit_fe_base training (bf16 autocast and fp32)
-    step mfu_vivit 150 python3 benchmarks/bench_training.py --device "$device" "${quick[@]}" \
-        --names "$([[ -n ${QUICK:-} ]] && echo vivit_fe_tiny || echo vivit_fe_base)" \
-        --variants fp32,bf16
-    # section 2: every model and its torchvision reference, without compile (part B)
-    step training 270 python3 benchmarks/bench_training.py --device "$device" "${quick[@]}" \
-        --variants fp32,bf16,channels_last
-    ;;
-B)
-    step attention 120 python3 benchmarks/bench_attention.py --device "$device" "${quick[@]}" \
-        --dtype "$([[ $device == cuda ]] && echo bf16 || echo fp32)"
-    if [[ -n ${QUICK:-} ]]; then
-        step retrieval 150 python3 benchmarks/bench_retrieval.py --quick
-    else
-        step retrieval_100k 90 python3 benchmarks/bench_retrieval.py --gallery 100000 \
-            --device "$device"
-        step retrieval_1m 150 python3 benchmarks/bench_retrieval.py --gallery 1000000 \
-            --device "$device"
+left=() failed=()
+for s in "${steps[@]}"; do
+    remaining=$((deadline - SECONDS))
+    if ((LIMIT[$s] > remaining)); then
+        echo "$s: not started (needs up to ${LIMIT[$s]} s, $remaining s of BUDGET_S left)" |
+            tee -a "$out/session.txt"
+        left+=("$s")
+        continue
     fi
-    step compile 150 python3 benchmarks/bench_training.py --device "$device" "${quick[@]}" \
-        --variants compile --names "$([[ -n ${QUICK:-} ]] && echo vivit_fe_tiny || echo r3d18,vivit_fe_base)"
-    ;;
-*)
-    echo "unknown part $part (A or B)" >&2
-    exit 2
-    ;;
-esac
+    t0=$SECONDS
+    timeout "${LIMIT[$s]}" bash -c "$(declare -f run_step tiny); $(declare -p device quick);
+        run_step $s" >"$out/$s.log" 2>&1
+    rc=$?
+    ((rc == 0)) || failed+=("$s")
+    echo "$s: rc $rc in $((SECONDS - t0)) s (limit ${LIMIT[$s]} s)" | tee -a "$out/session.txt"
+    tail -n 20 "$out/$s.log"
+done
+((${#failed[@]})) && echo "failed: ${failed[*]} (rc 124: hit its limit)" | tee -a "$out/session.txt"
+if ((${#left[@]})); then
+    echo "left: ${left[*]}; next: BUDGET_S=... bash benchmarks/gpu_session.sh ${left[*]}" |
+        tee -a "$out/session.txt"
+fi
+((${#failed[@]} == 0))

@@ -1016,3 +1016,32 @@ def test_data_errors_suggest_data_root_only_for_missing_data():
     assert str(err.value).startswith("task av-sync: no listed video is long enough")
     assert "--data-root" not in str(err.value) and "Data: " in str(err.value)
 
+
+# ------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_features_match_the_cpu_ones(tmp_path, ucf, checkpoint):
+    """The bench on a GPU (bf16 autocast, pinned memory, non-blocking copies, 2 workers) gives
+    the features the CPU gives in fp32, clip for clip, up to bf16 rounding, and its log says
+    what it ran with. Each run caches its train and test features in its own folder."""
+    features = {}
+    for device in ("cuda", "cpu"):
+        env = {**os.environ, "AVSSL_CACHE": str(tmp_path / device), "OMP_NUM_THREADS": "1",
+               **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "avssl.bench", "--task", "synthetic", "--data-root", str(ucf),
+             "--checkpoint", str(checkpoint), "--protocol", "knn", "--views", "2x1",
+             "--num-workers", "2", "--batch-size", "8", "--leaderboard", ""],
+            env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        precision = "bf16" if device == "cuda" else "fp32"
+        assert f"speed settings on {device}: precision {precision}" in proc.stderr, (
+            proc.stderr[-2000:])
+        files = (tmp_path / device / "features" / "synthetic").glob("*.npz")
+        arrays = [np.load(f)["x"].astype(np.float64) for f in files]
+        features[device] = {len(x): x for x in arrays}  # 42 train videos, 14 test videos
+        assert sorted(features[device]) == [14, 42], [x.shape for x in arrays]
+    for rows, cpu in features["cpu"].items():
+        gpu = torch.from_numpy(features["cuda"][rows])
+        cos = torch.nn.functional.cosine_similarity(gpu, torch.from_numpy(cpu), dim=1)
+        assert cos.min() > 0.99, (rows, cos.min())

@@ -261,3 +261,36 @@ def test_decoding_measures_decoder_threads_in_the_decoding_process(tmp_path, cap
     loader.worker_init_fn(0)  # ... and in each worker
     assert decoding.decoder_threads() == 2
     decoding.set_decoder_threads(None)
+
+
+def _session(tmp_path, *steps: str, budget: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEVICE": "cpu", "QUICK": "1",
+           "OUT": str(tmp_path / "out"), "BUDGET_S": budget, "PYTHONPATH": ""}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # this python as python3
+    return subprocess.run(["bash", str(BENCH / "gpu_session.sh"), *steps], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_gpu_session_starts_only_steps_that_fit_and_names_the_rest(tmp_path):
+    """The device budget is 15 minutes a task: a step whose limit does not fit in BUDGET_S is
+    not started, and the last line is the command for the steps left, in their order."""
+    proc = _session(tmp_path, "attention", "compile", budget="60")
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any(ln.startswith("attention: rc 0 in ") for ln in lines), proc.stdout
+    assert "compile: not started (needs up to 150 s" in proc.stdout
+    assert lines[-1] == "left: compile; next: BUDGET_S=... bash benchmarks/gpu_session.sh compile"
+    session = (tmp_path / "out" / "session.txt").read_text()
+    assert "cudnn tf32" in session and "attention: rc 0" in session
+    assert (tmp_path / "out" / "attention.log").read_text().strip().endswith("}")  # JSON line
+
+
+@pytest.mark.parametrize("args,budget,message", [
+    (["mfu", "traning"], "60", "unknown step 'traning'; steps: mfu gpu_tests training"),
+    ([], "6min", "BUDGET_S must be whole seconds, got '6min'"),
+])
+def test_gpu_session_refuses_bad_steps_and_budgets_before_any_work(tmp_path, args, budget,
+                                                                   message):
+    proc = _session(tmp_path, *args, budget=budget)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "out").exists()
