@@ -16,7 +16,7 @@
 #   gpu_tests      180  issue 6: `pytest -m gpu`: both recipes in bf16 on one GPU with a resume,
 #                       FSDP2 + bf16 on one GPU (BatchNorm towers too), bench features on GPU vs
 #                       CPU, GPU transforms, torch top-k retrieval
-#   training       150  section 2: every model and its torchvision reference, fp32/bf16/channels-last
+#   training       180  section 2: the other models and torchvision's references, fp32/bf16/channels-last
 #   attention       45  section 3: SDPA vs naive attention (bf16)
 #   retrieval_100k  60  section 4 at 100k x 512
 #   retrieval_1m   120  section 4 at 1M x 512
@@ -34,7 +34,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ORDER=(mfu gpu_tests training attention retrieval_100k retrieval_1m compile)
-declare -A LIMIT=([mfu]=90 [gpu_tests]=180 [training]=150 [attention]=45 [retrieval_100k]=60
+declare -A LIMIT=([mfu]=90 [gpu_tests]=180 [training]=180 [attention]=45 [retrieval_100k]=60
                   [retrieval_1m]=120 [compile]=150)
 steps=("$@")
 [[ ${#steps[@]} -eq 0 ]] && steps=("${ORDER[@]}")
@@ -71,7 +71,9 @@ run_step() {  # the command of step $1
     gpu_tests) python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_recipes.py \
             tests/test_bench.py tests/test_transforms.py tests/test_benchmarks.py ;;
     training) python3 benchmarks/bench_training.py --device "$device" "${quick[@]}" \
-            --variants fp32,bf16,channels_last ;;
+            --variants fp32,bf16,channels_last --names "$(tiny r3d18,torchvision.r3d_18,\
+i3d_r50_tiny,audio_resnet18_tiny,mbt_tiny r3d18,torchvision.r3d_18,i3d_r50,audio_resnet18,\
+torchvision.resnet18,mbt)" ;;  # vivit_fe_base: step mfu
     attention) python3 benchmarks/bench_attention.py --device "$device" "${quick[@]}" \
             --dtype "$([[ $device == cuda ]] && echo bf16 || echo fp32)" ;;
     retrieval_100k) python3 benchmarks/bench_retrieval.py --device "$device" \
