@@ -264,9 +264,9 @@ def test_decoding_measures_decoder_threads_in_the_decoding_process(tmp_path, cap
 
 
 def _session(tmp_path, *steps: str, budget: str) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DEVICE": "cpu", "QUICK": "1",
-           "OUT": str(tmp_path / "out"), "BUDGET_S": budget, "PYTHONPATH": ""}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # this python as python3
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",  # this python as python3
+           "HOME": str(tmp_path), "DEVICE": "cpu", "QUICK": "1", "OUT": str(tmp_path / "out"),
+           "BUDGET_S": budget, "PYTHONPATH": ""}
     return subprocess.run(["bash", str(BENCH / "gpu_session.sh"), *steps], capture_output=True,
                           text=True, timeout=120, env=env)
 

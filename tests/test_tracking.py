@@ -62,12 +62,13 @@ def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    for resume_step, steps, scale in ((None, [1, 2, 3], 10.0), (None, [1, 2, 3, 4], 100.0),
-                                      (2, [3, 4], 1.0)):  # an attempt, a new run, its resume
+    for i, (resume_step, steps, scale) in enumerate(  # an attempt, a new run, its resume
+            ((None, [1, 2, 3], 10.0), (None, [1, 2, 3, 4], 100.0), (2, [3, 4], 1.0))):
         # TensorBoard reads a folder's event files in name order: the creation second, then a
         # per-process writer count, compared as text (writer 10 before writer 9). Real runs
         # start seconds apart; here each invocation starts in a second of its own.
-        time.sleep(1.05)
+        if i:
+            time.sleep(1.05)
         tb = _tensorboard_trackers(tmp_path, resume_step)
         tb.start()
         for s in steps:
