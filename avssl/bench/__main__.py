@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         def report(result: dict) -> None:  # called before the row is appended
             print(_table(result, args), flush=True)
             if args.json:
-                print(json.dumps({k: result[k] for k in ("task", "protocol", "split", "metric",
-                                                         "value", "metrics")}, sort_keys=True),
-                      flush=True)
+                keys = ("task", "protocol", "split", "metric", "value", "metrics",
+                        "videos_used", "videos_expected")
+                print(json.dumps({k: result[k] for k in keys}, sort_keys=True), flush=True)
 
         result = run_bench(bench, report=report)
     except Exception as err:

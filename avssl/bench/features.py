@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -28,13 +29,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import PartialState
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from tqdm.auto import tqdm
 
 from avssl import errors
 from avssl.cache import cache_dir
 from avssl.data.workers import stop_workers
 from avssl.speed import SpeedSettings, apply_threads, pick, worker_init
+
+log = logging.getLogger(__name__)
 
 
 def state() -> PartialState:
@@ -67,49 +70,120 @@ def speed(num_workers: int = 0) -> SpeedSettings:
 
 
 def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
-              num_workers: int = 0, desc: str = "features") -> np.ndarray:
-    """``fn(batch) -> (B, ...)`` over all items -> float32 array (len(dataset), ...) in order."""
+              num_workers: int = 0, desc: str = "features",
+              failed: list[tuple[int, str]] | None = None) -> np.ndarray:
+    """``fn(batch) -> (B, ...)`` over all items -> float32 array (len(dataset), ...) in order.
+
+    ``failed``: None stops at the first item that cannot be decoded (its one-line DataError).
+    A list (the bench's ``--skip-bad``) turns each such item into a row of NaN instead and
+    appends ``(item index, "path (reason)")`` to it, in item order and the same on every
+    process; the caller leaves those items' videos out and reports videos used vs listed
+    (DESIGN.md: a file can pass the up-front probe, which decodes its start and end, and still
+    fail in the middle)."""
     st = state()
     n = len(dataset)
     world, rank = st.num_processes, st.process_index
     blocks = [b for b in range(math.ceil(n / batch_size)) if b % world == rank]
     mine = [i for b in blocks for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
+    skip = failed is not None
+    done: list[int] = []  # items of ``outs``' rows, in order
+    lost: list[tuple[int, str]] = []
     outs: list[np.ndarray] = []
     if mine:
         fast = speed(num_workers)
-        loader = DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, pin_memory=fast.pin_memory,
-                            worker_init_fn=worker_init(fast))
+        loader = DataLoader(_Skipping(dataset, mine) if skip else Subset(dataset, mine),
+                            batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=fast.pin_memory, worker_init_fn=worker_init(fast),
+                            collate_fn=_collate_skipping if skip else None)
         # accelerate launch --mixed_precision fp16 asks for fp16 (the cache key says so too)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fast.mixed_precision)
         batches = iter(loader)
+        at = 0
         try:
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not st.is_main_process,
                               leave=False):
+                if skip:
+                    ids, batch, bad = batch
+                    lost += bad
+                else:
+                    ids = mine[at:at + batch_size]
+                    at += batch_size
+                if batch is None:  # every item of this batch failed
+                    continue
                 with torch.no_grad(), torch.autocast(st.device.type, dtype or torch.bfloat16,
                                                      enabled=dtype is not None):
                     outs.append(fn(batch).float().cpu().numpy())
+                done += ids
         except Exception as err:
             stop_workers(batches)  # now, not ~20 s into someone else's code (data/workers.py)
             if (clean := worker_error(err)) is None:
                 raise
             raise clean from None
     local = np.concatenate(outs) if outs else None
-    if world == 1:
-        return local
-    import torch.distributed as dist
+    parts: list[Any] = [(done, local, lost)]
+    if world > 1:
+        import torch.distributed as dist
 
-    parts: list[Any] = [None] * world
-    dist.all_gather_object(parts, (mine, local))
-    shape = next(p[1].shape[1:] for p in parts if p[1] is not None)
-    full = np.empty((n, *shape), np.float32)
+        parts = [None] * world
+        dist.all_gather_object(parts, (done, local, lost))
+    lost = sorted(x for p in parts for x in p[2])
+    shapes = [p[1].shape[1:] for p in parts if p[1] is not None]
+    if not shapes:
+        if lost:
+            raise errors.DataError(f"{desc}: none of the {n} items could be decoded (first: "
+                                   f"{lost[0][1]})")
+        return local  # no items at all
+    if not lost and world == 1:
+        return local
+    full = np.full((n, *shapes[0]), np.nan, np.float32)
     seen = np.zeros(n, bool)
-    for ids, arr in parts:
+    for ids, arr, _ in parts:
         if arr is not None:
             full[ids] = arr
             seen[ids] = True
+    seen[[i for i, _ in lost]] = True
     assert seen.all(), "sharded extraction lost items"
+    if lost:
+        failed += lost
+        if st.is_main_process:
+            log.warning("%s: skipping %d item(s) that failed to decode (--skip-bad): %s", desc,
+                        len(lost), "; ".join(why for _, why in lost[:3]))
     return full
+
+
+class _Failed:
+    """What :class:`_Skipping` returns in place of an item that failed to decode."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+class _Skipping(Dataset):
+    """``(i, dataset[i])`` for the items ``ids``, with :class:`_Failed` for an item whose decoding
+    raised (a DecodeError, or the DataError a dataset wraps one in)."""
+
+    def __init__(self, dataset, ids: list[int]):
+        self.dataset, self.ids = dataset, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int):
+        i = self.ids[k]
+        try:
+            return i, self.dataset[i]
+        except (errors.DecodeError, errors.DataError) as err:
+            cause = err if isinstance(err, errors.DecodeError) else err.__cause__
+            if isinstance(cause, errors.DecodeError):
+                return i, _Failed(f"{cause.path} ({cause.reason})")
+            return i, _Failed(str(err))
+
+
+def _collate_skipping(pairs: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """(items decoded, their collated batch or None, [(item, why)] of the failed ones)."""
+    good = [(i, x) for i, x in pairs if not isinstance(x, _Failed)]
+    bad = [(i, x.why) for i, x in pairs if isinstance(x, _Failed)]
+    return [i for i, _ in good], default_collate([x for _, x in good]) if good else None, bad
 
 
 _WORKER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\n")
@@ -155,10 +229,11 @@ def encode(encoder: torch.nn.Module, x: torch.Tensor, device) -> torch.Tensor:
 
 
 def clip_features(model, dataset, modality: str, *, batch_size: int, num_workers: int,
-                  desc: str) -> np.ndarray:
+                  desc: str, failed: list[tuple[int, str]] | None = None) -> np.ndarray:
     """(num_videos, D) features of an eval-mode ClipDataset: mean over crops, then clips.
 
     ``modality``: ``video``, ``audio`` or ``av`` (video and audio features concatenated).
+    ``failed``: as in :func:`map_items`; a video with a clip that failed gets a row of NaN.
     """
     device = PartialState().device
     towers = {m: model.encoder_for(m).to(device).eval()
@@ -168,7 +243,8 @@ def clip_features(model, dataset, modality: str, *, batch_size: int, num_workers
         feats = [encode(towers[m], batch[m], device) for m in towers]
         return torch.cat(feats, dim=1)
 
-    items = map_items(dataset, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)
+    items = map_items(dataset, fn, batch_size=batch_size, num_workers=num_workers, desc=desc,
+                      failed=failed)
     per_video = items.reshape(len(dataset) // dataset.num_clips, dataset.num_clips, -1)
     return per_video.mean(axis=1, dtype=np.float64).astype(np.float32)
 

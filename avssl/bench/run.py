@@ -308,17 +308,22 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
                         spec=vars(spec), data=F.manifest_hash(ds.records))
         hit = cache.get(key)
         if hit is None:
+            failed = [] if args.skip_bad else None
             x = F.clip_features(model, ds, modality, batch_size=args.batch_size,
                                 num_workers=args.num_workers,
-                                desc=f"{task.name} {part} features")
-            cache.put(key, x=x)
+                                desc=f"{task.name} {part} features", failed=failed)
+            if not failed:  # a file failing mid-way is decoded again next time, not remembered
+                cache.put(key, x=x)
         else:
             x = hit["x"]
-        parts[part] = (ds, x)
-    (train_ds, train_x), (test_ds, test_x) = parts["train"], parts["test"]
+        parts[part] = (ds, x, np.isfinite(x).all(axis=1))  # False: a clip failed (--skip-bad)
+    (train_ds, train_x, train_ok), (test_ds, test_x, test_ok) = parts["train"], parts["test"]
     num_classes = train_ds.num_classes or int(max(train_ds.labels) + 1)
-    train_y = np.asarray(train_ds.labels, np.int64)
-    test_y = np.asarray(test_ds.labels, np.int64)
+    train_y = np.asarray(train_ds.labels, np.int64)[train_ok]
+    test_y = np.asarray(test_ds.labels, np.int64)[test_ok]
+    train_x, test_x = train_x[train_ok], test_x[test_ok]
+    train_ids = [v for v, ok in zip(train_ds.video_ids, train_ok) if ok]
+    test_ids = [v for v, ok in zip(test_ds.video_ids, test_ok) if ok]
     names = train_ds.class_names
     if protocol == "retrieval":
         from avssl.eval.retrieval import class_retrieval
@@ -329,7 +334,7 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
         opts: dict[str, Any] = {"class_names": names}
         if protocol == "linear":
             opts["seed"] = args.seed
-            opts["groups"] = task.groups(train_ds.video_ids) if task.groups else None
+            opts["groups"] = task.groups(train_ids) if task.groups else None
         elif protocol == "knn":
             opts["k"] = args.k
         elif protocol == "fewshot":
@@ -341,12 +346,14 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
     if args.save_predictions and scores is not None and F.state().is_main_process:
         from avssl.bench.predictions import write_classification
 
-        write_classification(args.save_predictions, test_ds.video_ids, scores, test_y,
+        write_classification(args.save_predictions, test_ids, scores, test_y,
                              names or [str(c) for c in range(num_classes)])
-    used = train_ds.num_used + test_ds.num_used
+    used = int(train_ok.sum() + test_ok.sum())
     expected = train_ds.num_listed + test_ds.num_listed
+    kept = [r for ds, ok in ((train_ds, train_ok), (test_ds, test_ok))
+            for r, k in zip(ds.records, ok) if k]
     return {"metrics": metrics, "used": used, "expected": expected,
-            "manifest": F.manifest_hash(train_ds.records + test_ds.records)}
+            "manifest": F.manifest_hash(kept)}
 
 
 @contextlib.contextmanager
@@ -396,11 +403,17 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
                     spec=vars(model.spec), offsets=ds.offsets, seed=args.seed, data=manifest)
     hit = cache.get(key)
     if hit is None:
+        failed = [] if args.skip_bad else None
         emb = F.map_items(ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
-                          desc=f"{task.name} embeddings")
-        cache.put(key, emb=emb)
+                          desc=f"{task.name} embeddings", failed=failed)
+        if not failed:  # a file failing mid-way is decoded again next time, not remembered
+            cache.put(key, emb=emb)
     else:
         emb = hit["emb"]
+    ok = np.isfinite(emb).all(axis=(1, 2))  # False: the video failed mid-way (--skip-bad)
+    emb, items = emb[ok], [it for it, k in zip(ds.items, ok) if k]
+    if not ok.all():
+        manifest = F.manifest_hash([it[0] for it in items])
     video, audio = emb[:, 0], emb[:, 1:]
     zero = list(ds.grid).index(0.0)
     if sync:
@@ -418,9 +431,9 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
         if args.save_predictions and F.state().is_main_process:
             from avssl.bench.predictions import write_sync
 
-            write_sync(args.save_predictions, [it[0].video_id for it in ds.items], scores,
+            write_sync(args.save_predictions, [it[0].video_id for it in items], scores,
                        easy[:, 0] if easy is not None else np.full(n, np.nan), ds.grid,
-                       [it[2] for it in ds.items])
+                       [it[2] for it in items])
     else:
         from avssl.eval.retrieval import cross_modal_retrieval
 
@@ -430,7 +443,7 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
 
             write_retrieval(args.save_predictions, video, audio[:, zero])
         metrics = {f"{d}_{m}": v for d, ms in nested.items() for m, v in ms.items()}
-    return {"metrics": metrics, "used": len(ds), "expected": ds.num_listed,
+    return {"metrics": metrics, "used": len(items), "expected": ds.num_listed,
             "manifest": manifest}
 
 
@@ -455,29 +468,32 @@ def _localization(task, model: BenchModel, args, root, modality) -> dict:
         hit = cache.get(key)
         if hit is None:
             feats = window_features(model, videos.records, stride_s=stride, modality=modality,
-                                    num_workers=args.num_workers,
+                                    num_workers=args.num_workers, skip_bad=args.skip_bad,
                                     desc=f"{task.name} {subset} windows")
-            cache.put(key, **{f"v{i}": f for i, f in enumerate(feats)})
+            if all(f is not None for f in feats):  # a file failing mid-way is decoded again
+                cache.put(key, **{f"v{i}": f for i, f in enumerate(feats)})
         else:
             feats = [hit[f"v{i}"] for i in range(len(videos.records))]
-        data[subset] = (videos, feats)
-    (train_v, train_x), (test_v, test_x) = data[train_subset], data[test_subset]
+        # a video that failed part-way (--skip-bad) is left out, with its ground truth
+        kept = [(r, x) for r, x in zip(videos.records, feats) if x is not None]
+        data[subset] = (videos, [r for r, _ in kept], [x for _, x in kept])
+    (train_v, train_r, train_x), (test_v, test_r, test_x) = data[train_subset], data[test_subset]
     names = list(train_v.class_names)
     head = train_localizer(
         [{"x": x, "segments": r.segments, "duration_s": r.duration_s}
-         for x, r in zip(train_x, train_v.records)], len(names), stride_s=stride,
+         for x, r in zip(train_x, train_r)], len(names), stride_s=stride,
         window_s=model.spec.clip_s, epochs=args.epochs or 30, lr=args.lr, seed=args.seed,
         device=F.state().device, progress=F.state().is_main_process)
     segs = predict(head, [{"x": x, "duration_s": r.duration_s}
-                          for x, r in zip(test_x, test_v.records)],
+                          for x, r in zip(test_x, test_r)],
                    stride_s=stride, window_s=model.spec.clip_s)
     preds = {"version": "VERSION 1.3", "external_data": {}, "results": {
         r.video_id: [{"label": names[int(p["label"])], "score": float(p["score"]),
                       "segment": [float(p["start"]), float(p["end"])]} for p in ps]
-        for r, ps in zip(test_v.records, segs)}}
+        for r, ps in zip(test_r, segs)}}
     gt = {"segments": [{"video": r.video_id, "start": float(s), "end": float(e),
-                        "label": names[int(c)]} for r in test_v.records for s, e, c in r.segments],
-          "ambiguous": [], "classes": names, "videos": [r.video_id for r in test_v.records]}
+                        "label": names[int(c)]} for r in test_r for s, e, c in r.segments],
+          "ambiguous": [], "classes": names, "videos": [r.video_id for r in test_r]}
     res = evaluate_localization(gt, preds, tiou=tiou)
     if args.save_predictions and F.state().is_main_process:
         import json
@@ -487,9 +503,9 @@ def _localization(task, model: BenchModel, args, root, modality) -> dict:
         (out / "predictions.json").write_text(json.dumps(preds) + "\n")
     metrics = {"average_mAP": 100 * res["average_mAP"], "stride_s": stride}
     metrics.update({f"mAP@{t:g}": 100 * m for t, m in zip(res["tiou"], res["mAP"])})
-    return {"metrics": metrics, "used": train_v.num_used + test_v.num_used,
+    return {"metrics": metrics, "used": len(train_r) + len(test_r),
             "expected": train_v.num_listed + test_v.num_listed,
-            "manifest": F.manifest_hash(train_v.records + test_v.records)}
+            "manifest": F.manifest_hash(train_r + test_r)}
 
 
 # --------------------------------------------------------------------------- leaderboard row

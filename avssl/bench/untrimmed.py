@@ -93,9 +93,11 @@ def _pad(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def window_features(model, videos, *, stride_s: float, modality: str, batch_size: int = 1,
-                    num_workers: int = 0, chunk: int = 16,
-                    desc: str = "windows") -> list[np.ndarray]:
-    """Per video float32 (D, T) sliding-window features (see module docstring)."""
+                    num_workers: int = 0, chunk: int = 16, desc: str = "windows",
+                    skip_bad: bool = False) -> list[np.ndarray | None]:
+    """Per video float32 (D, T) sliding-window features (see module docstring); with
+    ``skip_bad``, None for a video that failed to decode part-way (its other chunks are not
+    enough to localize in it)."""
     device = F.state().device
     towers = {m: model.encoder_for(m).to(device).eval()
               for m in (("video", "audio") if modality == "av" else (modality,))}
@@ -109,8 +111,12 @@ def window_features(model, videos, *, stride_s: float, modality: str, batch_size
             feats.append(y)
         return torch.cat(feats, dim=-1)  # (B, chunk, D)
 
-    out = F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)
+    failed: list[tuple[int, str]] | None = [] if skip_bad else None
+    out = F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc,
+                      failed=failed)
+    broken = {ds.items[i][0] for i, _ in failed or []}
     per_video: list[list[np.ndarray]] = [[] for _ in ds.videos]
     for (vi, _, n), arr in zip(ds.items, out):
         per_video[vi].append(arr[:n])
-    return [np.concatenate(p).T.copy() for p in per_video]
+    return [None if vi in broken else np.concatenate(p).T.copy()
+            for vi, p in enumerate(per_video)]

@@ -115,7 +115,8 @@ def keyframe_maps(model, keyframes: Sequence[Any], *, size: int, batch_size: int
 
 def keyframe_roi_features(model, keyframes: Sequence[Any], *, size: int, resolution: int = 7,
                           batch_size: int = 8, num_workers: int = 0,
-                          desc: str = "keyframe RoI features") -> dict[str, np.ndarray]:
+                          desc: str = "keyframe RoI features",
+                          skip_bad: bool = False) -> dict[str, np.ndarray]:
     """RoI features of every keyframe's boxes instead of whole maps (a real AVA split's maps are
     tens of GB; these are ~10x smaller). Returns float32 arrays:
 
@@ -123,7 +124,10 @@ def keyframe_roi_features(model, keyframes: Sequence[Any], *, size: int, resolut
       the time-averaged map of each keyframe's clip, keyframe after keyframe;
     - ``counts`` (N,) int64: P_i per keyframe;
     - ``sums`` (2, C) float64: per-channel sum and sum of squares over every map cell, and
-      ``cells`` () the number of cells, for the training maps' mean and std.
+      ``cells`` () the number of cells, for the training maps' mean and std;
+    - ``ok`` (N,) bool: False for every keyframe of a video that failed to decode part-way
+      (``skip_bad``; without it such a video stops the run). Those keyframes have no features,
+      count 0 and are not in ``sums``: the numbers of a split without that video.
     """
     device = F.state().device
     encoder = model.encoder_for("video").to(device).eval()
@@ -147,12 +151,16 @@ def keyframe_roi_features(model, keyframes: Sequence[Any], *, size: int, resolut
         out[:, width + 2] = float(maps.shape[2] * maps.shape[3])
         return out
 
-    items = F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)
-    counts = np.array([len(b) for b in boxes], np.int64)
+    failed: list[tuple[int, str]] | None = [] if skip_bad else None
+    items = F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc,
+                        failed=failed)
+    broken = {ds.keyframes[i].path for i, _ in failed or []}
+    ok = np.array([kf.path not in broken for kf in ds.keyframes], bool)
+    counts = np.array([len(b) if k else 0 for b, k in zip(boxes, ok)], np.int64)
     feats = np.concatenate([items[i, :n] for i, n in enumerate(counts)])
-    sums = items[:, width:width + 2].astype(np.float64).sum(axis=0)
+    sums = items[ok, width:width + 2].astype(np.float64).sum(axis=0)
     return {"features": feats.astype(np.float32), "counts": counts, "sums": sums,
-            "cells": np.float64(items[:, width + 2, 0].astype(np.float64).sum())}
+            "cells": np.float64(items[ok, width + 2, 0].astype(np.float64).sum()), "ok": ok}
 
 
 def stats_from_sums(sums: np.ndarray, cells: float) -> tuple[np.ndarray, np.ndarray]:

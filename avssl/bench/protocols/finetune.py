@@ -143,12 +143,15 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
         return probs / crops
 
     per_item = F.map_items(test_ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
-                           desc=f"{task.name} finetune test")
+                           desc=f"{task.name} finetune test",
+                           failed=[] if args.skip_bad else None)
     scores = per_item.reshape(len(test_ds) // test_ds.num_clips, test_ds.num_clips, -1).mean(1)
-    labels = np.asarray(test_ds.labels, np.int64)
-    metrics = classification_metrics(scores, labels, test_ds.class_names)
+    ok = np.isfinite(scores).all(axis=1)  # False: a test clip failed mid-way (--skip-bad)
+    labels = np.asarray(test_ds.labels, np.int64)[ok]
+    metrics = classification_metrics(scores[ok], labels, test_ds.class_names)
     metrics.update(epochs=epochs, lr=args.lr, steps=step, warmup_steps=warmup,
                    lr_last_step=lr_used, skipped_steps=skipped)  # cosine end: near 0 but > 0 on any process count
-    return {"metrics": metrics, "used": train_ds.num_used + test_ds.num_used,
+    test_records = [r for r, k in zip(test_ds.records, ok) if k]
+    return {"metrics": metrics, "used": train_ds.num_used + len(test_records),
             "expected": train_ds.num_listed + test_ds.num_listed,
-            "manifest": F.manifest_hash(train_ds.records + test_ds.records)}
+            "manifest": F.manifest_hash(train_ds.records + test_records)}

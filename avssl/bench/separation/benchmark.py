@@ -56,13 +56,22 @@ def separation_config(args) -> SeparationConfig:
     return replace(cfg, **{k: v for k, v in over.items() if v is not None and k not in extra})
 
 
-def _bank(task, model, args, records, starts, *, part: str, frozen: bool, cache) -> WindowBank:
-    items = [(r, s) for r, ss in zip(records, starts) for s in ss]
-    groups = [r.label for r, ss in zip(records, starts) for _ in ss]
+def _layout(records, part: str):
+    """The windows of ``records``: items (record, start_s), their instrument and their video."""
+    items = [(r, s) for r in records for s in record_starts(r, part, MAX_WINDOWS)]
+    groups = np.asarray([r.label for r, _ in items], np.int64)
     # the YouTube video of each window: one the index JSON lists under two instruments is two
     # records (whichever file holds it)
     videos = {v: k for k, v in enumerate(dict.fromkeys(r.video_id for r in records))}
     source = np.asarray([videos[r.video_id] for r, _ in items], np.int64)
+    return items, groups, source
+
+
+def _bank(task, model, args, records, *, part: str, frozen: bool,
+          cache) -> tuple[WindowBank, list]:
+    """The part's windows decoded (cached), and the records they come from: with --skip-bad,
+    without the videos a window of which failed to decode part-way (not cached then)."""
+    items, groups, source = _layout(records, part)
     key = cache.key(model=model.identity() if frozen else "clips", task=task.name,
                     version=task.version, part=part, spec=vars(model.spec),
                     windows=[[r.video_id, s] for r, s in items], rate=SAMPLE_RATE,
@@ -70,13 +79,28 @@ def _bank(task, model, args, records, starts, *, part: str, frozen: bool, cache)
     hit = cache.get(key)
     if hit is not None:
         return WindowBank(torch.from_numpy(hit["audio"]), torch.from_numpy(hit["cond"]),
-                          np.asarray(groups, np.int64), source)
+                          groups, source), records
+    failed: list[tuple[int, str]] | None = [] if args.skip_bad else None
     bank = window_bank(items, model.spec, encoder=model.video if frozen else None, groups=groups,
                        batch_size=args.batch_size, num_workers=args.num_workers,
-                       desc=f"{task.name} {part} windows")
+                       desc=f"{task.name} {part} windows", failed=failed)
+    if failed:
+        broken = {id(items[i][0]) for i, _ in failed}
+        rows = torch.tensor([k for k, (r, _) in enumerate(items) if id(r) not in broken])
+        records = [r for r in records if id(r) not in broken]
+        _, groups, source = _layout(records, part)
+        return WindowBank(bank.audio[rows], bank.cond[rows], groups, source), records
     cache.put(key, audio=bank.audio.numpy(), cond=bank.cond.numpy())
     bank.source = source
-    return bank
+    return bank, records
+
+
+def _enough_instruments(task, recs: dict[str, list], num_mix: int) -> None:
+    for part, rs in recs.items():
+        if len({r.label for r in rs}) < num_mix:
+            raise DataError(f"task {task.name}: the {part} split has videos with sound of "
+                            f"{len({r.label for r in rs})} instrument(s); mix-and-separate needs "
+                            f"{num_mix}")
 
 
 def test_pairs(labels: np.ndarray, num_mix: int, seed: int, per_video: int = 1,
@@ -132,15 +156,13 @@ def run_separation(task, model, args, root: str, modality: str) -> dict[str, Any
     splits = {part: _load(task, task.load, root, part, skip_bad=args.skip_bad,
                           seed=MUSIC_SPLIT_SEED) for part in ("train", "test")}
     recs = {p: [r for r in s.records if r.has_audio] for p, s in splits.items()}
-    for part, rs in recs.items():
-        if len({r.label for r in rs}) < cfg.num_mix:
-            raise DataError(f"task {task.name}: the {part} split has videos with sound of "
-                            f"{len({r.label for r in rs})} instrument(s); mix-and-separate needs "
-                            f"{cfg.num_mix}")
+    _enough_instruments(task, recs, cfg.num_mix)
     cache = F.FeatureCache(task.name, enabled=args.cache)
-    banks = {part: _bank(task, model, args, recs[part],
-                         [record_starts(r, part, MAX_WINDOWS) for r in recs[part]],
-                         part=part, frozen=frozen, cache=cache) for part in ("train", "test")}
+    banks = {}
+    for part in ("train", "test"):
+        banks[part], recs[part] = _bank(task, model, args, recs[part], part=part, frozen=frozen,
+                                        cache=cache)
+    _enough_instruments(task, recs, cfg.num_mix)  # again if --skip-bad left videos out
     train, test = banks["train"], banks["test"]
 
     net = build_separator(encoder.embed_dim, cfg,

@@ -85,9 +85,10 @@ class Windows(Dataset):
 
 def window_bank(items: Sequence[tuple[Any, float]], spec, *, encoder: torch.nn.Module | None,
                 groups: Sequence[int], batch_size: int, num_workers: int,
-                desc: str) -> WindowBank:
+                desc: str, failed: list[tuple[int, str]] | None = None) -> WindowBank:
     """Decode ``items`` into a :class:`WindowBank`; ``encoder`` (frozen) -> ``cond`` are its
-    pooled embeddings (N, D), ``None`` -> ``cond`` are the clips (N, C, T, H, W)."""
+    pooled embeddings (N, D), ``None`` -> ``cond`` are the clips (N, C, T, H, W). ``failed``:
+    as in :func:`~avssl.bench.features.map_items` (the failed windows' rows are NaN)."""
     ds = Windows(items, spec)
     device = F.state().device
     enc = None if encoder is None else encoder.to(device).eval()
@@ -100,11 +101,13 @@ def window_bank(items: Sequence[tuple[Any, float]], spec, *, encoder: torch.nn.M
         # one array per item so map_items can shard and gather it: [cond | audio]
         return torch.cat([cond.float(), batch["audio"]], dim=1)
 
-    out = F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc)
+    out = F.map_items(ds, fn, batch_size=batch_size, num_workers=num_workers, desc=desc,
+                      failed=failed)
     cond, audio = out[:, :-WINDOW], out[:, -WINDOW:]
     if enc is None:
         if not clip_shape:  # another process decoded every batch: rebuild the shape
-            clip_shape[:] = ds[0]["video"].shape
+            lost = {i for i, _ in failed or []}
+            clip_shape[:] = ds[next(i for i in range(len(ds)) if i not in lost)]["video"].shape
         cond = cond.reshape(len(cond), *clip_shape)
     return WindowBank(torch.from_numpy(np.ascontiguousarray(audio)),
                       torch.from_numpy(np.ascontiguousarray(cond)),

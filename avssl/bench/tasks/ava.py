@@ -14,6 +14,7 @@ in percent. ``--save-predictions DIR`` keeps both files, ``DIR/detections.csv`` 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import tempfile
@@ -65,10 +66,26 @@ def _roi_features(task, model, args, split, part: str, size: int) -> dict[str, n
     if hit is not None:
         return hit
     out = keyframe_roi_features(model, split.keyframes, size=size, batch_size=args.batch_size,
-                                num_workers=args.num_workers,
+                                num_workers=args.num_workers, skip_bad=args.skip_bad,
                                 desc=f"{task.name} {part} keyframes")
-    cache.put(key, **out)
+    if out["ok"].all():  # a file failing mid-way is decoded again next time, not remembered
+        cache.put(key, **out)
     return out
+
+
+def _without_failed(split, features: dict[str, np.ndarray]):
+    """``split`` and its features without the videos that failed to decode part-way
+    (``--skip-bad``): their keyframes, and their ground truth, are left out."""
+    ok = features.get("ok")  # absent from features cached before it existed: all decoded
+    if ok is None or ok.all():
+        return split, features
+    gone = {kf.video_id: kf.path for kf, k in zip(split.keyframes, ok) if not k}
+    split = dataclasses.replace(
+        split, keyframes=[kf for kf, k in zip(split.keyframes, ok) if k],
+        records=[r for r in split.records if r.video_id not in gone],
+        num_used=split.num_used - len(gone),
+        bad=split.bad + [(path, "failed to decode part-way") for path in gone.values()])
+    return split, {**features, "counts": features["counts"][ok]}
 
 
 def _split_rows(features: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
@@ -122,8 +139,8 @@ def run(task: Task, model, args, root: str, modality: str) -> dict[str, Any]:
     if train.class_ids != test.class_ids:
         raise ConfigError("ava: the train and val splits read different label maps")
     size = detection_size(model.spec)
-    tr = _roi_features(task, model, args, train, "train", size)
-    te = _roi_features(task, model, args, test, "val", size)
+    train, tr = _without_failed(train, _roi_features(task, model, args, train, "train", size))
+    test, te = _without_failed(test, _roi_features(task, model, args, test, "val", size))
     mean, std = stats_from_sums(tr["sums"], float(tr["cells"]))
 
     st = F.state()
