@@ -143,3 +143,40 @@ def fsdp_keep_built_weights(accelerator) -> None:
     accelerator.print("FSDP: cpu_ram_efficient_loading off (each process built the same model "
                       "from the seed; accelerate's reload of rank 0's weights is for 🤗 "
                       "Transformers checkpoints)")
+
+
+def fsdp_batchnorm_in_fp32(accelerator, model) -> int:
+    """Under FSDP2 with bf16 / fp16, make each BatchNorm of ``model`` its own FSDP unit that keeps
+    fp32 weights; returns how many. Call it before the optimizer is built (it replaces those
+    parameters with their shards, and accelerate's prepare maps only the others).
+
+    FSDP2 casts a unit's parameters to the policy's dtype for the forward but not its buffers, so
+    a BatchNorm inside a bf16 unit met bf16 weights beside fp32 running statistics and stopped
+    ("Expected running_mean to have type BFloat16 but got Float"; on CPU "expect parameter to
+    have scalar type of Float"): ``pretrain_sync``'s default towers could not use FSDP with bf16.
+    FSDP1 kept BatchNorm in fp32 by itself; for FSDP2 PyTorch's answer is a unit per BatchNorm
+    with its own policy. This one casts nothing: weights, gradients' reduction and statistics
+    stay fp32 and the bf16 activations go through the mixed-precision kernel, whose output keeps
+    their dtype. A no-op without FSDP2 or mixed precision."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if (accelerator.distributed_type != DistributedType.FSDP or plugin is None
+            or getattr(plugin, "fsdp_version", 1) != 2 or accelerator.mixed_precision == "no"):
+        return 0
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    mesh = getattr(accelerator, "torch_device_mesh", None)  # as accelerate's prepare takes it
+    if mesh is not None:
+        mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+    for m in norms:
+        fully_shard(m, mesh=mesh, reshard_after_forward=plugin.reshard_after_forward,
+                    offload_policy=plugin.cpu_offload,
+                    mp_policy=MixedPrecisionPolicy(cast_forward_inputs=False))
+    if norms:
+        accelerator.print(f"FSDP: {len(norms)} BatchNorm layers sharded as their own fp32 units "
+                          f"(FSDP2 casts weights, not running statistics, to "
+                          f"{accelerator.mixed_precision})")
+    return len(norms)

@@ -45,8 +45,8 @@ from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder, require_modality
 from avssl.errors import AvsslError, ConfigError
-from avssl.launch import (check_shared_run_dir, decided_by_main, fsdp_keep_built_weights,
-                          launch_warning)
+from avssl.launch import (check_shared_run_dir, decided_by_main, fsdp_batchnorm_in_fp32,
+                          fsdp_keep_built_weights, launch_warning)
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
                       build_encoder(cfg.model.audio, **cfg.model.audio_kwargs), cfg.model.proj_dim,
                       cfg.model.temporal_bins)
     prepare_module(model, speed)
+    fsdp_batchnorm_in_fp32(accelerator, model)  # FSDP2 + bf16: before the optimizer takes them
     objective = SyncObjective(cfg.loss.kind, cfg.loss.temperature, cfg.loss.margin,
                               cfg.loss.hard_weight, cfg.loss.hard_start_step,
                               embed_dim=cfg.model.proj_dim, gather=cfg.loss.gather)

@@ -4,6 +4,7 @@ errors, and one vs two processes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -305,20 +306,22 @@ def test_finetune_schedule_on_two_processes_is_the_one_of_each_processes_steps(t
     assert m["lr_last_step"] == pytest.approx(_cosine_end(m))
 
 
-def test_finetune_under_fsdp2_tests_an_unsharded_copy(tmp_path, ucf, cache):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_finetune_under_fsdp2_tests_an_unsharded_copy(tmp_path, ucf, cache, precision):
     """Under FSDP2 (forced on for CPU processes by tests/fsdp_on_cpu.py) with the residual
     blocks as their own FSDP units every forward is a collective, and map_items splits the 28
     test views into 7 batches of 4: 4 forwards on one process, 3 on the other. The trained
     classifier's forwards met the other process's gather of scores and the run died. With
     accelerate's default flags (cpu_ram_efficient_loading on) its reload of rank 0's weights
-    failed on the encoder's BatchNorm statistics before training."""
+    failed on the encoder's BatchNorm statistics before training; with bf16, FSDP2's bf16
+    BatchNorm weights beside fp32 running statistics stopped the first forward."""
     args = ["-m", "avssl.bench", "--task", "synthetic", "--data-root", str(ucf), "--encoder",
             "i3d_r18_tiny", "--fps", "4", "--size", "32", "--crop", "32", "--num-workers",
             "0", "--batch-size", "4", "--protocol", "finetune", "--epochs", "1", "--json",
             "--leaderboard", str(tmp_path / "lb")]
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
-         "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+         "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP", "--mixed_precision", precision,
          "--fsdp_transformer_layer_cls_to_wrap", "BasicBlock", "--num_processes", "2",
          "--main_process_port", str(_free_port()), str(ROOT / "tests" / "fsdp_on_cpu.py"), *args],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
@@ -327,6 +330,9 @@ def test_finetune_under_fsdp2_tests_an_unsharded_copy(tmp_path, ucf, cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][0])["metrics"]
     assert m["num_samples"] == 14 and m["steps"] == 42 // 4 // 2
+    assert math.isfinite(m["top1"]) and m["skipped_steps"] == 0
+    assert ("BatchNorm layers sharded as their own fp32 units" in proc.stdout) == (
+        precision == "bf16")
 
 
 def _cached(cache: Path, task: str, name: str) -> np.ndarray:

@@ -368,6 +368,34 @@ def test_fsdp2_with_accelerates_default_loading_trains_the_default_models(tmp_pa
     assert all(n == (4 if ".layer" in k else 2) for k, n in tracked.items()), tracked
 
 
+def test_fsdp2_in_bf16_trains_batchnorm_towers_in_fp32_units(tmp_path, cache, monkeypatch):
+    """pretrain_sync's default towers under the README's FSDP2 launch with bf16: FSDP2 cast
+    BatchNorm's weights to bf16 beside its fp32 running statistics and the first forward
+    stopped (on GPUs too: "Expected running_mean to have type BFloat16"). Each BatchNorm is now
+    its own fp32 unit: the run trains across a stop and a resume from a sharded checkpoint, its
+    BatchNorm weights and statistics move (so the optimizer holds the sharded BatchNorm
+    parameters), and the checkpoint is whole and fp32."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
+              "2", "--mixed_precision", "bf16", "--fsdp_auto_wrap_policy",
+              "TRANSFORMER_BASED_WRAP", "--fsdp_transformer_layer_cls_to_wrap", "BasicBlock",
+              "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--num_processes", "2",
+              "--main_process_port", str(_free_port()), str(ROOT / "tests" / "fsdp_on_cpu.py")]
+    log, run_dir = _stop_and_resume("pretrain_sync.py", tmp_path, cache,
+                                    "--optim.warmup_steps=1", launch=launch)
+    assert "mixed precision bf16" in log, log[-2000:]
+    assert log.count("BatchNorm layers sharded as their own fp32 units") == 2
+    steps = losses(run_dir)
+    assert sorted(steps) == [1, 2, 3] and all(math.isfinite(v) for v in steps.values())
+    _assert_whole_fp32_towers(run_dir.parent / "latest")
+    bn = {k: t for k, t in weights(run_dir.parent / "latest").items()
+          if ".bn1." in k or ".bn2." in k}
+    assert bn and all(torch.isfinite(t.float()).all() for t in bn.values())
+    assert any(not torch.equal(t, torch.ones_like(t)) for k, t in bn.items()
+               if k.endswith(".weight")), "BatchNorm weights were not trained"
+    assert all(int(t) == 3 for k, t in bn.items() if k.endswith("num_batches_tracked"))
+
+
 def test_mbt_two_processes_match_one(tmp_path, cache):
     """gloo, 2 x batch 2 == 1 x batch 4 for the MBT recipe too: pair types and masks are drawn
     for the global batch, a mismatched pair takes the previous clip of the global batch, and the
@@ -1071,8 +1099,8 @@ def test_one_gpu_trains_in_bf16_and_resumes(tmp_path, cache, recipe):
                                          ("pretrain_mbt.py", "Block")])
 def test_fsdp2_in_bf16_on_one_gpu_resumes_and_saves_whole_towers(tmp_path, cache, recipe, unit):
     """The README's FSDP2 launch on one GPU, with bf16: pretrain_sync's default towers carry
-    BatchNorm, whose bf16 weights beside fp32 running statistics fail on CPU (README, known
-    limits); this says whether a GPU runs them. Sharded state across a stop and a resume, whole
+    BatchNorm, sharded as fp32 units (tested on CPU processes above); this checks the GPU's
+    mixed-precision BatchNorm kernel with them. Sharded state across a stop and a resume, whole
     fp32 tensors in the checkpoint."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
               "2", "--num_processes", "1", "--mixed_precision", "bf16",

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from avssl.bench import features as F
 from avssl.data.transforms import VideoPipeline
 from avssl.data.workers import stop_workers
-from avssl.launch import fsdp_keep_built_weights
+from avssl.launch import fsdp_batchnorm_in_fp32, fsdp_keep_built_weights
 from avssl.pretraining import BufferGuard, all_finite, nonfinite_action
 from avssl.speed import worker_init
 
@@ -83,6 +83,7 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
         train_ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=args.num_workers,
         pin_memory=fast.pin_memory, persistent_workers=fast.persistent_workers,
         worker_init_fn=worker_init(fast), generator=torch.Generator().manual_seed(args.seed))
+    fsdp_batchnorm_in_fp32(accelerator, net)  # FSDP2 + bf16: before the optimizer takes them
     raw_opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.05)
     fsdp_keep_built_weights(accelerator)  # every process built net from args.seed
     net, opt, loader = accelerator.prepare(net, raw_opt, loader)
