@@ -22,7 +22,7 @@ from avssl.bench import features as F
 from avssl.bench.run import BenchArgs, run_bench
 from avssl.data import decoding
 from avssl.data.synthetic import WorldConfig, write_layout
-from avssl.errors import DataError, DecodeError
+from avssl.errors import ConfigError, DataError, DecodeError
 from avssl.leaderboard import read_task
 
 SMALL = dict(fps=4.0, size=32, crop=32, num_workers=0, batch_size=8, views="1x1")
@@ -129,6 +129,51 @@ def test_a_run_with_a_failed_video_is_not_cached(tmp_path, ucf, monkeypatch, cac
     monkeypatch.setenv("AVSSL_CACHE", str(cache))
     out = bench(tmp_path, **opts, leaderboard="")  # repaired: every video is used
     assert first == 1 and out["videos_used"] == out["videos_expected"] == 56
+
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_an_encoder_nan_is_not_taken_for_a_file_that_failed(tmp_path, ucf, monkeypatch, skip_bad):
+    """A NaN feature (a broken checkpoint, an fp16 overflow) is no decoding failure: the linear
+    protocols' "not finite (check the checkpoint)" stops the run, with or without --skip-bad,
+    instead of the video being left out without a word."""
+    real, calls = F.encode, []
+
+    def encode(encoder, x, device):
+        y = real(encoder, x, device)
+        calls.append(len(y))
+        if len(calls) == 1:
+            y[0] = float("nan")
+        return y
+
+    monkeypatch.setattr(F, "encode", encode)
+    with pytest.raises(DataError, match="not finite"):
+        bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="knn", skip_bad=skip_bad,
+              leaderboard="")
+
+
+@pytest.mark.parametrize("task", ["finetune", "av-sync"])
+def test_non_finite_outputs_are_not_taken_for_failed_files(tmp_path, ucf, folder, monkeypatch,
+                                                           task):
+    """The same for finetune's test scores and av-sync's embeddings: a NaN row with no decoding
+    failure keeps its video (finetune's metrics refuse it; av-sync scores it as it is)."""
+    real = F.map_items
+
+    def map_items(*a, **k):
+        out = real(*a, **k)
+        out[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(F, "map_items", map_items)
+    if task == "finetune":
+        with pytest.raises(ConfigError, match="expected finite values"):
+            bench(tmp_path, task="synthetic", data_root=str(ucf), protocol="finetune", epochs=1,
+                  skip_bad=True, leaderboard="")
+        return
+    out = bench(tmp_path, task="av-sync", data_root=str(folder), encoder="i3d_r18_tiny",
+                audio_encoder="audio_resnet18_tiny", fps=None, size=None, crop=None,
+                skip_bad=True, leaderboard="")
+    assert out["videos_used"] == out["videos_expected"]
 
 
 @pytest.fixture(scope="module")

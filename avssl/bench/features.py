@@ -151,6 +151,16 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
     return full
 
 
+def decoded(num_videos: int, failed: list[tuple[int, str]] | None,
+            num_clips: int = 1) -> np.ndarray:
+    """(num_videos,) bool: False for a video one of whose ``num_clips`` consecutive items is in
+    :func:`map_items`' ``failed``. Not ``np.isfinite`` of the features: an encoder's NaN or inf
+    is the checkpoint's fault, for the protocols to stop on, not a file to leave out quietly."""
+    ok = np.ones(num_videos, bool)
+    ok[[i // num_clips for i, _ in failed or []]] = False
+    return ok
+
+
 class _Failed:
     """What :class:`_Skipping` returns in place of an item that failed to decode."""
 

@@ -307,8 +307,8 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
                         split=split, part=part, views=[clips, crops], modality=modality,
                         spec=vars(spec), data=F.manifest_hash(ds.records))
         hit = cache.get(key)
+        failed: list[tuple[int, str]] | None = [] if args.skip_bad else None
         if hit is None:
-            failed = [] if args.skip_bad else None
             x = F.clip_features(model, ds, modality, batch_size=args.batch_size,
                                 num_workers=args.num_workers,
                                 desc=f"{task.name} {part} features", failed=failed)
@@ -316,7 +316,8 @@ def _classification(task, model: BenchModel, args, root, split, protocol, modali
                 cache.put(key, x=x)
         else:
             x = hit["x"]
-        parts[part] = (ds, x, np.isfinite(x).all(axis=1))  # False: a clip failed (--skip-bad)
+        # False: a clip of the video failed to decode (--skip-bad)
+        parts[part] = (ds, x, F.decoded(len(x), failed, ds.num_clips))
     (train_ds, train_x, train_ok), (test_ds, test_x, test_ok) = parts["train"], parts["test"]
     num_classes = train_ds.num_classes or int(max(train_ds.labels) + 1)
     train_y = np.asarray(train_ds.labels, np.int64)[train_ok]
@@ -402,15 +403,15 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
     key = cache.key(model=model.identity(), task=task.name, version=task.version, split=split,
                     spec=vars(model.spec), offsets=ds.offsets, seed=args.seed, data=manifest)
     hit = cache.get(key)
+    failed: list[tuple[int, str]] | None = [] if args.skip_bad else None
     if hit is None:
-        failed = [] if args.skip_bad else None
         emb = F.map_items(ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
                           desc=f"{task.name} embeddings", failed=failed)
         if not failed:  # a file failing mid-way is decoded again next time, not remembered
             cache.put(key, emb=emb)
     else:
         emb = hit["emb"]
-    ok = np.isfinite(emb).all(axis=(1, 2))  # False: the video failed mid-way (--skip-bad)
+    ok = F.decoded(len(emb), failed)  # False: the video failed mid-way (--skip-bad)
     emb, items = emb[ok], [it for it, k in zip(ds.items, ok) if k]
     if not ok.all():
         manifest = F.manifest_hash([it[0] for it in items])

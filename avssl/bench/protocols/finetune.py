@@ -143,11 +143,11 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
             probs = probs + net(view).softmax(-1)
         return probs / crops
 
+    failed: list[tuple[int, str]] | None = [] if args.skip_bad else None
     per_item = F.map_items(test_ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
-                           desc=f"{task.name} finetune test",
-                           failed=[] if args.skip_bad else None)
+                           desc=f"{task.name} finetune test", failed=failed)
     scores = per_item.reshape(len(test_ds) // test_ds.num_clips, test_ds.num_clips, -1).mean(1)
-    ok = np.isfinite(scores).all(axis=1)  # False: a test clip failed mid-way (--skip-bad)
+    ok = F.decoded(len(scores), failed, test_ds.num_clips)  # False: a test clip failed mid-way
     labels = np.asarray(test_ds.labels, np.int64)[ok]
     metrics = classification_metrics(scores[ok], labels, test_ds.class_names)
     metrics.update(epochs=epochs, lr=args.lr, steps=step, warmup_steps=warmup,
