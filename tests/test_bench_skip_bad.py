@@ -242,6 +242,28 @@ def test_map_items_with_every_item_failing_says_so():
         F.map_items(Flaky(3, {0, 1, 2}), lambda b: b["x"], batch_size=2, failed=[])
 
 
+
+def test_map_items_warning_names_every_file_once(caplog):
+    """Three clips per file (--views 3x1) fail one by one: the warning names each file once,
+    the second one too (it named the first three items: file 0, three times)."""
+    class Clips(Flaky):
+        def __getitem__(self, i):
+            if i // 3 in self.bad:
+                try:
+                    raise DecodeError(f"/v/{i // 3}.mp4", f"corrupt packet in clip {i % 3}")
+                except DecodeError as err:
+                    raise DataError(f"cannot decode /v/{i // 3}.mp4") from err
+            return {"x": torch.tensor([float(i)])}
+
+    failed: list = []
+    with caplog.at_level("WARNING", logger=F.__name__):
+        F.map_items(Clips(12, {1, 2}), lambda b: b["x"], batch_size=4, failed=failed)
+    assert [i for i, _ in failed] == [3, 4, 5, 6, 7, 8]
+    assert caplog.messages == ["features: skipping 6 item(s) that failed to decode (--skip-bad), "
+                               "of 2 file(s) left out: /v/1.mp4 (corrupt packet in clip 0); "
+                               "/v/2.mp4 (corrupt packet in clip 0)"]
+
+
 def test_map_items_does_not_swallow_bugs():
     """Only decoding failures are skipped; any other error is a bug and propagates."""
     class Buggy(Flaky):

@@ -87,7 +87,7 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
     mine = [i for b in blocks for i in range(b * batch_size, min(n, (b + 1) * batch_size))]
     skip = failed is not None
     done: list[int] = []  # items of ``outs``' rows, in order
-    lost: list[tuple[int, str]] = []
+    lost: list[tuple[int, str, str]] = []  # (item, why, file)
     outs: list[np.ndarray] = []
     if mine:
         fast = speed(num_workers)
@@ -141,13 +141,19 @@ def map_items(dataset, fn: Callable[[dict], torch.Tensor], *, batch_size: int,
         if arr is not None:
             full[ids] = arr
             seen[ids] = True
-    seen[[i for i, _ in lost]] = True
+    seen[[i for i, _, _ in lost]] = True
     assert seen.all(), "sharded extraction lost items"
     if lost:
-        failed += lost
+        failed += [(i, why) for i, why, _ in lost]
         if st.is_main_process:
-            log.warning("%s: skipping %d item(s) that failed to decode (--skip-bad): %s", desc,
-                        len(lost), "; ".join(why for _, why in lost[:3]))
+            # each file once: its clips (--views 3x1) or windows fail one by one, and the task
+            # leaves the file out whole; naming only the first items hid the second bad file
+            files: dict[str, str] = {}
+            for _, why, file in lost:
+                files.setdefault(file, why)
+            log.warning("%s: skipping %d item(s) that failed to decode (--skip-bad), of %d "
+                        "file(s) left out: %s", desc, len(lost), len(files),
+                        "; ".join(files.values()))
     return full
 
 
@@ -164,8 +170,8 @@ def decoded(num_videos: int, failed: list[tuple[int, str]] | None,
 class _Failed:
     """What :class:`_Skipping` returns in place of an item that failed to decode."""
 
-    def __init__(self, why: str):
-        self.why = why
+    def __init__(self, why: str, file: str):
+        self.why, self.file = why, file
 
 
 class _Skipping(Dataset):
@@ -185,14 +191,14 @@ class _Skipping(Dataset):
         except (errors.DecodeError, errors.DataError) as err:
             cause = err if isinstance(err, errors.DecodeError) else err.__cause__
             if isinstance(cause, errors.DecodeError):
-                return i, _Failed(f"{cause.path} ({cause.reason})")
-            return i, _Failed(str(err))
+                return i, _Failed(f"{cause.path} ({cause.reason})", str(cause.path))
+            return i, _Failed(str(err), str(err))
 
 
-def _collate_skipping(pairs: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
-    """(items decoded, their collated batch or None, [(item, why)] of the failed ones)."""
+def _collate_skipping(pairs: list) -> tuple[list[int], Any, list[tuple[int, str, str]]]:
+    """(items decoded, their collated batch or None, [(item, why, file)] of the failed ones)."""
     good = [(i, x) for i, x in pairs if not isinstance(x, _Failed)]
-    bad = [(i, x.why) for i, x in pairs if isinstance(x, _Failed)]
+    bad = [(i, x.why, x.file) for i, x in pairs if isinstance(x, _Failed)]
     return [i for i, _ in good], default_collate([x for _, x in good]) if good else None, bad
 
 
