@@ -403,18 +403,34 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
     key = cache.key(model=model.identity(), task=task.name, version=task.version, split=split,
                     spec=vars(model.spec), offsets=ds.offsets, seed=args.seed, data=manifest)
     hit = cache.get(key)
-    failed: list[tuple[int, str]] | None = [] if args.skip_bad else None
     if hit is None:
+        failed: list[tuple[int, str]] | None = [] if args.skip_bad else None
         emb = F.map_items(ds, fn, batch_size=args.batch_size, num_workers=args.num_workers,
                           desc=f"{task.name} embeddings", failed=failed)
         if not failed:  # a file failing mid-way is decoded again next time, not remembered
             cache.put(key, emb=emb)
+
+        def place(it):  # (path, start, hard shift or None: NaN is no dict key)
+            return it[0].path, it[1], it[2] if it[2] == it[2] else None
+
+        while failed:  # --skip-bad left a video out that failed mid-way
+            # the windows and hard shifts of the videos after it move up (AVClips.without):
+            # those of a list without it. Embed the items that changed; keep the others
+            done = {place(it): row for it, row in zip(ds.items, emb)}
+            ds = ds.without({ds.items[i][0].path for i, _ in failed})
+            new = [k for k, it in enumerate(ds.items) if place(it) not in done]
+            emb = np.stack([done.get(place(it), np.full_like(emb[0], np.nan))
+                            for it in ds.items])
+            again: list[tuple[int, str]] = []
+            if new:
+                emb[new] = F.map_items(torch.utils.data.Subset(ds, new), fn,
+                                       batch_size=args.batch_size, num_workers=args.num_workers,
+                                       desc=f"{task.name} embeddings", failed=again)
+            failed = [(new[i], why) for i, why in again]
+            manifest = F.manifest_hash([it[0] for it in ds.items])
     else:
         emb = hit["emb"]
-    ok = F.decoded(len(emb), failed)  # False: the video failed mid-way (--skip-bad)
-    emb, items = emb[ok], [it for it, k in zip(ds.items, ok) if k]
-    if not ok.all():
-        manifest = F.manifest_hash([it[0] for it in items])
+    items = ds.items
     video, audio = emb[:, 0], emb[:, 1:]
     zero = list(ds.grid).index(0.0)
     if sync:

@@ -57,6 +57,7 @@ class AVClips(Dataset):
         self.clip_s, self.fps, self.size, self.sample_rate = clip_s, fps, size, sample_rate
         self.video_transform, self.audio_transform = video_transform, audio_transform
         self.grid, self.hard, self.seed, self.timeout_s = tuple(grid), hard, seed, timeout_s
+        self.records = list(records)
         self.num_listed = len(records)
         self.items: list[tuple[Any, float, float]] = []  # (record, start_s, hard offset)
         self.too_short: list[str] = []
@@ -105,6 +106,17 @@ class AVClips(Dataset):
         if last < first - 1e-9:
             return None
         return (first + last) / 2, hard
+
+    def without(self, paths: set[str]) -> "AVClips":
+        """These clips as if the videos at ``paths`` had not been listed: every later video's
+        window and hard shift are drawn from its position in the list, so they move up; the
+        videos count as expected still (``num_listed``)."""
+        out = AVClips([r for r in self.records if r.path not in paths], clip_s=self.clip_s,
+                      fps=self.fps, size=self.size, sample_rate=self.sample_rate,
+                      video_transform=self.video_transform, audio_transform=self.audio_transform,
+                      grid=self.grid, hard=self.hard, seed=self.seed, timeout_s=self.timeout_s)
+        out.num_listed = self.num_listed
+        return out
 
     @property
     def offsets(self) -> list[float]:
