@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -114,6 +115,26 @@ def test_classification_leaves_a_video_that_fails_midway_out(tmp_path, ucf, monk
     ref = bench(tmp_path, **opts, data_root=str(gone), leaderboard="")
     assert (ref["videos_used"], ref["videos_expected"]) == (55, 56)
     assert_same(out["metrics"], ref["metrics"])
+
+
+
+def test_finetune_stops_on_a_training_video_it_cannot_decode(tmp_path, ucf, monkeypatch):
+    """Finetuning is evaluation (DESIGN.md): a training video that fails to decode stops the run
+    naming it (another video took its place unsaid, and the row counted it as used); with
+    --skip-bad an unreadable one is probed out up front and counted."""
+    bad = listed(ucf, "trainlist01.txt")[7]
+    break_midway(monkeypatch, bad)
+    opts = dict(task="synthetic", protocol="finetune", epochs=1, leaderboard="")
+    with pytest.raises(DataError, match=rf"failed to decode \(last: {re.escape(str(bad))} "):
+        bench(tmp_path, **opts, data_root=str(ucf))
+    monkeypatch.undo()
+    monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache2"))
+    broken = tmp_path / "broken"
+    shutil.copytree(ucf, broken)
+    truncated = broken / bad.relative_to(ucf)
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    out = bench(tmp_path, **opts, data_root=str(broken), skip_bad=True)
+    assert (out["videos_used"], out["videos_expected"]) == (55, 56)
 
 
 def test_a_run_with_a_failed_video_is_not_cached(tmp_path, ucf, monkeypatch, cache):

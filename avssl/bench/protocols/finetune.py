@@ -65,7 +65,11 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
                   sample_rate=spec.sample_rate, audio=modality != "video",
                   video=modality != "audio",
                   audio_transform=spec.audio_transform(), seed=args.seed)
-    train_ds = _load(task, task.load, root, split, True, mode="train",
+    # evaluation (DESIGN.md): a training video that cannot be decoded stops the run naming it,
+    # instead of being replaced by another one unsaid and counted as used; --skip-bad probes
+    # such files out up front and counts them (one that fails only part-way is still replaced)
+    train_ds = _load(task, task.load, root, split, True, mode="train", skip_bad=args.skip_bad,
+                     max_retries=10 if args.skip_bad else 0,
                      video_transform=VideoPipeline("train", size=spec.crop, scale=(0.5, 1.0),
                                                    encoder_layout=True), **common)
     test_ds = _load(task, task.load, root, split, False, mode="eval", num_clips=clips,
@@ -119,8 +123,10 @@ def finetune(task, model, args, root, split, modality, clips, crops) -> dict:
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
-    except BaseException:
+    except BaseException as err:
         stop_workers(loader)  # its persistent workers, now (avssl/data/workers.py)
+        if (clean := F.worker_error(err)) is not None:
+            raise clean from None
         raise
     bar.close()
 
