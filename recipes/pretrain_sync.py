@@ -199,8 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer, scheduler, loader = accelerator.prepare(
         model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed, speed=speed))
     # DDP refuses modules without trainable parameters (infonce/margin have none; binary has a head)
-    objective = (accelerator.prepare(objective) if any(p.requires_grad for p in objective.parameters())
-                 else objective.to(accelerator.device))
+    head = any(p.requires_grad for p in objective.parameters())
+    objective = accelerator.prepare(objective) if head else objective.to(accelerator.device)
+    # the modules whose gradient sync accumulation holds back: FSDP2's no_sync calls a method
+    # of prepared modules only (an unprepared objective raised on the first micro-batch)
+    synced = (model, objective) if head else (model,)
     fsdp_forward_methods(model)
     # the prepared modules' parameters: FSDP2 replaces them with sharded ones (the optimizer is
     # switched to those), so the list taken above would clip stale tensors without gradients
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
                 break  # forced short step would shift every later epoch and break resume
             if i % k == 0:
                 guard.start()
-            with accelerator.accumulate(model, objective):
+            with accelerator.accumulate(*synced):
                 out = forward_loss(model, objective, batch, cfg, step)
                 accelerator.backward(out["loss"])
                 norm = (accelerator.clip_grad_norm_(params, cfg.optim.clip_grad)

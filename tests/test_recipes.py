@@ -340,6 +340,24 @@ def test_fsdp2_on_two_processes_matches_one_and_resumes(tmp_path, cache, one_pro
         proc.stderr), proc.stderr[-2000:]
 
 
+def test_fsdp2_accumulates_gradients_as_one_process(tmp_path, cache):
+    """--optim.grad_accum=2 under FSDP2: accelerate's accumulate switched gradient sync off on
+    every module it was given, the unprepared objective too, and FSDP2's no_sync stopped the
+    first micro-batch ("'SyncObjective' object has no attribute 'set_requires_gradient_sync'").
+    Two processes with batch 2 give the losses of one with batch 4 (LayerNorm towers)."""
+    accum = [*GLOO_COMMON, "--optim.grad_accum=2"]
+    run("pretrain_sync.py", tmp_path / "one", cache, *accum)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
+              "2", "--num_processes", "2", "--main_process_port", str(_free_port()),
+              str(ROOT / "tests" / "fsdp_on_cpu.py")]
+    run("pretrain_sync.py", tmp_path / "two", cache, *accum, "--data.batch_size=2",
+        launch=launch, env={"ACCELERATE_USE_CPU": "true"})
+    one, two = (losses(tmp_path / n / "pretrain_sync" / "r") for n in ("one", "two"))
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5)
+
+
 @pytest.mark.parametrize("recipe,unit", [
     ("pretrain_mbt.py", "Block"),  # bottleneck tokens: a parameter at the model's root
     ("pretrain_sync.py", "BasicBlock"),  # BatchNorm's running statistics
