@@ -30,25 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(fps=4.0, size=32, crop=32, num_workers=0, batch_size=8)
 
 
-@pytest.fixture(scope="module")
-def ucf(tmp_path_factory):
-    """A UCF101-format tree: 14 classes x 4 clips (split 1: 3 train / 1 test per class)."""
-    root = tmp_path_factory.mktemp("ucf")
-    write_layout("ucf101", root, clips_per_class=4, seed=3,
-                 cfg=WorldConfig(size=32, duration_s=2.0), workers=2)
-    return root
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """28 unlabeled 7-s clips with sound (every 7th has none) for the audio-visual tasks (av-sync
-    shifts audio by up to 3 s around a 1-s clip)."""
-    root = tmp_path_factory.mktemp("folder")
-    write_layout("folder", root, clips_per_class=2, seed=4,
-                 cfg=WorldConfig(size=32, duration_s=7.0), workers=2)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache"))
@@ -641,15 +622,6 @@ def test_saved_predictions_give_the_same_numbers_through_the_evaluators(tmp_path
     files = evaluate_retrieval_files(tmp_path / "r" / "queries.npy", tmp_path / "r" / "gallery.npy")
     assert files["R@1"] == pytest.approx(ret["metrics"]["v2a_R@1"])
     assert files["median_rank"] == ret["metrics"]["v2a_median_rank"]
-
-
-@pytest.fixture(scope="module")
-def thumos(tmp_path_factory):
-    """A THUMOS14-format tree: 2 validation + 2 test untrimmed videos of 8-10 s."""
-    root = tmp_path_factory.mktemp("thumos")
-    write_layout("thumos14", root, clips_per_class=1, seed=6, cfg=WorldConfig(size=32),
-                 workers=2, min_duration_s=8, max_duration_s=10)
-    return root
 
 
 def test_thumos14_localization_end_to_end(tmp_path, thumos):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,29 +16,17 @@ import torch
 
 from avssl.bench.run import BenchArgs, run_bench
 from avssl.bench.separation import SAMPLE_RATE, WINDOW
-from avssl.data.synthetic import WorldConfig, write_layout
 from avssl.errors import ConfigError, DataError
 from avssl.leaderboard import read_task
 
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
-KEEP = ("cello", "flute", "trumpet")  # three instruments keep BSS-eval (slow) to 3 test mixtures
 TINY_NET = {"depth": 4, "width": 4, "channels": 4}
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """MUSIC layout, 3 solo videos per instrument (split: 1 train / 1 val / 1 test each), the
-    JSON cut down to three instruments (a subset list, as users make)."""
-    root = write_layout("music", tmp_path_factory.mktemp("music") / "m", clips_per_class=3,
-                        seed=0, cfg=WorldConfig(size=32), workers=2)
-    index = root / "MUSIC_solo_videos.json"
-    videos = json.loads(index.read_text())["videos"]
-    index.write_text(json.dumps({"videos": {k: videos[k] for k in KEEP}}))
-    for d in (root / "solo").iterdir():
-        if d.name not in KEEP:
-            shutil.rmtree(d)
-    return root
+def tree(music3):
+    return music3
 
 
 @pytest.fixture(autouse=True)

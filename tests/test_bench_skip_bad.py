@@ -29,15 +29,6 @@ from avssl.leaderboard import read_task
 SMALL = dict(fps=4.0, size=32, crop=32, num_workers=0, batch_size=8, views="1x1")
 
 
-@pytest.fixture(scope="module")
-def ucf(tmp_path_factory):
-    """A UCF101-format tree: 14 classes x 4 clips (split 1: 3 train / 1 test per class)."""
-    root = tmp_path_factory.mktemp("ucf")
-    write_layout("ucf101", root, clips_per_class=4, seed=3,
-                 cfg=WorldConfig(size=32, duration_s=2.0), workers=2)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache"))
@@ -197,15 +188,6 @@ def test_non_finite_outputs_are_not_taken_for_failed_files(tmp_path, ucf, folder
     assert out["videos_used"] == out["videos_expected"]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """28 unlabeled 7-s clips with sound (every 7th has none) for av-sync."""
-    root = tmp_path_factory.mktemp("folder")
-    write_layout("folder", root, clips_per_class=2, seed=4,
-                 cfg=WorldConfig(size=32, duration_s=7.0), workers=2)
-    return root
-
-
 def test_av_sync_leaves_a_video_that_fails_midway_out(tmp_path, folder, monkeypatch):
     from avssl.data.decoding import probe
 
@@ -353,15 +335,6 @@ def test_two_processes_leave_out_the_same_video_as_one(tmp_path, ucf, cache):
     assert outs[0]["metrics"] == outs[1]["metrics"]
 
 
-@pytest.fixture(scope="module")
-def thumos(tmp_path_factory):
-    """A THUMOS14-format tree: 2 validation + 2 test untrimmed videos of 8-10 s."""
-    root = tmp_path_factory.mktemp("thumos")
-    write_layout("thumos14", root, clips_per_class=1, seed=6, cfg=WorldConfig(size=32),
-                 workers=2, min_duration_s=8, max_duration_s=10)
-    return root
-
-
 @pytest.mark.parametrize("name", ["video_validation_0000001", "video_test_0000001"])
 def test_localization_leaves_a_video_that_fails_midway_out(tmp_path, thumos, monkeypatch, name):
     """The video's windows, and its ground truth, are left out (the head trains without it or
@@ -386,10 +359,8 @@ def test_localization_leaves_a_video_that_fails_midway_out(tmp_path, thumos, mon
 @pytest.fixture(scope="module")
 def ava(tmp_path_factory) -> Path:
     """A tiny AVA tree with two keyframes per video."""
-    from avssl.data.synthetic.layouts import write_layout as write_ava
-
-    return write_ava("ava", tmp_path_factory.mktemp("ava") / "ava", clips_per_class=1, seed=4,
-                     cfg=WorldConfig(size=32), keyframes_per_video=2)
+    return write_layout("ava", tmp_path_factory.mktemp("ava") / "ava", clips_per_class=1, seed=4,
+                        cfg=WorldConfig(size=32), keyframes_per_video=2)
 
 
 def _keyframe_times(root: Path, part: str) -> dict[str, list[float]]:
@@ -444,28 +415,13 @@ def test_ava_leaves_a_video_whose_second_keyframe_fails_out(tmp_path, ava, monke
     assert_same(out["metrics"], ref["metrics"])
 
 
-@pytest.fixture(scope="module")
-def music(tmp_path_factory):
-    """MUSIC layout cut to three instruments, 3 solo videos each (1 train / 1 val / 1 test)."""
-    root = write_layout("music", tmp_path_factory.mktemp("music") / "m", clips_per_class=3,
-                        seed=0, cfg=WorldConfig(size=32), workers=2)
-    keep = ("cello", "flute", "trumpet")
-    index = root / "MUSIC_solo_videos.json"
-    videos = json.loads(index.read_text())["videos"]
-    index.write_text(json.dumps({"videos": {k: videos[k] for k in keep}}))
-    for d in (root / "solo").iterdir():
-        if d.name not in keep:
-            shutil.rmtree(d)
-    return root
-
-
 @pytest.mark.parametrize("part", ["train", "test"])
-def test_music_leaves_a_video_whose_later_windows_fail_out(tmp_path, music, monkeypatch, part):
+def test_music_leaves_a_video_whose_later_windows_fail_out(tmp_path, music3, monkeypatch, part):
     """A training video's windows after 3 s (or the test video's window) fail: all the video's
     windows and its test mixtures go, and the numbers are those of a tree without the file."""
     from avssl.data.datasets.music import music as load_music
 
-    rec = next(r for r in load_music(str(music), part, seed=0).records if r.has_audio)
+    rec = next(r for r in load_music(str(music3), part, seed=0).records if r.has_audio)
     bad = Path(rec.path)
     calls, real = [], decoding.decode_video
 
@@ -484,15 +440,15 @@ def test_music_leaves_a_video_whose_later_windows_fail_out(tmp_path, music, monk
         return a
 
     with pytest.raises(DataError, match=rf"cannot decode {bad}.*--skip-bad"):
-        run_bench(args(music))
+        run_bench(args(music3))
     calls.clear()
-    out = run_bench(args(music, skip_bad=True))
+    out = run_bench(args(music3, skip_bad=True))
     assert calls
     monkeypatch.undo()
     monkeypatch.setenv("AVSSL_CACHE", str(tmp_path / "cache2"))
     gone = tmp_path / "gone"
-    shutil.copytree(music, gone)
-    (gone / bad.relative_to(music)).unlink()
+    shutil.copytree(music3, gone)
+    (gone / bad.relative_to(music3)).unlink()
     ref = run_bench(args(gone))
     assert (out["videos_used"], out["videos_expected"]) == (ref["videos_used"],
                                                             ref["videos_expected"]) == (5, 6)
