@@ -46,6 +46,14 @@ def losses(run_dir: Path) -> dict[int, float]:
         return {int(float(r["step"])): float(r["loss"]) for r in csv.DictReader(f)}
 
 
+def assert_same_losses(one: dict[int, float], two: dict[int, float]) -> None:
+    """Steps 1-3 logged by both runs, with the same loss (1e-5: gloo's reductions sum in
+    another order than one process's batch)."""
+    assert sorted(one) == sorted(two) == [1, 2, 3]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5)
+
+
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "model.safetensors"))
 
@@ -307,10 +315,7 @@ def test_two_processes_match_one(tmp_path, cache, one_process_losses):
               "--num_processes", "2", "--main_process_port", str(_free_port())]
     run("pretrain_sync.py", tmp_path / "two", cache, *GLOO_COMMON, "--data.batch_size=2",
         launch=launch, env={"ACCELERATE_USE_CPU": "true"})
-    one, two = one_process_losses, losses(tmp_path / "two" / "pretrain_sync" / "r")
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
-        assert two[step] == pytest.approx(one[step], abs=1e-5)
+    assert_same_losses(one_process_losses, losses(tmp_path / "two" / "pretrain_sync" / "r"))
 
 
 def test_fsdp2_on_two_processes_matches_one_and_resumes(tmp_path, cache, one_process_losses):
@@ -352,10 +357,7 @@ def test_fsdp2_accumulates_gradients_as_one_process(tmp_path, cache):
               str(ROOT / "tests" / "fsdp_on_cpu.py")]
     run("pretrain_sync.py", tmp_path / "two", cache, *accum, "--data.batch_size=2",
         launch=launch, env={"ACCELERATE_USE_CPU": "true"})
-    one, two = (losses(tmp_path / n / "pretrain_sync" / "r") for n in ("one", "two"))
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
-        assert two[step] == pytest.approx(one[step], abs=1e-5)
+    assert_same_losses(*(losses(tmp_path / n / "pretrain_sync" / "r") for n in ("one", "two")))
 
 
 @pytest.mark.parametrize("recipe,unit", [
@@ -425,10 +427,7 @@ def test_mbt_two_processes_match_one(tmp_path, cache):
               "--num_processes", "2", "--main_process_port", str(_free_port())]
     run("pretrain_mbt.py", tmp_path / "two", cache, *common, "--data.batch_size=2",
         launch=launch, env={"ACCELERATE_USE_CPU": "true"})
-    one, two = (losses(tmp_path / n / "pretrain_mbt" / "r") for n in ("one", "two"))
-    assert sorted(one) == sorted(two) == [1, 2, 3]
-    for step in one:
-        assert two[step] == pytest.approx(one[step], abs=1e-5)
+    assert_same_losses(*(losses(tmp_path / n / "pretrain_mbt" / "r") for n in ("one", "two")))
 
 
 def test_held_out_metrics_do_not_depend_on_the_process_count(tmp_path, cache):

@@ -430,7 +430,6 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
             manifest = F.manifest_hash([it[0] for it in ds.items])
     else:
         emb = hit["emb"]
-    items = ds.items
     video, audio = emb[:, 0], emb[:, 1:]
     zero = list(ds.grid).index(0.0)
     if sync:
@@ -448,9 +447,9 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
         if args.save_predictions and F.state().is_main_process:
             from avssl.bench.predictions import write_sync
 
-            write_sync(args.save_predictions, [it[0].video_id for it in items], scores,
+            write_sync(args.save_predictions, [it[0].video_id for it in ds.items], scores,
                        easy[:, 0] if easy is not None else np.full(n, np.nan), ds.grid,
-                       [it[2] for it in items])
+                       [it[2] for it in ds.items])
     else:
         from avssl.eval.retrieval import cross_modal_retrieval
 
@@ -460,7 +459,7 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
 
             write_retrieval(args.save_predictions, video, audio[:, zero])
         metrics = {f"{d}_{m}": v for d, ms in nested.items() for m, v in ms.items()}
-    return {"metrics": metrics, "used": len(items), "expected": ds.num_listed,
+    return {"metrics": metrics, "used": len(ds), "expected": ds.num_listed,
             "manifest": manifest}
 
 
