@@ -405,6 +405,34 @@ def test_av_sync_hard_negatives_are_shifted_at_least_two_seconds(folder, ucf, ch
         load_av(ucf, "test", spec=spec)  # 2-s clips
 
 
+def test_av_windows_do_not_depend_on_the_other_videos_listed(tmp_path, folder, checkpoint):
+    """Each video's window and hard shift are drawn from its own id, not from its place in the
+    list. --skip-bad's up-front probe drops silent videos before AVClips sees them, while
+    without it AVClips skips them itself: seeded by place, one tree gave two sets of numbers."""
+    from avssl.bench.model import load_model
+    from avssl.bench.tasks.av import AVClips, load_av
+
+    spec = load_model(checkpoint).spec
+    plain, probed = load_av(folder, "test", spec=spec), load_av(folder, "test", spec=spec,
+                                                                 skip_bad=True)
+    assert len(plain.records) == 28 and len(probed.records) == 24  # 4 silent, probed away
+
+    def windows(ds):
+        return {r.path: (start, hard) for r, start, hard in ds.items}
+
+    assert windows(plain) == windows(probed) and len(plain) == len(probed) == 24
+    kept = probed.records[1::3]  # fewer videos, other places: the same windows
+    some = AVClips(kept, clip_s=spec.clip_s, fps=spec.fps, size=spec.size,
+                   sample_rate=spec.sample_rate, video_transform=None, audio_transform=None)
+    assert windows(some) == {r.path: windows(plain)[r.path] for r in kept}
+    assert len(set(windows(plain).values())) > 1  # a draw per video, not one for all
+    opts = dict(task="av-sync", data_root=str(folder), checkpoint=str(checkpoint), fps=None,
+                size=None, crop=None, leaderboard="")
+    a, b = bench(tmp_path, **opts), bench(tmp_path, **opts, skip_bad=True, cache=False)
+    assert a["metrics"] == b["metrics"]
+    assert (a["videos_used"], a["videos_expected"]) == (b["videos_used"], b["videos_expected"])
+
+
 def test_av_sync_of_one_video_has_no_easy_negative_and_counts_skipped_files(tmp_path, folder,
                                                                            checkpoint):
     """With one video the "easy negative" was the clip's own in-sync audio (a tie, so 0 %); and

@@ -409,24 +409,11 @@ def _audio_visual(task, model: BenchModel, args, root, split, modality) -> dict:
                           desc=f"{task.name} embeddings", failed=failed)
         if not failed:  # a file failing mid-way is decoded again next time, not remembered
             cache.put(key, emb=emb)
-
-        def place(it):  # (path, start, hard shift or None: NaN is no dict key)
-            return it[0].path, it[1], it[2] if it[2] == it[2] else None
-
-        while failed:  # --skip-bad left a video out that failed mid-way
-            # the windows and hard shifts of the videos after it move up (AVClips.without):
-            # those of a list without it. Embed the items that changed; keep the others
-            done = {place(it): row for it, row in zip(ds.items, emb)}
+        else:  # --skip-bad leaves out the videos that failed mid-way: drop their rows (the
+            # other videos' windows do not depend on them, AVClips)
+            keep = F.decoded(len(ds), failed)
             ds = ds.without({ds.items[i][0].path for i, _ in failed})
-            new = [k for k, it in enumerate(ds.items) if place(it) not in done]
-            emb = np.stack([done.get(place(it), np.full_like(emb[0], np.nan))
-                            for it in ds.items])
-            again: list[tuple[int, str]] = []
-            if new:
-                emb[new] = F.map_items(torch.utils.data.Subset(ds, new), fn,
-                                       batch_size=args.batch_size, num_workers=args.num_workers,
-                                       desc=f"{task.name} embeddings", failed=again)
-            failed = [(new[i], why) for i, why in again]
+            emb = emb[keep]
             manifest = F.manifest_hash([it[0] for it in ds.items])
     else:
         emb = hit["emb"]

@@ -9,7 +9,9 @@ shifted by every candidate offset (``offset`` = audio start - video start, secon
 (which includes 0, the in-sync pair) and one hard negative, the same video's audio shifted by
 |Δ| in [min_shift_s, max_shift_s] with a random sign. The window is placed at the centre of the
 range where every candidate fits inside the file; a video too short for that is left out and
-counted (videos used vs expected). Scores are cosine similarities of the embeddings.
+counted (videos used vs expected). The draws depend on ``seed`` and the video's id only, not on
+which other videos are listed: a video left out (silent, unreadable, missing) moves no other
+video's window. Scores are cosine similarities of the embeddings.
 
 - ``av-sync``: binary sync accuracy against the hard negative and against an easy negative
   (another video's in-sync audio), and offset classification on the grid (exact and ±1 class),
@@ -19,7 +21,9 @@ counted (videos used vs expected). Scores are cosine similarities of the embeddi
 """
 from __future__ import annotations
 
+import copy
 import os
+import zlib
 from typing import Any
 
 import numpy as np
@@ -61,7 +65,7 @@ class AVClips(Dataset):
         self.num_listed = len(records)
         self.items: list[tuple[Any, float, float]] = []  # (record, start_s, hard offset)
         self.too_short: list[str] = []
-        for i, rec in enumerate(records):
+        for rec in records:
             duration, media = rec.extra.get("duration_s"), rec.extra
             if duration is None or rec.extra.get("has_audio") is None:
                 try:
@@ -75,7 +79,7 @@ class AVClips(Dataset):
                     self.num_listed -= 1
                     continue
             span, origin = clip_span(float(duration), media, needs_sound=True)  # every offset
-            placed = self._place(span, np.random.default_rng([seed, i]))
+            placed = self._place(span, _draws(seed, rec.video_id))
             if placed is None:
                 self.too_short.append(rec.path)
             else:
@@ -108,14 +112,11 @@ class AVClips(Dataset):
         return (first + last) / 2, hard
 
     def without(self, paths: set[str]) -> "AVClips":
-        """These clips as if the videos at ``paths`` had not been listed: every later video's
-        window and hard shift are drawn from its position in the list, so they move up; the
-        videos count as expected still (``num_listed``)."""
-        out = AVClips([r for r in self.records if r.path not in paths], clip_s=self.clip_s,
-                      fps=self.fps, size=self.size, sample_rate=self.sample_rate,
-                      video_transform=self.video_transform, audio_transform=self.audio_transform,
-                      grid=self.grid, hard=self.hard, seed=self.seed, timeout_s=self.timeout_s)
-        out.num_listed = self.num_listed
+        """These clips as if the videos at ``paths`` had not been listed (the other videos'
+        windows do not depend on them); they still count as expected (``num_listed``)."""
+        out = copy.copy(self)
+        out.records = [r for r in self.records if r.path not in paths]
+        out.items = [it for it in self.items if it[0].path not in paths]
         return out
 
     @property
@@ -145,6 +146,12 @@ class AVClips(Dataset):
         return {"video": self.video_transform(video), "mels": torch.stack(wins),
                 "offsets": torch.tensor(offs, dtype=torch.float32), "index": index,
                 "video_id": rec.video_id}
+
+
+def _draws(seed: int, video_id: str) -> np.random.Generator:
+    """The generator of one video's window and hard shift: from its id (the path as listed,
+    without extension; the same for a folder and its manifest), not its place in the list."""
+    return np.random.default_rng([seed, zlib.crc32(video_id.encode("utf-8"))])
 
 
 def _synthetic_root(duration_s: float) -> str:
@@ -183,14 +190,17 @@ TASKS.add("av-sync", Task(
     name="av-sync",
     summary="audio-visual sync: in-sync vs audio shifted 2-3 s (hard) and vs other-video (easy) "
             "audio, and offset classification on 21 classes over +-2 s; videos need clip + 5 s",
-    # version 2: DATASETS.md's grid and hard shifts (v1: 9 classes over +-1 s, hard 0.5-1.5 s)
-    data=_DATA.format(SYNC_DURATION_S), kind="sync", version="2", protocols=("zeroshot",),
+    # version 3: each video's window and hard shift drawn from its id, not its place in the list
+    # (v2's moved when a silent video was probed away); v2: DATASETS.md's grid and hard shifts
+    # (v1: 9 classes over +-1 s, hard 0.5-1.5 s)
+    data=_DATA.format(SYNC_DURATION_S), kind="sync", version="3", protocols=("zeroshot",),
     metric="acc_hard", load=load_av, splits=("test",), modality="av", views="1x1",
     layout="folder", default_root=_sync_root))
 
 TASKS.add("av-retrieval", Task(
     name="av-retrieval",
     summary="cross-modal retrieval of in-sync pairs: video->audio and audio->video R@1/5/10",
+    # no hard negative: every window sits at the centre of its file, nothing drawn
     data=_DATA.format(RETRIEVAL_DURATION_S), kind="retrieval", version="1",
     protocols=("retrieval",), metric="v2a_R@1", load=load_av, splits=("test",), modality="av",
     views="1x1", layout="folder", default_root=_retrieval_root))
