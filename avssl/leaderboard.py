@@ -13,7 +13,8 @@
 README.md in the folder is left alone and the command stops with an error.
 
 Appends from many processes at once never lose or interleave rows: each append holds an exclusive
-lock on ``<task>.csv.lock`` while it checks the header and writes, flushes and fsyncs one line.
+lock on ``.<task>.csv.lock`` (hidden: it stays, as deleting a lock file races its next taker)
+while it checks the header and writes, flushes and fsyncs one line.
 """
 from __future__ import annotations
 
@@ -69,12 +70,17 @@ def _locked(lock_path: Path, shared: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
+def lock_file(csv_path: Path) -> Path:
+    """The lock file of ``<task>.csv``: ``.<task>.csv.lock`` beside it."""
+    return csv_path.with_name(f".{csv_path.name}.lock")
+
+
 @contextlib.contextmanager
 def _read_lock(csv_path: Path) -> Iterator[None]:
     """A shared lock when the folder allows creating the lock file; none when read-only."""
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(_locked(csv_path.with_name(csv_path.name + ".lock"), shared=True))
+            stack.enter_context(_locked(lock_file(csv_path), shared=True))
         except OSError:
             pass  # e.g. a read-only checkout: read without the lock
         yield
@@ -101,7 +107,7 @@ def append_row(row: ResultRow, directory: str | os.PathLike = "leaderboard") -> 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{row.task}.csv"
     line = _csv_line(values[c] for c in COLUMNS)
-    with _locked(directory / f"{row.task}.csv.lock"):
+    with _locked(lock_file(path)):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             size = os.fstat(fd).st_size

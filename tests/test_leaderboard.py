@@ -154,6 +154,10 @@ def test_concurrent_process_appends_lose_nothing(tmp_path):
     assert {(r.encoder, r.seed) for r in rows} == {(f"proc{p}", i) for p in range(8)
                                                    for i in range(25)}
     assert L.validate(tmp_path) == {"synthetic": 200}
+    # the lock file stays (deleting it would race the next writer) but hidden, out of the way
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "go", "synthetic.csv"]
+    assert L.lock_file(path).is_file()
 
 
 def test_a_writer_waits_for_the_lock_before_touching_the_file(tmp_path):
@@ -161,7 +165,7 @@ def test_a_writer_waits_for_the_lock_before_touching_the_file(tmp_path):
     keep 8 x 25 rows intact, so this holds the lock here and checks a writer process waits
     for it (the header of a new file and the torn-line check rely on that)."""
     (tmp_path / "go").touch()
-    with L._locked(tmp_path / "synthetic.csv.lock"):
+    with L._locked(tmp_path / ".synthetic.csv.lock"):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), "0", "1"])
         try:
             proc.wait(timeout=3)  # the writer cannot finish while the lock is held
