@@ -168,9 +168,7 @@ def fsdp_batchnorm_in_fp32(accelerator, model) -> int:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    mesh = getattr(accelerator, "torch_device_mesh", None)  # as accelerate's prepare takes it
-    if mesh is not None:
-        mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+    mesh = _fsdp_mesh(accelerator)
     for m in norms:
         fully_shard(m, mesh=mesh, reshard_after_forward=plugin.reshard_after_forward,
                     offload_policy=plugin.cpu_offload,
@@ -180,3 +178,46 @@ def fsdp_batchnorm_in_fp32(accelerator, model) -> int:
                           f"(FSDP2 casts weights, not running statistics, to "
                           f"{accelerator.mixed_precision})")
     return len(norms)
+
+
+def fsdp_adopt_head(accelerator, model, head, name: str) -> bool:
+    """Under FSDP2, shard ``head`` as its own fp32 unit and register it as ``model.<name>``;
+    returns whether it did (not under FSDP). Call it before the optimizer is built.
+
+    ``head``: trainable parameters the training step calls apart from ``model`` (the binary
+    sync objective's classifier). accelerate's FSDP prepares one model with its optimizer: a
+    second prepared model failed (a KeyError mapping the optimizer's parameters). Inside the
+    model, as a unit of its own, the head is gathered by its own forward hooks wherever it is
+    called, its parameters are among the model's (one optimizer, one gradient norm, gradient
+    sync held back with the model's in accumulation) and its weights are in the model's state
+    dict under ``<name>.``. fp32 and no input cast, as the BatchNorm units: the model's outputs
+    reach it in fp32. FSDP1 is refused: it cannot be given a unit called outside the model's
+    forward this way."""
+    from accelerate.utils import DistributedType
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if accelerator.distributed_type != DistributedType.FSDP or plugin is None:
+        return False
+    if getattr(plugin, "fsdp_version", 1) != 2:
+        from avssl.errors import ConfigError
+
+        raise ConfigError(f"{type(head).__name__} has trainable parameters outside the model "
+                          f"(e.g. --loss.kind=binary), which need FSDP2: launch with "
+                          f"--fsdp_version 2")
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    fully_shard(head, mesh=_fsdp_mesh(accelerator), offload_policy=plugin.cpu_offload,
+                reshard_after_forward=plugin.reshard_after_forward,
+                mp_policy=MixedPrecisionPolicy(cast_forward_inputs=False))
+    model.add_module(name, head)
+    accelerator.print(f"FSDP: {type(head).__name__} sharded as its own fp32 unit of the model "
+                      f"({name}.)")
+    return True
+
+
+def _fsdp_mesh(accelerator):
+    """The FSDP device mesh accelerate's prepare will use (None: its default, all processes)."""
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    if mesh is not None:
+        mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
+    return mesh

@@ -38,15 +38,15 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from avssl import checkpoints
 from avssl.config import config_hash, parse_args, save_config
 from avssl.encoders import build_encoder, require_modality
 from avssl.errors import AvsslError, ConfigError
-from avssl.launch import (check_shared_run_dir, decided_by_main, fsdp_batchnorm_in_fp32,
-                          fsdp_keep_built_weights, launch_warning)
+from avssl.launch import (check_shared_run_dir, decided_by_main, fsdp_adopt_head,
+                          fsdp_batchnorm_in_fp32, fsdp_keep_built_weights, launch_warning)
 from avssl.objectives.sync import SyncObjective
 from avssl.speed import prepare_module
 from avssl.towers import AVTowers
@@ -116,6 +116,11 @@ def forward_loss(model, objective, batch, cfg: Config, step: int) -> dict:
     return objective(out, {"hard_valid": batch["hard_valid"], "step": step})
 
 
+def trainable(*modules) -> list:
+    """Each trainable parameter once (under FSDP the binary head is inside the model too)."""
+    return list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
+
+
 @torch.no_grad()
 def evaluate(model, objective, loader, cfg: Config, accelerator: Accelerator) -> dict:
     """Sync accuracy on held-out clips: hard (shifted) and easy (other clip) negatives.
@@ -167,12 +172,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if (warning := launch_warning(accelerator.num_processes)) is not None:
         accelerator.print(warning)
-    if cfg.loss.kind == "binary" and accelerator.distributed_type == DistributedType.FSDP:
-        # its head is a second model: FSDP2 prepares one model with its optimizer (accelerate
-        # raised a KeyError), and FSDP1 would clip each process's shards by their own norm
-        raise ConfigError("--loss.kind=binary trains a head outside the towers, which "
-                          "accelerate's FSDP cannot prepare or clip with them; use "
-                          "--loss.kind=infonce or margin under FSDP, or launch without FSDP")
     set_seed(cfg.run.seed)
     check_shared_run_dir(accelerator, run_dir)  # several machines: before anything is written
     if resume_from is not None:  # --data.batch_size is per process: same count, same run
@@ -191,7 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     objective = SyncObjective(cfg.loss.kind, cfg.loss.temperature, cfg.loss.margin,
                               cfg.loss.hard_weight, cfg.loss.hard_start_step,
                               embed_dim=cfg.model.proj_dim, gather=cfg.loss.gather)
-    params = [p for m in (model, objective) for p in m.parameters() if p.requires_grad]
+    # binary's head: under FSDP a unit inside the towers (accelerate prepares one FSDP model)
+    head = any(p.requires_grad for p in objective.parameters())
+    inside = head and fsdp_adopt_head(accelerator, model, objective, "sync_head")
+    params = trainable(model, objective)
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_lr(s, cfg.optim.warmup_steps, cfg.optim.steps))
@@ -199,15 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer, scheduler, loader = accelerator.prepare(
         model, optimizer, scheduler, pair_loader(train_ds, cfg.data, cfg.run.seed, speed=speed))
     # DDP refuses modules without trainable parameters (infonce/margin have none; binary has a head)
-    head = any(p.requires_grad for p in objective.parameters())
-    objective = accelerator.prepare(objective) if head else objective.to(accelerator.device)
+    separate = head and not inside
+    objective = accelerator.prepare(objective) if separate else objective.to(accelerator.device)
     # the modules whose gradient sync accumulation holds back: FSDP2's no_sync calls a method
     # of prepared modules only (an unprepared objective raised on the first micro-batch)
-    synced = (model, objective) if head else (model,)
+    synced = (model, objective) if separate else (model,)
     fsdp_forward_methods(model)
     # the prepared modules' parameters: FSDP2 replaces them with sharded ones (the optimizer is
     # switched to those), so the list taken above would clip stale tensors without gradients
-    params = [p for m in (model, objective) for p in m.parameters() if p.requires_grad]
+    params = trainable(model, objective)
     val_loader = None
     if val_ds is not None:
         # not prepared: every process scores all held-out clips (evaluate), in batches of the
@@ -234,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator, run_dir, at,
             {"video": (model, "video."), "audio": (model, "audio."),
              "video_proj": (model, "video_proj."), "audio_proj": (model, "audio_proj."),
-             "objective": accelerator.unwrap_model(objective)},
+             "objective": (model, "sync_head.") if inside
+             else accelerator.unwrap_model(objective)},
             config=asdict(cfg), specs=specs,
             extra_meta={"recipe": RECIPE, "config_hash": config_hash(cfg)})
         if accelerator.is_main_process:  # other machines' local main processes saved nothing
