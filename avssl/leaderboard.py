@@ -383,21 +383,44 @@ def format_table(rows: Iterable[ResultRow]) -> str:
 
 
 # ------------------------------------------------------------------------------------- rendering
+def plot_bars(rows: list[ResultRow]) -> dict[tuple, list[tuple[str, ResultRow]]]:
+    """The plot's panels, (version key, version, split key, split, metric) -> bars (label, row),
+    best first: one bar per model and protocol (encoder, recipe, checkpoint, model config,
+    protocol settings) with its best row. Bars that would share a label are told apart by
+    checkpoint (``@sha``) or model config (``config <hash>``): vit_video_tiny's patchify and
+    conv stems at random init were one bar, and the other row was not drawn."""
+    panels: dict[tuple, list[ResultRow]] = {}
+    for r in ranked(rows):  # best first, so the first row per model is its best
+        bars = panels.setdefault((_version_key(r.task_version), r.task_version,
+                                  _split_key(r.split), r.split, r.metric), [])
+        if all(_model(b) != _model(r) for b in bars):
+            bars.append(r)
+    out = {}
+    for key, bars in panels.items():
+        bars.sort(key=_order)  # best on top across protocols too (ranked() orders by group)
+        labels = [run_label(b) for b in bars]
+        for i, b in enumerate(bars):
+            alike = [o for o in bars if run_label(o) == labels[i] and o is not b]
+            if any(o.checkpoint_sha256 != b.checkpoint_sha256 for o in alike):
+                labels[i] += f" @{b.checkpoint_sha256[:8] or 'random'}"
+            if any(o.config_hash != b.config_hash for o in alike):
+                labels[i] += f" (config {b.config_hash[:8] or '—'})"
+        out[key] = list(zip(labels, bars))
+    return out
+
+
+def _model(r: ResultRow) -> tuple:
+    return (run_label(r), r.checkpoint_sha256, r.config_hash)
+
+
 def _plot(task: str, rows: list[ResultRow], out: Path) -> None:
-    """Horizontal bars, one panel per (split, metric): the best value per run label, best on top,
-    coloured by protocol."""
+    """Horizontal bars, one panel per (split, metric) (:func:`plot_bars`), coloured by
+    protocol."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    panels: dict[tuple, list[ResultRow]] = {}
-    for r in ranked(rows):  # best first, so the first row per label is its best
-        bars = panels.setdefault((_version_key(r.task_version), r.task_version,
-                                  _split_key(r.split), r.split, r.metric), [])
-        if all(run_label(b) != run_label(r) for b in bars):
-            bars.append(r)
-    for bars in panels.values():  # best on top across protocols too (ranked() orders by group)
-        bars.sort(key=_order)
+    panels = plot_bars(rows)
     protocols = sorted({r.protocol for r in rows})
     colours = {p: f"C{i % 10}" for i, p in enumerate(protocols)}
     panels = dict(sorted(panels.items()))
@@ -406,10 +429,11 @@ def _plot(task: str, rows: list[ResultRow], out: Path) -> None:
     fig = Figure(figsize=(8, 0.8 + sum(heights)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, ((_, version, _, split, metric), bars) in zip(axes, panels.items()):
+    for ax, ((_, version, _, split, metric), labelled) in zip(axes, panels.items()):
+        bars = [b for _, b in labelled]
         y = list(range(len(bars)))[::-1]  # best on top
         ax.barh(y, [b.value for b in bars], color=[colours[b.protocol] for b in bars])
-        ax.set_yticks(y, [_plain(run_label(b)) for b in bars], fontsize=8)
+        ax.set_yticks(y, [_plain(label) for label, _ in labelled], fontsize=8)
         for yi, b in zip(y, bars):
             ax.text(b.value, yi, f" {b.value:.2f}", va="center", fontsize=7)
         arrow = "higher is better" if bars[0].higher_is_better else "lower is better"

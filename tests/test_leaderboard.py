@@ -304,6 +304,27 @@ def board(tmp_path) -> Path:
     return tmp_path
 
 
+def test_plot_draws_one_bar_per_model_and_tells_alike_labels_apart():
+    """The plot kept the best row per "encoder / recipe / protocol" label, so the shipped
+    vit_video_tiny random-init rows with patchify and conv stems (two model configs) were one
+    bar, and two checkpoints of one recipe would be too. Now one bar per model (its best row;
+    a worse rerun adds none), labels told apart by config hash or checkpoint."""
+    rnd = dict(recipe="random-init", checkpoint="", checkpoint_sha256="")
+    rows = [_row(encoder="vit", value=9.5, config_hash="aaaa1111bbbb2222", **rnd),
+            _row(encoder="vit", value=6.0, config_hash="cccc3333dddd4444", **rnd),
+            _row(encoder="vit", value=5.0, config_hash="cccc3333dddd4444", seed=1, **rnd),
+            _row(encoder="r3d", value=8.0, checkpoint_sha256="12" * 32),
+            _row(encoder="r3d", value=7.0, checkpoint_sha256="34" * 32),
+            _row(encoder="i3d", value=6.5)]
+    (bars,) = L.plot_bars(rows).values()
+    assert [(label, b.value) for label, b in bars] == [
+        ("vit / random-init / linear (config aaaa1111)", 9.5),
+        ("r3d / pretrain_sync / linear @12121212", 8.0),
+        ("r3d / pretrain_sync / linear @34343434", 7.0),
+        ("i3d / pretrain_sync / linear", 6.5),
+        ("vit / random-init / linear (config cccc3333)", 6.0)]
+
+
 def test_render_writes_sections_and_pngs_deterministically(board):
     paths = L.render(board)
     readme = board / "README.md"
