@@ -206,12 +206,12 @@ def fsdp_adopt_head(accelerator, model, head, name: str) -> bool:
                           f"--fsdp_version 2")
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    kind = type(head).__name__  # before fully_shard renames the class FSDP<kind>
     fully_shard(head, mesh=_fsdp_mesh(accelerator), offload_policy=plugin.cpu_offload,
                 reshard_after_forward=plugin.reshard_after_forward,
                 mp_policy=MixedPrecisionPolicy(cast_forward_inputs=False))
     model.add_module(name, head)
-    accelerator.print(f"FSDP: {type(head).__name__} sharded as its own fp32 unit of the model "
-                      f"({name}.)")
+    accelerator.print(f"FSDP: {kind} sharded as its own fp32 unit of the model ({name}.)")
     return True
 
 

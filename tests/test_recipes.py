@@ -354,7 +354,7 @@ def test_fsdp2_trains_the_binary_head_as_one_process(tmp_path, cache):
         launch = [*fsdp, "--main_process_port", str(_free_port()), runner]
         proc = run("pretrain_sync.py", tmp_path / "two", cache, *binary, "--data.batch_size=2",
                    *extra, launch=launch, env=env)
-        assert "SyncObjective sharded as its own fp32 unit of the model" in proc.stdout
+        assert "FSDP: SyncObjective sharded as its own fp32 unit of the model" in proc.stdout
     one, two = (tmp_path / n / "pretrain_sync" / "r" for n in ("one", "two"))
     assert_same_losses(losses(one), losses(two))
     a, b = weights(one / "step_0000003"), weights(two / "step_0000003")
@@ -428,13 +428,15 @@ def test_fsdp2_with_accelerates_default_loading_trains_the_default_models(tmp_pa
     assert all(n == (4 if ".layer" in k else 2) for k, n in tracked.items()), tracked
 
 
-def test_fsdp2_in_bf16_trains_batchnorm_towers_in_fp32_units(tmp_path, cache, monkeypatch):
+@pytest.mark.parametrize("kind", ["infonce", "binary"])
+def test_fsdp2_in_bf16_trains_batchnorm_towers_in_fp32_units(tmp_path, cache, monkeypatch, kind):
     """pretrain_sync's default towers under the README's FSDP2 launch with bf16: FSDP2 cast
     BatchNorm's weights to bf16 beside its fp32 running statistics and the first forward
     stopped (on GPUs too: "Expected running_mean to have type BFloat16"). Each BatchNorm is now
     its own fp32 unit: the run trains across a stop and a resume from a sharded checkpoint, its
     BatchNorm weights and statistics move (so the optimizer holds the sharded BatchNorm
-    parameters), and the checkpoint is whole and fp32."""
+    parameters), and the checkpoint is whole and fp32. The binary loss's head, an fp32 unit
+    inside the towers, trains beside them in bf16 too."""
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
               "2", "--mixed_precision", "bf16", "--fsdp_auto_wrap_policy",
@@ -442,9 +444,12 @@ def test_fsdp2_in_bf16_trains_batchnorm_towers_in_fp32_units(tmp_path, cache, mo
               "--fsdp_state_dict_type", "SHARDED_STATE_DICT", "--num_processes", "2",
               "--main_process_port", str(_free_port()), str(ROOT / "tests" / "fsdp_on_cpu.py")]
     log, run_dir = _stop_and_resume("pretrain_sync.py", tmp_path, cache,
-                                    "--optim.warmup_steps=1", launch=launch)
+                                    "--optim.warmup_steps=1", f"--loss.kind={kind}",
+                                    launch=launch)
     assert "mixed precision bf16" in log, log[-2000:]
     assert log.count("BatchNorm layers sharded as their own fp32 units") == 2
+    assert log.count("SyncObjective sharded as its own fp32 unit") == (2 if kind == "binary"
+                                                                       else 0)
     steps = losses(run_dir)
     assert sorted(steps) == [1, 2, 3] and all(math.isfinite(v) for v in steps.values())
     _assert_whole_fp32_towers(run_dir.parent / "latest")
@@ -454,6 +459,10 @@ def test_fsdp2_in_bf16_trains_batchnorm_towers_in_fp32_units(tmp_path, cache, mo
     assert any(not torch.equal(t, torch.ones_like(t)) for k, t in bn.items()
                if k.endswith(".weight")), "BatchNorm weights were not trained"
     assert all(int(t) == 3 for k, t in bn.items() if k.endswith("num_batches_tracked"))
+    head = {k: t for k, t in weights(run_dir.parent / "latest").items()
+            if k.startswith("objective.head.")}
+    assert (len(head) == 4 and all(t.dtype == torch.float32 and torch.isfinite(t).all()
+                                   for t in head.values())) == (kind == "binary"), sorted(head)
 
 
 def test_mbt_two_processes_match_one(tmp_path, cache):
