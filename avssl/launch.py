@@ -165,14 +165,9 @@ def fsdp_batchnorm_in_fp32(accelerator, model) -> int:
     if (accelerator.distributed_type != DistributedType.FSDP or plugin is None
             or getattr(plugin, "fsdp_version", 1) != 2 or accelerator.mixed_precision == "no"):
         return 0
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    mesh = _fsdp_mesh(accelerator)
     for m in norms:
-        fully_shard(m, mesh=mesh, reshard_after_forward=plugin.reshard_after_forward,
-                    offload_policy=plugin.cpu_offload,
-                    mp_policy=MixedPrecisionPolicy(cast_forward_inputs=False))
+        _fp32_unit(accelerator, plugin, m)
     if norms:
         accelerator.print(f"FSDP: {len(norms)} BatchNorm layers sharded as their own fp32 units "
                           f"(FSDP2 casts weights, not running statistics, to "
@@ -204,20 +199,21 @@ def fsdp_adopt_head(accelerator, model, head, name: str) -> bool:
         raise ConfigError(f"{type(head).__name__} has trainable parameters outside the model "
                           f"(e.g. --loss.kind=binary), which need FSDP2: launch with "
                           f"--fsdp_version 2")
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     kind = type(head).__name__  # before fully_shard renames the class FSDP<kind>
-    fully_shard(head, mesh=_fsdp_mesh(accelerator), offload_policy=plugin.cpu_offload,
-                reshard_after_forward=plugin.reshard_after_forward,
-                mp_policy=MixedPrecisionPolicy(cast_forward_inputs=False))
+    _fp32_unit(accelerator, plugin, head)
     model.add_module(name, head)
     accelerator.print(f"FSDP: {kind} sharded as its own fp32 unit of the model ({name}.)")
     return True
 
 
-def _fsdp_mesh(accelerator):
-    """The FSDP device mesh accelerate's prepare will use (None: its default, all processes)."""
-    mesh = getattr(accelerator, "torch_device_mesh", None)
+def _fp32_unit(accelerator, plugin, module) -> None:
+    """Shard ``module`` as its own FSDP2 unit that casts nothing (fp32 weights, inputs as they
+    come), on the mesh and with the resharding and offloading accelerate's prepare will use."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = getattr(accelerator, "torch_device_mesh", None)  # None: all processes
     if mesh is not None:
         mesh = mesh[tuple(accelerator.parallelism_config.fsdp_dim_names)]
-    return mesh
+    fully_shard(module, mesh=mesh, reshard_after_forward=plugin.reshard_after_forward,
+                offload_policy=plugin.cpu_offload,
+                mp_policy=MixedPrecisionPolicy(cast_forward_inputs=False))

@@ -154,9 +154,9 @@ def make_split(videos: dict[str, list[str]], seed: int = 0) -> list[tuple[str, s
     Per instrument with n ids: a permutation of the sorted ids drawn from
     ``default_rng([seed, sha256(instrument)[:4]])`` (not Python's per-process salted ``hash``);
     the first ``n_val = max(1, round(0.1 n))`` are val, the next ``n_test`` (the same count)
-    test, the rest train; with n < 3 all are train. An id
-    listed under several instruments takes, under every one, the split its first (sorted)
-    instrument drew: one video in two splits would be trained on and scored.
+    test, the rest train; with n < 3 all are train. An id listed under several instruments
+    takes, under every one, the split its first (sorted) instrument drew: one video in two
+    splits would be trained on and scored.
     """
     rows = []
     for inst in sorted(videos):
